@@ -1,0 +1,3 @@
+from drcn_cli.cli import main
+
+main()

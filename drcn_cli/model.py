@@ -1,0 +1,123 @@
+"""The Deeply-Recursive Convolutional Network (Kim, Lee & Lee, CVPR 2016), the paper's advanced model.
+
+    x (N, 1, H, W), the bicubic-upsampled luminance in [0, 1]
+    H0  = relu(conv(relu(conv(x))))                 embedding net, 1 -> F -> F
+    H_d = relu(W * H_{d-1} + b), d = 1..D           inference net: ONE conv, shared by every recursion
+    y_d = x + recon(H_d)                            reconstruction net (conv F->F + relu, conv F->1), shared,
+                                                    with the skip connection from the input
+    y   = sum_d w_d * y_d                           learned ensemble of the D predictions
+
+The ensemble weights are stored as unconstrained logits and normalised with a softmax, so they are
+positive and sum to one whatever the optimiser does; using only the first k recursions renormalises the
+softmax over the first k logits. This file imports torch only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class DRCNConfig:
+    """Hyper-parameters: ``features`` filters per conv (F) and ``recursions`` of the inference net (D)."""
+
+    features: int = 256
+    recursions: int = 16
+    kernel_size: int = 3
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels of context on each side that one output pixel sees: 2 + D + 2 convs of 3x3 -> 20 for D=16."""
+        return (self.recursions + 4) * (self.kernel_size // 2)
+
+
+class DRCN(nn.Module):
+    def __init__(self, config: DRCNConfig = DRCNConfig()) -> None:
+        super().__init__()
+        self.config = config
+        f, k = config.features, config.kernel_size
+        pad = k // 2
+        self.embed1 = nn.Conv2d(1, f, k, padding=pad)
+        self.embed2 = nn.Conv2d(f, f, k, padding=pad)
+        self.recursive = nn.Conv2d(f, f, k, padding=pad)
+        self.recon1 = nn.Conv2d(f, f, k, padding=pad)
+        self.recon2 = nn.Conv2d(f, 1, k, padding=pad)
+        self.ensemble_logits = nn.Parameter(torch.zeros(config.recursions))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: He for the non-recursive convs, identity for the recursive one."""
+        for conv in (self.embed1, self.embed2, self.recon1, self.recon2):
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        # Zero except the centre tap of each channel's self-connection: H_d = relu(H_{d-1}) = H_{d-1} at init,
+        # so the signal neither explodes nor vanishes through the D recursions.
+        w = self.recursive.weight
+        w.zero_()
+        centre = self.config.kernel_size // 2
+        idx = torch.arange(self.config.features)
+        w[idx, idx, centre, centre] = 1.0
+        nn.init.zeros_(self.recursive.bias)
+        self.ensemble_logits.zero_()
+        # The output layer starts small, so every y_d starts near the skip connection (the bicubic input).
+        self.recon2.weight.mul_(1.0 / math.sqrt(self.config.features))
+
+    def ensemble_weights(self, recursions: int | None = None) -> torch.Tensor:
+        """Softmax-normalised weights w_1..w_k of the first k (default D) predictions; they sum to 1."""
+        k = self._check_recursions(recursions)
+        return torch.softmax(self.ensemble_logits[:k].float(), dim=0)
+
+    def _check_recursions(self, recursions: int | None) -> int:
+        k = self.config.recursions if recursions is None else int(recursions)
+        if not 1 <= k <= self.config.recursions:
+            raise ValueError(f"recursions must be in 1..{self.config.recursions}, got {k}")
+        return k
+
+    def _reconstruct(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return x + self.recon2(F.relu(self.recon1(h)))
+
+    def forward_all(self, x: torch.Tensor, recursions: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward. x: (N, 1, H, W). Returns (predictions (k, N, 1, H, W), final (N, 1, H, W))."""
+        k = self._check_recursions(recursions)
+        h = F.relu(self.embed2(F.relu(self.embed1(x))))
+        predictions = []
+        for _ in range(k):
+            h = F.relu(self.recursive(h))
+            predictions.append(self._reconstruct(x, h))
+        stacked = torch.stack(predictions)
+        w = self.ensemble_weights(k).to(stacked.dtype).view(k, 1, 1, 1, 1)
+        return stacked, (w * stacked).sum(dim=0)
+
+    def forward(self, x: torch.Tensor, recursions: int | None = None) -> torch.Tensor:
+        """Inference. x: (N, 1, H, W) float, the bicubic-upsampled Y in [0, 1]; returns (N, 1, H, W), unclamped.
+
+        Accumulates the weighted sum as it goes, so memory holds one prediction, not k.
+        """
+        k = self._check_recursions(recursions)
+        w = self.ensemble_weights(k)
+        h = F.relu(self.embed2(F.relu(self.embed1(x))))
+        out = torch.zeros_like(x)
+        for d in range(k):
+            h = F.relu(self.recursive(h))
+            out = out + w[d].to(x.dtype) * self._reconstruct(x, h)
+        return out
+
+
+def conv_weight_count(model: DRCN) -> int:
+    """Conv kernel weights only (no biases, no ensemble weights): 1,774,080 for F=256, D=16."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def conv_flops_per_pixel(config: DRCNConfig, recursions: int | None = None) -> int:
+    """Multiply-adds x 2 of every conv, per output pixel, for an inference with k recursions."""
+    k = config.recursions if recursions is None else recursions
+    f, taps = config.features, config.kernel_size**2
+    embed = taps * (1 * f + f * f)
+    per_recursion = taps * (f * f + f * f + f * 1)  # recursive conv + the reconstruction net
+    return 2 * (embed + k * per_recursion)

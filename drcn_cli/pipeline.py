@@ -1,0 +1,220 @@
+"""upscale_image: bicubic-upsample to the target size, run DRCN on Y, recombine CbCr, keep alpha and bit depth.
+
+    image -> float (C, H, W) in [0, 1] -> target size -> MATLAB bicubic of every channel
+          -> Y through the network in tiles (CbCr and alpha stay bicubic) -> RGB -> rounded and clipped
+          -> the caller's kind of image (PIL mode, numpy dtype and layout)
+
+Grey images (1 channel, or 2 with alpha) go through the network as they are, without YCbCr.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .color import array_to_pil, array_to_tensor, pil_to_array, rgb_to_ycbcr, tensor_to_array, ycbcr_to_rgb
+from .device import autocast_dtype, memory_budget, resolve_device, resolve_precision, set_threads
+from .model import DRCN
+from .resize import imresize, output_size
+from .tiling import auto_tile_size, run_tiled_adaptive
+from .weights import WeightsError, bundled_weights, load_weights
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MAX_SCALE",
+    "InferenceSettings",
+    "load_model",
+    "super_resolve_y",
+    "target_size",
+    "upscale_image",
+    "upscale_tensor",
+]
+
+DEFAULT_MODEL = "drcn"
+FALLBACK_MODEL = "drcn-lite"
+MAX_SCALE = 32.0
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How the network runs: resolved device and precision, tile side (0 = auto), recursions (None = all)."""
+
+    device: torch.device
+    precision: str = "fp32"
+    tile: int = 0
+    recursions: int | None = None
+
+
+def target_size(
+    height: int, width: int, scale: float | None = None, out_width: int | None = None, out_height: int | None = None
+) -> tuple[int, int]:
+    """Output (H, W): ceil(scale * size) as MATLAB's imresize, or an exact size (a missing side keeps the aspect).
+
+    Raises ValueError for a scale outside [1, MAX_SCALE] or a size smaller than the input.
+    """
+    if scale is not None and (out_width is not None or out_height is not None):
+        raise ValueError("give either a scale or an output width/height, not both")
+    if scale is not None:
+        if not math.isfinite(scale) or not 1.0 <= scale <= MAX_SCALE:
+            raise ValueError(f"scale must be between 1 and {MAX_SCALE:g}, got {scale:g}")
+        return output_size((height, width), scale)
+    if out_width is None and out_height is None:
+        raise ValueError("give a scale or an output width and/or height")
+    if out_height is None:
+        out_height = max(1, round(height * out_width / width))
+    if out_width is None:
+        out_width = max(1, round(width * out_height / height))
+    if out_height < height or out_width < width:
+        raise ValueError(f"output size {out_width}x{out_height} is smaller than the input {width}x{height}")
+    if out_height > height * MAX_SCALE or out_width > width * MAX_SCALE:
+        raise ValueError(f"output size {out_width}x{out_height} is more than {MAX_SCALE:g}x the input")
+    return out_height, out_width
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, device: str) -> DRCN:
+    model, _metadata = load_weights(path, device)
+    return model
+
+
+def load_model(weights: str | os.PathLike | DRCN | None, device: torch.device) -> DRCN:
+    """A DRCN from a path, a bundled model name (default: drcn, else drcn-lite), or an instance.
+
+    Files are cached by path and modification time, so a batch loads them once.
+    """
+    if isinstance(weights, DRCN):
+        return weights.to(device).eval()
+    if weights is None:
+        path = bundled_weights(DEFAULT_MODEL) or bundled_weights(FALLBACK_MODEL)
+        if path is None:
+            raise WeightsError("no bundled weights found; run `drcn download-weights` or pass weights=PATH")
+    elif Path(weights).suffix == "" and not Path(weights).exists():
+        path = bundled_weights(str(weights))
+        if path is None:
+            raise WeightsError(f"model {weights!r} is not bundled; run `drcn download-weights {weights}`")
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"{path}: no such weights file")
+    path = Path(path).resolve()
+    return _load_cached(str(path), path.stat().st_mtime_ns, str(device))
+
+
+def _bytes_per_pixel(model: DRCN, precision: str) -> int:
+    # Live at once per pixel: the recursion state, the conv output, the reconstruction hidden map (F channels
+    # each) plus fp32 input/output/accumulator; x1.5 for allocator slack and conv workspaces.
+    element = 2 if precision in ("fp16", "bf16") else 4
+    return int(1.5 * (3 * model.config.features * element + 16))
+
+
+def super_resolve_y(
+    model: DRCN,
+    y: torch.Tensor,
+    settings: InferenceSettings,
+    on_tile: Callable[[int, int], None] | None = None,
+    on_shrink: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Run the network on bicubic-upsampled luminance y (N, 1, H, W) float32 in [0, 1].
+
+    Returns (N, 1, H, W) float32 on y's device, not clamped. The model must be on settings.device.
+    """
+    device = settings.device
+    overlap = model.config.receptive_radius
+    tile = settings.tile or auto_tile_size(_bytes_per_pixel(model, settings.precision), memory_budget(device), overlap)
+    amp = autocast_dtype(settings.precision)
+
+    def forward(window: torch.Tensor) -> torch.Tensor:
+        window = window.to(device, torch.float32)
+        if amp is None:
+            return model(window, settings.recursions).float()
+        with torch.autocast(device.type, dtype=amp):
+            return model(window, settings.recursions).float()
+
+    with torch.inference_mode():
+        return run_tiled_adaptive(forward, y, tile, overlap, on_tile=on_tile, on_shrink=on_shrink)
+
+
+def upscale_tensor(
+    image: torch.Tensor,
+    size: tuple[int, int],
+    model: DRCN | None,
+    settings: InferenceSettings,
+    scale: float | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
+    on_shrink: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """image (C, H, W) float in [0, 1], C in 1..4 (grey, grey+alpha, RGB, RGBA) -> (C, *size), clamped to [0, 1].
+
+    With ``model`` None the result is plain MATLAB bicubic. ``scale``, when the size came from one, is
+    passed to the resize so its kernel uses that exact factor, as MATLAB does.
+    """
+    channels = image.shape[0]
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(f"expected 1 to 4 channels, got {channels}")
+    x = image.to(settings.device, torch.float32)
+    if scale is not None:
+        upsampled = imresize(x, scale)
+        if tuple(upsampled.shape[-2:]) != tuple(size):
+            raise AssertionError(f"resize gave {tuple(upsampled.shape[-2:])}, expected {size}")
+    else:
+        upsampled = imresize(x, size=size)
+    color, alpha = (upsampled[:1], upsampled[1:]) if channels <= 2 else (upsampled[:3], upsampled[3:])
+    if model is not None:
+        luma = color if channels <= 2 else rgb_to_ycbcr(color)
+        y = super_resolve_y(model, luma[None, :1], settings, on_tile, on_shrink)[0]
+        color = y if channels <= 2 else ycbcr_to_rgb(torch.cat([y, luma[1:]]))
+    return torch.cat([color, alpha]).clamp_(0.0, 1.0)
+
+
+def upscale_image(
+    image: Any,
+    scale: float | None = None,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    weights: str | os.PathLike | DRCN | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tile: int = 0,
+    recursions: int | None = None,
+    threads: int | None = None,
+    method: str = "drcn",
+) -> Any:
+    """Upscale a PIL image or a numpy array; returns the same kind (PIL mode, or numpy dtype and layout).
+
+    Args:
+        image: PIL.Image, or a numpy array (H, W) / (H, W, C) with C = 1..4 channels in RGB(A) order,
+            uint8, uint16 or float in [0, 1].
+        scale: a factor >= 1 (2, 2.5, 3 ...); or give ``width`` and/or ``height`` of the output.
+        weights: a .safetensors path, a bundled model name, or a DRCN; default: the bundled default model.
+        device: 'auto' (CUDA, MPS, CPU), or a torch device string.
+        precision: 'auto' (fp32 on CPU, bf16/fp16 on CUDA), 'fp32', 'fp16' or 'bf16'.
+        tile: tile side in output pixels, 0 = chosen from the memory available. Tiling never changes the result.
+        recursions: use only the first k of the D recursions (faster, slightly less sharp).
+        threads: CPU threads for torch (default: torch's choice).
+        method: 'drcn', or 'bicubic' for the MATLAB bicubic alone.
+    """
+    if method not in ("drcn", "bicubic"):
+        raise ValueError(f"unknown method {method!r} (use drcn or bicubic)")
+    set_threads(threads)
+    is_pil = not isinstance(image, np.ndarray)
+    if is_pil:
+        array, mode = pil_to_array(image)
+    else:
+        array = image
+    tensor, fmt = array_to_tensor(array)
+    size = target_size(tensor.shape[1], tensor.shape[2], scale, width, height)
+    dev = resolve_device(device)
+    settings = InferenceSettings(dev, resolve_precision(precision, dev), tile, recursions)
+    model = load_model(weights, dev) if method == "drcn" else None
+    out = upscale_tensor(tensor, size, model, settings, scale=scale)
+    result = tensor_to_array(out, fmt)
+    return array_to_pil(result, mode) if is_pil else result

@@ -1,0 +1,116 @@
+"""Run a fully-convolutional function over an image in tiles, with a result equal to one untiled call.
+
+Each tile's *core* is a block of the output; its *window* is the core grown by ``overlap`` pixels of
+context on every side, clipped at the image border. With ``overlap`` >= the network's receptive-field
+radius every core pixel sees exactly the context it would see untiled (including the zero padding at the
+real image border), so stitching the cores reproduces the untiled output. Nothing here keeps state:
+plan -> run each window -> paste each core.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Tile", "auto_tile_size", "plan_tiles", "run_tiled", "run_tiled_adaptive"]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Half-open pixel ranges (top, bottom, left, right) of the output block and of its input window."""
+
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+
+def _spans(length: int, tile: int) -> list[tuple[int, int]]:
+    # Equal-ish spans, so the last tile is not a sliver that costs a full window of context.
+    count = max(1, math.ceil(length / tile))
+    edges = [round(i * length / count) for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Tiles whose cores partition the (height, width) image; ``tile`` <= 0 means one tile for all of it."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    tile_h = height if tile <= 0 else tile
+    tile_w = width if tile <= 0 else tile
+    tiles = []
+    for top, bottom in _spans(height, tile_h):
+        for left, right in _spans(width, tile_w):
+            window = (max(0, top - overlap), min(height, bottom + overlap),
+                      max(0, left - overlap), min(width, right + overlap))
+            tiles.append(Tile((top, bottom, left, right), window))
+    return tiles
+
+
+def run_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile: int,
+    overlap: int,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Apply ``fn`` to x (N, C, H, W) tile by tile; fn maps (N, C, h, w) to (N, C', h, w).
+
+    Returns (N, C', H, W) on x's device and dtype. ``on_tile(done, total)`` is called after each tile.
+    Errors from ``fn`` propagate: no tile is ever left undefined in the result.
+    """
+    n, _, height, width = x.shape
+    tiles = plan_tiles(height, width, tile, overlap)
+    out: torch.Tensor | None = None
+    for i, t in enumerate(tiles):
+        wt, wb, wl, wr = t.window
+        ct, cb, cl, cr = t.core
+        y = fn(x[:, :, wt:wb, wl:wr])
+        if out is None:
+            out = torch.empty((n, y.shape[1], height, width), dtype=x.dtype, device=x.device)
+        out[:, :, ct:cb, cl:cr] = y[:, :, ct - wt:cb - wt, cl - wl:cr - wl].to(x.dtype)
+        if on_tile is not None:
+            on_tile(i + 1, len(tiles))
+    assert out is not None
+    return out
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_tiled_adaptive(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile: int,
+    overlap: int,
+    min_tile: int = 32,
+    on_tile: Callable[[int, int], None] | None = None,
+    on_shrink: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """:func:`run_tiled`, halving the tile and starting again on out-of-memory until ``min_tile``.
+
+    ``on_shrink(new_tile)`` is called each time; the last out-of-memory error propagates if even
+    ``min_tile`` does not fit.
+    """
+    size = tile if tile > 0 else max(x.shape[-2:])
+    while True:
+        try:
+            return run_tiled(fn, x, size, overlap, on_tile)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc) or size <= min_tile:
+                raise
+            size = max(min_tile, size // 2)
+            if x.is_cuda:
+                torch.cuda.empty_cache()
+            if on_shrink is not None:
+                on_shrink(size)
+
+
+def auto_tile_size(bytes_per_pixel: int, budget_bytes: int, overlap: int, max_tile: int = 4096) -> int:
+    """The largest tile side whose window (tile + 2 * overlap)^2 fits in the memory budget, a multiple of 8."""
+    side = int(math.sqrt(max(budget_bytes, 0) / max(bytes_per_pixel, 1))) - 2 * overlap
+    return max(64, min(max_tile, side // 8 * 8))

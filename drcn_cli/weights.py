@@ -1,0 +1,160 @@
+"""DRCN weights files: safetensors with metadata; the network's shape is read from the tensors.
+
+Only safetensors are read, so loading a file never runs code from it. ``load_weights`` accepts the
+state dict of a training checkpoint too (it strips the ``module.`` / ``_orig_mod.`` prefixes that DDP and
+torch.compile add), and refuses anything that is not a DRCN with a :class:`WeightsError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .model import DRCN, DRCNConfig
+
+__all__ = [
+    "BUNDLED_DIR",
+    "WeightsError",
+    "bundled_weights",
+    "canonical_state_dict",
+    "config_from_state_dict",
+    "load_weights",
+    "save_weights",
+]
+
+FORMAT = "drcn-weights/1"
+SUFFIX = ".safetensors"
+
+_EXPECTED_KEYS = {
+    f"{layer}.{kind}"
+    for layer in ("embed1", "embed2", "recursive", "recon1", "recon2")
+    for kind in ("weight", "bias")
+} | {"ensemble_logits"}
+
+
+def _bundled_dir() -> Path:
+    # A wheel carries the files inside the package; a source checkout has them in the repo's weights/.
+    packaged = Path(__file__).resolve().parent / "bundled_weights"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "weights"
+
+
+BUNDLED_DIR = _bundled_dir()
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be read or does not describe a DRCN."""
+
+
+def bundled_weights(name: str) -> Path | None:
+    """The bundled file for model ``name`` (e.g. ``drcn-lite``), or None when it is not shipped."""
+    path = BUNDLED_DIR / f"{name}{SUFFIX}"
+    return path if path.is_file() else None
+
+
+def canonical_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes (DDP's ``module.``, torch.compile's ``_orig_mod.``) from every key."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
+    """F, D and the kernel size from tensor shapes; raises WeightsError if the tensors are not a DRCN."""
+    missing = sorted(_EXPECTED_KEYS - state.keys())
+    unexpected = sorted(state.keys() - _EXPECTED_KEYS)
+    if missing or unexpected:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:4])}" if missing else "",
+                f"unexpected {', '.join(unexpected[:4])}" if unexpected else "",
+            )
+            if part
+        )
+        raise WeightsError(f"not DRCN weights ({detail})")
+    features, in_channels, k, k2 = state["embed1.weight"].shape
+    recursions = state["ensemble_logits"].shape[0]
+    config = DRCNConfig(features=int(features), recursions=int(recursions), kernel_size=int(k))
+    shapes = {
+        "embed1.weight": (features, 1, k, k),
+        "embed2.weight": (features, features, k, k),
+        "recursive.weight": (features, features, k, k),
+        "recon1.weight": (features, features, k, k),
+        "recon2.weight": (1, features, k, k),
+        "embed1.bias": (features,),
+        "embed2.bias": (features,),
+        "recursive.bias": (features,),
+        "recon1.bias": (features,),
+        "recon2.bias": (1,),
+        "ensemble_logits": (recursions,),
+    }
+    if in_channels != 1 or k != k2 or k % 2 == 0 or recursions < 1:
+        raise WeightsError(f"not DRCN weights (embed1.weight has shape {tuple(state['embed1.weight'].shape)})")
+    for key, shape in shapes.items():
+        if tuple(state[key].shape) != shape:
+            raise WeightsError(
+                f"inconsistent DRCN weights: {key} has shape {tuple(state[key].shape)}, "
+                f"expected {shape} for F={features}, D={recursions}"
+            )
+    return config
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DRCN, dict[str, str]]:
+    """Build the DRCN stored in a ``.safetensors`` file. Returns (model in eval mode, metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+    state = canonical_state_dict(state)
+    try:
+        config = config_from_state_dict(state)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    model = DRCN(config)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval(), metadata
+
+
+def save_weights(model: DRCN, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    """Write the model's tensors and metadata atomically (temp file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    path = Path(path)
+    config = model.config
+    meta = {
+        "format": FORMAT,
+        "architecture": "DRCN",
+        "features": str(config.features),
+        "recursions": str(config.recursions),
+        "kernel_size": str(config.kernel_size),
+        "color_space": "Y of BT.601 YCbCr (MATLAB rgb2ycbcr), input bicubic-upsampled, values in [0, 1]",
+        "drcn_cli_version": __version__,
+    }
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    state = {k: v.detach().float().cpu().contiguous() for k, v in canonical_state_dict(model.state_dict()).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from drcn_cli.device import autocast_dtype, resolve_device, resolve_precision, set_threads
+
+
+def test_auto_device_on_a_machine_without_cuda_is_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_explicit_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu9")
+
+
+def test_cuda_asked_for_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_precision_auto_is_fp32_on_cpu_and_half_on_cpu_is_refused():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp8", cpu)
+
+
+def test_precision_auto_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+
+
+def test_autocast_dtype_and_threads():
+    assert autocast_dtype("fp32") is None
+    assert autocast_dtype("bf16") is torch.bfloat16
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError):
+            set_threads(-2)
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from drcn_cli.model import DRCN, DRCNConfig, conv_flops_per_pixel, conv_weight_count
+
+
+def tiny(seed: int = 0, **kw) -> DRCN:
+    torch.manual_seed(seed)
+    return DRCN(DRCNConfig(features=kw.get("features", 8), recursions=kw.get("recursions", 4))).eval()
+
+
+def test_full_model_parameter_count_matches_the_paper():
+    model = DRCN()
+    assert conv_weight_count(model) == 1_774_080
+    biases = 4 * 256 + 1
+    assert sum(p.numel() for p in model.parameters()) == 1_774_080 + biases + 16
+    assert model.config.receptive_radius == 20
+
+
+def test_shapes_of_training_and_inference_forward():
+    model = tiny()
+    x = torch.rand(2, 1, 11, 13)
+    predictions, final = model.forward_all(x)
+    assert predictions.shape == (4, 2, 1, 11, 13)
+    assert final.shape == (2, 1, 11, 13)
+    assert model(x).shape == (2, 1, 11, 13)
+
+
+def test_inference_accumulation_equals_weighted_sum_of_predictions():
+    model = tiny()
+    with torch.no_grad():
+        model.ensemble_logits.copy_(torch.randn(4))
+        model.recursive.weight.add_(0.05 * torch.randn_like(model.recursive.weight))
+        x = torch.rand(1, 1, 9, 9)
+        predictions, final = model.forward_all(x)
+        w = model.ensemble_weights()
+        manual = (w.view(4, 1, 1, 1, 1) * predictions).sum(0)
+        torch.testing.assert_close(final, manual)
+        torch.testing.assert_close(model(x), final, rtol=0, atol=1e-6)
+
+
+def test_fewer_recursions_renormalise_the_first_k_weights():
+    model = tiny()
+    with torch.no_grad():
+        model.ensemble_logits.copy_(torch.tensor([0.3, -1.0, 2.0, 0.5]))
+        w2 = model.ensemble_weights(2)
+        assert w2.sum().item() == pytest.approx(1.0)
+        full = model.ensemble_weights()
+        torch.testing.assert_close(w2, full[:2] / full[:2].sum())
+        x = torch.rand(1, 1, 8, 8)
+        predictions, _ = model.forward_all(x)
+        expected = w2[0] * predictions[0] + w2[1] * predictions[1]
+        torch.testing.assert_close(model(x, recursions=2), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [0, 5, -1])
+def test_recursions_out_of_range_are_refused(k):
+    with pytest.raises(ValueError, match="recursions"):
+        tiny()(torch.rand(1, 1, 4, 4), recursions=k)
+
+
+def test_initialisation_is_identity_recursion_with_zero_biases():
+    model = tiny()
+    w = model.recursive.weight
+    expected = torch.zeros_like(w)
+    expected[torch.arange(8), torch.arange(8), 1, 1] = 1
+    assert torch.equal(w, expected)
+    for conv in (model.embed1, model.embed2, model.recursive, model.recon1, model.recon2):
+        assert torch.count_nonzero(conv.bias) == 0
+    # He init: std of a 3x3 conv with fan_in 9*8 is sqrt(2/72).
+    assert model.embed2.weight.std().item() == pytest.approx((2 / 72) ** 0.5, rel=0.25)
+    torch.testing.assert_close(model.ensemble_weights(), torch.full((4,), 0.25))
+
+
+def test_identity_recursion_makes_every_prediction_equal_at_init():
+    model = tiny()
+    with torch.no_grad():
+        predictions, _ = model.forward_all(torch.rand(1, 1, 6, 6))
+    for d in range(1, 4):
+        torch.testing.assert_close(predictions[d], predictions[0])
+
+
+def test_flop_count_of_full_model():
+    # 3x3 convs: embed 1->256 and 256->256, then per recursion 256->256 twice and 256->1.
+    per_recursion = 9 * (256 * 256 * 2 + 256)
+    assert conv_flops_per_pixel(DRCNConfig()) == 2 * (9 * (256 + 256 * 256) + 16 * per_recursion)
+    assert conv_flops_per_pixel(DRCNConfig(), recursions=1) < conv_flops_per_pixel(DRCNConfig())

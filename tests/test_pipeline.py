@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from drcn_cli.model import DRCN, DRCNConfig
+from drcn_cli.pipeline import target_size, upscale_image
+from drcn_cli.resize import imresize
+from drcn_cli.weights import WeightsError, save_weights
+
+
+@pytest.fixture(scope="module")
+def model() -> DRCN:
+    torch.manual_seed(0)
+    net = DRCN(DRCNConfig(features=8, recursions=3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net.eval()
+
+
+def rng_image(shape, dtype=np.uint8, seed=0):
+    top = 65536 if dtype == np.uint16 else 256
+    return np.random.default_rng(seed).integers(0, top, shape).astype(dtype)
+
+
+def test_target_size_rules():
+    assert target_size(10, 20, scale=2) == (20, 40)
+    assert target_size(101, 33, scale=2.5) == (253, 83)  # ceil, as MATLAB's imresize
+    assert target_size(10, 20, out_width=50) == (25, 50)
+    assert target_size(10, 20, out_height=15) == (15, 30)
+    assert target_size(10, 20, out_width=21, out_height=31) == (31, 21)
+    for bad in (dict(scale=0.5), dict(scale=1000.0), dict(scale=float("nan")), dict(out_width=10), dict()):
+        with pytest.raises(ValueError):
+            target_size(10, 20, **bad)
+
+
+def test_rgb_numpy_in_numpy_out(model):
+    image = rng_image((9, 11, 3))
+    out = upscale_image(image, 2, weights=model)
+    assert out.shape == (18, 22, 3) and out.dtype == np.uint8
+
+
+def test_bicubic_method_is_matlab_bicubic_rounded(model):
+    image = rng_image((9, 11, 3))
+    out = upscale_image(image, 3, method="bicubic")
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    expected = torch.floor(imresize(x, 3).clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_network_changes_only_luma(model):
+    # A grey RGB image has Cb = Cr = 128, so after the network its output is still grey.
+    grey = np.repeat(rng_image((8, 8, 1)), 3, axis=2)
+    out = upscale_image(grey, 2, weights=model).astype(int)
+    assert np.abs(out[..., 0] - out[..., 1]).max() <= 1 and np.abs(out[..., 0] - out[..., 2]).max() <= 1
+    assert not np.array_equal(out, upscale_image(grey, 2, method="bicubic").astype(int))
+
+
+def test_grayscale_stays_one_channel(model):
+    assert upscale_image(rng_image((7, 6)), 2, weights=model).shape == (14, 12)
+    assert upscale_image(rng_image((7, 6, 1)), 2, weights=model).shape == (14, 12, 1)
+    pil = upscale_image(Image.fromarray(rng_image((7, 6))), 2, weights=model)
+    assert pil.mode == "L" and pil.size == (12, 14)
+
+
+def test_rgba_keeps_alpha_upscaled_with_bicubic(model):
+    image = rng_image((8, 10, 4))
+    image[..., 3] = 255
+    image[:4, :, 3] = 0
+    out = upscale_image(image, 2, weights=model)
+    assert out.shape == (16, 20, 4)
+    alpha = torch.from_numpy(image[..., 3]).float() / 255
+    expected = torch.floor(imresize(alpha, 2).clamp(0, 1) * 255 + 0.5).byte().numpy()
+    assert np.abs(out[..., 3].astype(int) - expected.astype(int)).max() <= 1
+    assert out[0, 0, 3] == 0 and out[-1, -1, 3] == 255
+    pil = upscale_image(Image.fromarray(image), 2, weights=model)
+    assert pil.mode == "RGBA"
+
+
+def test_16bit_in_16bit_out_computed_in_float(model):
+    # A smooth 16-bit ramp whose steps are far finer than 1/255: the output must keep them.
+    ramp = np.linspace(20000, 20300, 12 * 12).reshape(12, 12).astype(np.uint16)
+    out = upscale_image(ramp, 2, method="bicubic")
+    assert out.dtype == np.uint16 and out.shape == (24, 24)
+    assert len(np.unique(out)) > 200  # through 8 bits this ramp would have 2 or 3 values
+    rgb16 = np.stack([ramp, ramp, ramp], axis=2)
+    net = upscale_image(rgb16, 2, weights=model)
+    assert net.dtype == np.uint16 and net.shape == (24, 24, 3)
+    pil = upscale_image(Image.fromarray(ramp), 2, weights=model)
+    assert pil.mode == "I;16" and np.asarray(pil).dtype == np.uint16
+
+
+def test_float_arrays_stay_float(model):
+    out = upscale_image(np.random.default_rng(0).random((6, 6, 3), dtype=np.float32), 2, weights=model)
+    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_fractional_scale_and_exact_size(model):
+    image = rng_image((10, 8, 3))
+    assert upscale_image(image, 2.5, weights=model).shape == (25, 20, 3)
+    assert upscale_image(image, width=20, weights=model).shape == (25, 20, 3)
+    assert upscale_image(image, width=13, height=31, weights=model).shape == (31, 13, 3)
+
+
+def test_tiling_does_not_change_the_result(model):
+    image = rng_image((23, 19, 3))
+    whole = upscale_image(image, 2, weights=model, tile=0)
+    tiled = upscale_image(image, 2, weights=model, tile=7)
+    assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+    assert np.mean(whole != tiled) < 0.001
+
+
+def test_fewer_recursions_give_a_different_result(model):
+    image = rng_image((8, 8, 3))
+    one = upscale_image(image, 2, weights=model, recursions=1)
+    assert not np.array_equal(one, upscale_image(image, 2, weights=model))
+
+
+def test_weights_from_a_file(model, tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_weights(model, path)
+    image = rng_image((6, 6, 3))
+    assert np.array_equal(upscale_image(image, 2, weights=path), upscale_image(image, 2, weights=model))
+    with pytest.raises(WeightsError):
+        upscale_image(image, 2, weights=tmp_path / "missing.safetensors")
+    with pytest.raises(WeightsError, match="not bundled"):
+        upscale_image(image, 2, weights="no-such-model")
+
+
+def test_bad_arguments(model):
+    image = rng_image((6, 6, 3))
+    with pytest.raises(ValueError, match="scale"):
+        upscale_image(image, 0.5, weights=model)
+    with pytest.raises(ValueError, match="method"):
+        upscale_image(image, 2, method="lanczos")
+    with pytest.raises(ValueError, match="fp16"):
+        upscale_image(image, 2, weights=model, device="cpu", precision="fp16")

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from drcn_cli.model import DRCN, DRCNConfig
+from drcn_cli.tiling import auto_tile_size, plan_tiles, run_tiled, run_tiled_adaptive
+
+
+def random_model(recursions=3) -> DRCN:
+    torch.manual_seed(0)
+    model = DRCN(DRCNConfig(features=8, recursions=recursions))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("height,width,tile", [(37, 53, 16), (40, 23, 9), (17, 17, 64), (5, 70, 8)])
+def test_cores_partition_the_image_and_windows_hold_them(height, width, tile):
+    tiles = plan_tiles(height, width, tile, overlap=4)
+    covered = torch.zeros(height, width, dtype=torch.int32)
+    for t in tiles:
+        top, bottom, left, right = t.core
+        covered[top:bottom, left:right] += 1
+        wt, wb, wl, wr = t.window
+        assert wt == max(0, top - 4) and wb == min(height, bottom + 4)
+        assert wl == max(0, left - 4) and wr == min(width, right + 4)
+        assert bottom - top <= tile and right - left <= tile
+    assert torch.all(covered == 1)
+
+
+def test_tile_zero_means_one_tile():
+    assert len(plan_tiles(30, 40, 0, overlap=5)) == 1
+
+
+@pytest.mark.parametrize("tile", [8, 13, 29])
+def test_tiled_equals_untiled_with_receptive_field_overlap(tile):
+    model = random_model()
+    x = torch.rand(2, 1, 45, 38)
+    with torch.no_grad():
+        whole = model(x)
+        seen = []
+        tiled = run_tiled(model, x, tile, model.config.receptive_radius, on_tile=lambda i, n: seen.append((i, n)))
+    assert (tiled - whole).abs().max().item() <= 1e-5
+    assert seen[-1][0] == seen[-1][1] == len(seen) > 1
+
+
+def test_too_little_overlap_shows_seams():
+    # The check above can fail: with no context the tile borders differ from the untiled output.
+    model = random_model()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        difference = (run_tiled(model, x, 8, overlap=0) - model(x)).abs().max().item()
+    assert difference > 1e-3
+
+
+class FakeOOM(torch.OutOfMemoryError):
+    pass
+
+
+def test_out_of_memory_halves_the_tile_and_reports_it():
+    calls, shrinks = [], []
+
+    def fn(window):
+        calls.append(window.shape[-1])
+        if window.shape[-1] > 20:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return window * 2
+
+    x = torch.rand(1, 1, 40, 40)
+    out = run_tiled_adaptive(fn, x, 40, overlap=2, min_tile=8, on_shrink=shrinks.append)
+    torch.testing.assert_close(out, x * 2)
+    assert shrinks == [20, 10]
+
+
+def test_out_of_memory_at_the_smallest_tile_propagates_and_other_errors_are_not_retried():
+    def oom(window):
+        raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        run_tiled_adaptive(oom, torch.rand(1, 1, 16, 16), 16, overlap=0, min_tile=8)
+
+    attempts = []
+
+    def broken(window):
+        attempts.append(1)
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_tiled_adaptive(broken, torch.rand(1, 1, 16, 16), 16, overlap=0)
+    assert len(attempts) == 1
+
+
+def test_auto_tile_size_fits_budget():
+    side = auto_tile_size(bytes_per_pixel=4096, budget_bytes=1 << 30, overlap=20)
+    assert side % 8 == 0
+    assert (side + 40) ** 2 * 4096 <= 1 << 30
+    assert auto_tile_size(4096, 0, 20) == 64
+    assert auto_tile_size(1, 1 << 40, 20) == 4096
