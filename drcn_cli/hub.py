@@ -1,18 +1,128 @@
 """The only module that talks to the Hugging Face hub (huggingface_hub is imported here and nowhere else).
 
-The hub client's own conventions apply: HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE.
+The hub client's own conventions apply: ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``,
+``HF_TOKEN``. Files land in the hub's cache layout
+(``<cache>/<models|datasets>--<org>--<name>/snapshots/<commit>/<file>``, a link to ``blobs/<etag>``), so other
+tools that use the hub share them. The client downloads into a temporary file of its own and renames it only
+when the byte count matches, so an interrupted transfer never appears under a cached name; checking contents
+against a known checksum is the caller's business (see :mod:`drcn_cli.registry`).
+
+Every failure of the hub or of the transfer is a :class:`HubError` with a one-line reason (no tracebacks from the
+client's internals).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["HubError", "fetch_file"]
+__all__ = [
+    "HubError",
+    "ProgressCallback",
+    "cached_file",
+    "endpoint",
+    "fetch_file",
+    "hub_cache_dir",
+    "offline_mode",
+    "remove_cached_file",
+]
+
+ProgressCallback = Callable[[int, int | None], None]
+"""Called as bytes arrive: ``(bytes received so far, total bytes or None when unknown)``."""
 
 
 class HubError(RuntimeError):
     """A file could not be had from the hub (offline, missing, server error); the message says what to do."""
+
+
+def offline_mode() -> bool:
+    """Whether the hub client is in offline mode (``HF_HUB_OFFLINE=1``, read by the client at import)."""
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+def endpoint() -> str:
+    """The hub address the client uses (``HF_ENDPOINT``, default https://huggingface.co)."""
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where hub files are cached: ``cache_dir`` if given, else ``HF_HUB_CACHE`` (default ``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
+
+
+def _where(repo_id: str, filename: str, repo_type: str, revision: str | None) -> str:
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    return f"{prefix}{repo_id}/{filename}@{revision or 'main'}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _http_status(exc: BaseException) -> str:
+    response = exc.response  # type: ignore[attr-defined]
+    return f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+
+
+class _ProgressRelay:
+    """Stands in for the client's tqdm bar and forwards the count of bytes written to ``_callback``.
+
+    The client accepts any class as ``tqdm_class``; it creates a non-tqdm class with plain keyword arguments
+    (``total``, ``initial``, ``desc``, ...) and calls the tqdm methods below. Having ``update_transfer`` makes a
+    Xet download (the hub's storage backend) use one bar for bytes written, with network bytes sent to
+    ``update_transfer``, rather than two bars whose counts would interleave.
+    """
+
+    _callback: ProgressCallback
+
+    def __init__(self, *, total: int | None = None, initial: int = 0, **_: Any) -> None:
+        self.total = total
+        self.n = initial
+        self.format_dict: dict[str, Any] = {}
+        self._callback(self.n, self.total)
+
+    def update(self, n: int = 1) -> None:
+        # n is negative when a resumed transfer has to start over: the count goes back with it.
+        self.n += n
+        self._callback(self.n, self.total)
+
+    def update_transfer(self, n: int = 1) -> None:
+        pass  # network bytes of a Xet download: the bytes written (update) are what the caller sees
+
+    def refresh(self, *args: Any, **kwargs: Any) -> None:
+        self._callback(self.n, self.total)  # the client sets .total directly, then refreshes
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_description(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _ProgressRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _relay_class(callback: ProgressCallback) -> type[_ProgressRelay]:
+    # A class, not a functools.partial: the client looks for `update_transfer` on the class itself.
+    return type("ProgressRelay", (_ProgressRelay,), {"_callback": staticmethod(callback)})
 
 
 def fetch_file(
@@ -24,23 +134,49 @@ def fetch_file(
     cache_dir: str | os.PathLike | None = None,
     force: bool = False,
     local_only: bool = False,
+    on_progress: ProgressCallback | None = None,
 ) -> Path:
     """Download (or find in the cache) one file of a hub repo; returns its local path.
 
-    Raises HubError with a one-line reason on any failure. The hub client writes to a temporary
-    ``.incomplete`` file and renames it when complete, so an interrupted transfer is never taken for a file.
+    Args:
+        repo_id: ``"org/name"``.
+        filename: path of the file inside the repo.
+        repo_type: ``"model"``, ``"dataset"`` or ``"space"``.
+        revision: branch, tag or commit hash (default ``main``). With a commit hash and a cached copy, no request
+            is made at all.
+        cache_dir: hub cache folder (default: ``HF_HUB_CACHE``).
+        force: download again even if cached (refused in offline mode).
+        local_only: never use the network; fail if the file is not cached.
+        on_progress: receives byte counts during a transfer instead of the client's own tqdm bar
+            (which otherwise shows on stderr unless ``HF_HUB_DISABLE_PROGRESS_BARS=1``).
+
+    Returns:
+        The file's path in the cache (a link into ``blobs/``). Its contents are what the server sent, complete in
+        length; they are not checked against any checksum here.
+
+    Raises:
+        HubError: one line saying what failed (offline, not found, HTTP status, broken transfer) and for which file.
     """
+    import httpx2
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        FileMetadataError,
+        GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    where = _where(repo_id, filename, repo_type, revision)
+    if force and local_only:
+        raise ValueError("force and local_only exclude each other")
+    if force and offline_mode():
+        raise HubError(f"{where}: cannot download again in offline mode (HF_HUB_OFFLINE=1)")
+    tqdm_class = _relay_class(on_progress) if on_progress is not None else None
     try:
         path = hf_hub_download(
             repo_id,
@@ -50,17 +186,98 @@ def fetch_file(
             cache_dir=str(cache_dir) if cache_dir is not None else None,
             force_download=force,
             local_files_only=local_only,
+            tqdm_class=tqdm_class,  # type: ignore[arg-type]
         )
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        raise HubError(f"{where} is not in the cache and the hub cannot be reached (offline): {exc}") from exc
+    except LocalEntryNotFoundError as exc:
+        # The client raises this whenever it could not ask the hub and has no cached copy; why it could not ask
+        # is in the chained cause.
+        cause = exc.__cause__
+        cache = hub_cache_dir(cache_dir)
+        if local_only:
+            reason = f"not in the cache {cache}"
+        elif isinstance(cause, OfflineModeIsEnabled) or offline_mode():
+            reason = f"not in the cache {cache} and offline mode is on (HF_HUB_OFFLINE=1)"
+        elif isinstance(cause, HfHubHTTPError):
+            reason = f"the hub at {endpoint()} answered {_http_status(cause)}"
+        elif isinstance(cause, httpx2.HTTPError):
+            reason = f"cannot reach the hub at {endpoint()}: {_first_line(cause)}"
+        elif isinstance(cause, FileMetadataError):
+            reason = f"{endpoint()} did not answer like a hub: {_first_line(cause)}"
+        else:
+            reason = _first_line(exc)
+        raise HubError(f"{where}: {reason}") from exc
+    except HFValidationError as exc:
+        raise HubError(f"{where}: not a valid repository id, revision or file name: {_first_line(exc)}") from exc
+    except OfflineModeIsEnabled as exc:
+        raise HubError(f"{where}: offline mode is on (HF_HUB_OFFLINE=1)") from exc
     except EntryNotFoundError as exc:
-        raise HubError(f"{where}: no such file on the hub") from exc
+        raise HubError(f"{where}: no such file in the repository on the hub") from exc
     except RevisionNotFoundError as exc:
-        raise HubError(f"{where}: no such revision on the hub") from exc
+        raise HubError(f"{where}: no such revision of {repo_id} on the hub") from exc
+    except GatedRepoError as exc:
+        raise HubError(
+            f"{where}: the repository is gated: accept its conditions on the hub and log in (hf auth login)"
+        ) from exc
     except RepositoryNotFoundError as exc:
-        raise HubError(f"{repo_id}: no such {repo_type} repository on the hub (or it is private)") from exc
+        raise HubError(
+            f"{where}: no such {repo_type} repository on the hub (or it is private: log in with hf auth login)"
+        ) from exc
     except HfHubHTTPError as exc:
-        raise HubError(f"{where}: the hub answered with an error: {exc}") from exc
+        raise HubError(f"{where}: the hub answered {_http_status(exc)}") from exc
+    except httpx2.HTTPError as exc:
+        raise HubError(f"{where}: transfer failed, the partial file was discarded: {_first_line(exc)}") from exc
     except OSError as exc:
-        raise HubError(f"{where}: download failed: {exc}") from exc
+        raise HubError(f"{where}: download failed, the partial file was discarded: {_first_line(exc)}") from exc
     return Path(path)
+
+
+def cached_file(
+    repo_id: str,
+    filename: str,
+    *,
+    repo_type: str = "model",
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path | None:
+    """The cached copy of a file at ``revision`` (a branch resolved through the cache's ``refs/``), or None.
+
+    Never uses the network; the contents are not checked. Raises HubError only for an invalid repository id or
+    file name.
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(
+            repo_id,
+            filename,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            revision=revision,
+            repo_type=repo_type,
+        )
+    except HFValidationError as exc:
+        where = _where(repo_id, filename, repo_type, revision)
+        raise HubError(f"{where}: not a valid repository id or file name: {_first_line(exc)}") from exc
+    return Path(found) if isinstance(found, str) else None
+
+
+def remove_cached_file(path: str | os.PathLike) -> None:
+    """Delete a file from the hub cache: its ``snapshots/`` entry and the blob it links to.
+
+    Used on a file whose contents were refused, so that no later run finds it. Another snapshot linking to the same
+    blob is left dangling, which the client treats as not cached.
+
+    Raises:
+        ValueError: ``path`` is not inside a hub cache's ``snapshots/`` folder (a guard against deleting a user's file).
+    """
+    path = Path(path)
+    if "snapshots" not in (parent.name for parent in path.parents):
+        raise ValueError(f"{path}: not a file in a hub cache")
+    if path.is_symlink():
+        blob = path.resolve()
+        path.unlink()
+        if blob.parent.name == "blobs":
+            blob.unlink(missing_ok=True)
+    else:
+        # Without symlinks (Windows without developer mode) the client keeps the blob itself in snapshots/.
+        path.unlink(missing_ok=True)

@@ -25,10 +25,9 @@ from .device import autocast_dtype, memory_budget, resolve_device, resolve_preci
 from .model import DRCN
 from .resize import imresize, output_size
 from .tiling import auto_tile_size, run_tiled_adaptive
-from .weights import WeightsError, bundled_weights, load_weights
+from .weights import DEFAULT_MODELS, WeightsError, bundled_weights, load_weights
 
 __all__ = [
-    "DEFAULT_MODEL",
     "MAX_SCALE",
     "InferenceSettings",
     "load_model",
@@ -38,8 +37,6 @@ __all__ = [
     "upscale_tensor",
 ]
 
-DEFAULT_MODEL = "drcn"
-FALLBACK_MODEL = "drcn-lite"
 MAX_SCALE = 32.0
 
 
@@ -86,14 +83,14 @@ def _load_cached(path: str, mtime_ns: int, device: str) -> DRCN:
 
 
 def load_model(weights: str | os.PathLike | DRCN | None, device: torch.device) -> DRCN:
-    """A DRCN from a path, a bundled model name (default: drcn, else drcn-lite), or an instance.
+    """A DRCN from a path, a bundled model name (default: the first of DEFAULT_MODELS bundled), or an instance.
 
     Files are cached by path and modification time, so a batch loads them once.
     """
     if isinstance(weights, DRCN):
         return weights.to(device).eval()
     if weights is None:
-        path = bundled_weights(DEFAULT_MODEL) or bundled_weights(FALLBACK_MODEL)
+        path = next(filter(None, map(bundled_weights, DEFAULT_MODELS)), None)
         if path is None:
             raise WeightsError("no bundled weights found; run `drcn download-weights` or pass weights=PATH")
     elif Path(weights).suffix == "" and not Path(weights).exists():

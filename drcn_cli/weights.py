@@ -11,13 +11,16 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so finding files stays instant
+    import torch
 
-from .model import DRCN, DRCNConfig
+    from .model import DRCN, DRCNConfig
 
 __all__ = [
     "BUNDLED_DIR",
+    "DEFAULT_MODELS",
     "WeightsError",
     "bundled_weights",
     "canonical_state_dict",
@@ -27,6 +30,7 @@ __all__ = [
 ]
 
 FORMAT = "drcn-weights/1"
+DEFAULT_MODELS = ("drcn", "drcn-lite")  # the default model is the first of these that is bundled
 SUFFIX = ".safetensors"
 
 _EXPECTED_KEYS = {
@@ -80,6 +84,8 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
             if part
         )
         raise WeightsError(f"not DRCN weights ({detail})")
+    from .model import DRCNConfig
+
     features, in_channels, k, k2 = state["embed1.weight"].shape
     recursions = state["ensemble_logits"].shape[0]
     config = DRCNConfig(features=int(features), recursions=int(recursions), kernel_size=int(k))
@@ -110,6 +116,8 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DRCN, dict[str, str]]:
     """Build the DRCN stored in a ``.safetensors`` file. Returns (model in eval mode, metadata)."""
     from safetensors import SafetensorError, safe_open
+
+    from .model import DRCN
 
     path = Path(path)
     if not path.is_file():
@@ -154,6 +162,7 @@ def save_weights(model: DRCN, path: str | os.PathLike, metadata: Mapping[str, st
     os.close(fd)
     try:
         save_file(state, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a weights file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,458 @@
+"""Batch planning and execution: inputs -> jobs (input path, output path) -> load / upscale / save, overlapped.
+
+Planning is pure: :func:`expand_inputs` turns the command line's INPUT... (files, folders, globs, ``-``)
+into :class:`Source` items and :class:`InputProblem` items (a missing path, a folder without images);
+:func:`plan_jobs` names each output; :func:`shard` gives one torchrun rank its share.
+
+Execution (:func:`run_pipelined`) keeps the device busy: images are read ahead in a thread pool while the
+current one is upscaled, and written behind in another. Every job ends in one :class:`JobOutcome` that
+carries its result or its exception; an error in one job never stops the others and is never dropped.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .imageio import FORMAT_EXTENSIONS, format_from_path, normalize_format
+
+__all__ = [
+    "INPUT_EXTENSIONS",
+    "InputProblem",
+    "Job",
+    "JobOutcome",
+    "OutputPlan",
+    "Source",
+    "default_suffix",
+    "distributed_rank",
+    "expand_inputs",
+    "plan_jobs",
+    "run_pipelined",
+    "shard",
+]
+
+# Files taken from folders and globs: what Pillow reads well. A file named on the command line is tried
+# whatever its extension.
+INPUT_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".tga", ".ppm", ".pgm"}
+)
+STDIO = "-"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input image: ``path`` None for stdin; ``root`` the folder it was found under (None for a named file)."""
+
+    path: Path | None
+    root: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return STDIO if self.path is None else str(self.path)
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """An INPUT argument that gives no image: what was typed and why."""
+
+    input: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to upscale: where from, where to (None: stdout), in which format; ``error`` if refused at planning.
+
+    ``skip`` is set when the output exists and --skip-existing was given.
+    """
+
+    source: Source
+    output: Path | None
+    fmt: str
+    error: str | None = None
+    skip: bool = False
+
+    @property
+    def input_label(self) -> str:
+        return self.source.label
+
+    @property
+    def output_label(self) -> str | None:
+        if self.error is not None:
+            return None
+        return STDIO if self.output is None else str(self.output)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """How outputs are named.
+
+    output: -o as typed (None: next to each input; "-": stdout).
+    suffix: added to each output's stem; None = the default (see :func:`default_suffix`).
+    fmt: --format (None: from -o's extension, else the input's, else PNG).
+    scale_label: what the default suffix says, e.g. "x3", "w1920", "1920x1080".
+    overwrite / skip_existing: what to do when an output exists.
+    """
+
+    output: str | None = None
+    suffix: str | None = None
+    fmt: str | None = None
+    scale_label: str = "x2"
+    overwrite: bool = False
+    skip_existing: bool = False
+
+
+class UsageError(ValueError):
+    """A combination of inputs and options that cannot work; the message says which."""
+
+
+def default_suffix(plan: OutputPlan, next_to_input: bool) -> str:
+    """No suffix when writing into another folder (same names there); ``_x3`` etc. when writing beside the inputs."""
+    if plan.suffix is not None:
+        return plan.suffix
+    return f"_{plan.scale_label}" if next_to_input else ""
+
+
+def scale_label(scale: float | None, width: int | None, height: int | None) -> str:
+    """'x3', 'x2.5', 'w1920', 'h1080' or '1920x1080': what the default suffix says about the size asked for."""
+    if scale is not None:
+        return f"x{scale:g}"
+    if width and height:
+        return f"{width}x{height}"
+    return f"w{width}" if width else f"h{height}"
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def _is_candidate(path: Path) -> bool:
+    # Hidden files are skipped, among them the .NAME.XXXX.tmp files of an interrupted write.
+    return path.suffix.lower() in INPUT_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if _is_candidate(p))
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(p for p in (Path(dirpath) / f for f in filenames) if _is_candidate(p))
+    return sorted(found)
+
+
+def _folder_sources(folder: Path, recursive: bool, typed: str) -> tuple[list[Source], list[InputProblem]]:
+    try:
+        images = _folder_images(folder, recursive)
+    except OSError as exc:
+        return [], [InputProblem(typed, f"cannot list the folder ({exc.strerror or exc})")]
+    if images:
+        return [Source(p, folder) for p in images], []
+    reason = "folder with no images"
+    if not recursive:
+        try:
+            nested = any(True for _ in _folder_images(folder, True))
+        except OSError:
+            nested = False
+        if nested:
+            reason += " (its subfolders have some: add --recursive)"
+    return [], [InputProblem(typed, reason)]
+
+
+def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[Source], list[InputProblem]]:
+    """Files, folders (their images; with ``recursive`` the whole tree), globs and ``-`` (stdin) -> sources.
+
+    A path that does not exist, a glob matching nothing and a folder without images become InputProblems.
+    A file reached twice is kept once. Order: as typed, each folder sorted.
+    """
+    sources: list[Source] = []
+    problems: list[InputProblem] = []
+    seen: set[Path] = set()
+
+    def add(found: Iterable[Source]) -> None:
+        for source in found:
+            key = source.path.resolve() if source.path is not None else None
+            if key is None or key not in seen:
+                if key is not None:
+                    seen.add(key)
+                sources.append(source)
+
+    for typed in inputs:
+        if typed == STDIO:
+            if any(s.path is None for s in sources):
+                problems.append(InputProblem(typed, "stdin can be read only once"))
+            else:
+                sources.append(Source(None))
+            continue
+        path = Path(typed).expanduser()
+        if path.is_dir():
+            found, issues = _folder_sources(path, recursive, typed)
+            add(found)
+            problems.extend(issues)
+        elif path.exists() or path.is_symlink():
+            add([Source(path)])
+        elif glob.has_magic(typed):
+            matches = sorted(glob.glob(os.path.expanduser(typed), recursive=recursive))
+            files = [Path(m) for m in matches if _is_candidate(Path(m))]
+            folders = [Path(m) for m in matches if Path(m).is_dir()]
+            for folder in folders:
+                found, issues = _folder_sources(folder, recursive, str(folder))
+                add(found)
+                problems.extend(issues)
+            add(Source(f) for f in files)
+            if not files and not folders:
+                problems.append(InputProblem(typed, "no image matches this pattern"))
+        else:
+            problems.append(InputProblem(typed, "no such file or folder"))
+    return sources, problems
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def _extension_for(fmt: str, source_suffix: str) -> str:
+    # Keep the input's own spelling (.jpeg, .TIF) when it already names the format.
+    if source_suffix.lower() in FORMAT_EXTENSIONS[fmt]:
+        return source_suffix
+    return FORMAT_EXTENSIONS[fmt][0]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _in_nested_output(source: Source, out: Path) -> bool:
+    """True for an image found under a folder input that lies inside OUT, itself inside that folder."""
+    if source.root is None or source.path is None:
+        return False
+    out_resolved = out.resolve()
+    return out_resolved != source.root.resolve() and source.path.resolve().is_relative_to(out_resolved)
+
+
+def _output_format(plan: OutputPlan, source: Source) -> str:
+    if plan.fmt is not None:
+        return normalize_format(plan.fmt)
+    if source.path is not None:
+        return format_from_path(source.path) or "PNG"
+    return "PNG"
+
+
+def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
+    """Name the output of every source; raise UsageError for a combination that cannot work.
+
+    Rules:
+      * ``-o -`` (or stdin with no -o) writes to stdout: one input only.
+      * One input and -o that is not an existing folder (and does not end in a slash): -o is the file.
+      * Otherwise -o is a folder; each output is ``OUT/<path under its input folder>/<stem><suffix><ext>``
+        (the tree under a folder input is mirrored); images found inside OUT itself are left out. With no
+        -o, outputs go beside their inputs; a folder input then needs -o.
+      * Refused per job (``Job.error``): an output that is an input, two inputs with one output name, an
+        existing output without ``overwrite`` (with ``skip_existing`` the job is marked ``skip`` instead).
+    """
+    if plan.overwrite and plan.skip_existing:
+        raise UsageError("--overwrite and --skip-existing contradict each other: give one")
+    fmt_given = normalize_format(plan.fmt) if plan.fmt is not None else None
+    to_stdout = plan.output == STDIO or (plan.output is None and any(s.path is None for s in sources))
+    if to_stdout and len(sources) > 1:
+        raise UsageError("only one input can be written to stdout")
+    out = Path(plan.output).expanduser() if plan.output not in (None, STDIO) else None
+    single_file = (
+        out is not None
+        and len(sources) == 1
+        and sources[0].root is None
+        and not out.is_dir()
+        and not str(plan.output).endswith(("/", os.sep))
+    )
+    if any(s.path is None for s in sources) and out is not None and not single_file:
+        raise UsageError("stdin needs a file name with -o (or none, for stdout)")
+    if out is None and not to_stdout and any(s.root is not None for s in sources):
+        # Outputs beside the inputs of a folder would be taken as inputs by the next run.
+        raise UsageError("a folder input needs an output folder: add -o OUT")
+    if out is not None and not single_file:
+        # Images already inside the output folder (a previous run's results) are not inputs.
+        sources = [s for s in sources if not _in_nested_output(s, out)]
+    if single_file:
+        assert out is not None
+        by_extension = format_from_path(out)
+        if fmt_given is None and by_extension is None:
+            raise UsageError(f"cannot tell the format from {out.name!r}: use .png, .jpg, .webp or .tif, or --format")
+        if fmt_given is not None and by_extension is not None and by_extension != fmt_given:
+            raise UsageError(f"-o {out.name} does not match --format {plan.fmt}")
+
+    jobs: list[Job] = []
+    taken: dict[Path, str] = {}
+    inputs = {s.path.resolve() for s in sources if s.path is not None}
+    for source in sources:
+        if to_stdout:
+            jobs.append(Job(source, None, fmt_given or _output_format(plan, source)))
+            continue
+        if single_file:
+            assert out is not None
+            target = out
+            fmt = fmt_given or format_from_path(out) or "PNG"
+        else:
+            assert source.path is not None
+            fmt = _output_format(plan, source)
+            beside = out is None or out.resolve() == source.path.parent.resolve()
+            suffix = default_suffix(plan, next_to_input=beside)
+            name = f"{source.path.stem}{suffix}{_extension_for(fmt, source.path.suffix)}"
+            if out is None:
+                target = source.path.parent / name
+            elif source.root is not None:
+                target = out / source.path.parent.relative_to(source.root) / name
+            else:
+                target = out / name
+        jobs.append(_check_target(Job(source, target, fmt), plan, taken, inputs))
+    return jobs
+
+
+def _check_target(job: Job, plan: OutputPlan, taken: dict[Path, str], inputs: set[Path]) -> Job:
+    target = job.output
+    assert target is not None
+    resolved = target.resolve()
+    if resolved in inputs or (job.source.path is not None and _same_file(job.source.path, target)):
+        return replace(job, error=f"output {target} is an input file: never overwritten (give -o or --suffix)")
+    if resolved in taken:
+        return replace(job, error=f"output {target} is also the output of {taken[resolved]}")
+    taken[resolved] = job.input_label
+    if target.exists():
+        if plan.skip_existing:
+            return replace(job, skip=True)
+        if not plan.overwrite:
+            return replace(job, error=f"output {target} exists (use --overwrite or --skip-existing)")
+    return job
+
+
+# --------------------------------------------------------------------------------------------- ranks
+
+
+def distributed_rank(environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """(rank, world size) from torchrun's RANK and WORLD_SIZE; (0, 1) outside torchrun.
+
+    Raises ValueError when they are set but not a valid pair.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+    except ValueError:
+        raise ValueError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env.get('WORLD_SIZE')!r} are not integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    return rank, world
+
+
+def shard(jobs: list[Job], rank: int, world_size: int) -> list[Job]:
+    """This rank's share: every world_size-th job starting at rank, so ranks get neighbours of similar size."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not within world size {world_size}")
+    return jobs[rank::world_size]
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class JobOutcome:
+    """What became of one job. ``stage`` says where it failed: "read", "upscale" or "write"."""
+
+    job: Job
+    loaded: Any = None
+    processed: Any = None
+    saved: Any = None
+    error: BaseException | None = None
+    stage: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def run_pipelined(
+    jobs: Iterable[Job],
+    load: Callable[[Job], Any],
+    process: Callable[[Job, Any], Any],
+    save: Callable[[Job, Any], Any],
+    *,
+    read_ahead: int = 2,
+    writers: int = 2,
+) -> Iterator[JobOutcome]:
+    """Run load -> process -> save for every job; load and save in background threads, process in this one.
+
+    Up to ``read_ahead`` images are loaded ahead and up to ``writers`` saves run behind, so memory stays
+    bounded. Yields one JobOutcome per job, in the order they finish. An exception (``Exception``) in any
+    stage ends that job only and is carried in its outcome. KeyboardInterrupt and the like propagate: loads not
+    yet started are cancelled; images already handed to a writer are written first (atomically), unreported.
+    """
+    read_ahead = max(1, read_ahead)
+    writers = max(1, writers)
+    loader = ThreadPoolExecutor(read_ahead, thread_name_prefix="drcn-read")
+    saver = ThreadPoolExecutor(writers, thread_name_prefix="drcn-write")
+    pending_loads: deque[tuple[Job, Future]] = deque()
+    pending_saves: deque[tuple[JobOutcome, Future]] = deque()
+    queue = iter(jobs)
+
+    def refill() -> None:
+        while len(pending_loads) < read_ahead:
+            job = next(queue, None)
+            if job is None:
+                return
+            pending_loads.append((job, loader.submit(_timed, load, job)))
+
+    def finish(outcome: JobOutcome, future: Future) -> JobOutcome:
+        try:
+            outcome.saved, outcome.timings["write"] = future.result()
+        except Exception as exc:
+            outcome.error, outcome.stage = exc, "write"
+        return outcome
+
+    completed = False
+    try:
+        refill()
+        while pending_loads:
+            job, future = pending_loads.popleft()
+            refill()
+            outcome = JobOutcome(job)
+            try:
+                outcome.loaded, outcome.timings["read"] = future.result()
+            except Exception as exc:
+                outcome.error, outcome.stage = exc, "read"
+                yield outcome
+                continue
+            try:
+                outcome.processed, outcome.timings["upscale"] = _timed(process, job, outcome.loaded)
+            except Exception as exc:
+                outcome.error, outcome.stage = exc, "upscale"
+                yield outcome
+                continue
+            while len(pending_saves) >= writers:
+                yield finish(*pending_saves.popleft())
+            pending_saves.append((outcome, saver.submit(_timed, save, job, outcome.processed)))
+            while pending_saves and pending_saves[0][1].done():
+                yield finish(*pending_saves.popleft())
+        while pending_saves:
+            yield finish(*pending_saves.popleft())
+        completed = True
+    finally:
+        # Interrupted: reads not yet started are dropped; upscaled images already handed to a writer are
+        # still written (each write is atomic), so no finished work is thrown away.
+        loader.shutdown(wait=completed, cancel_futures=not completed)
+        saver.shutdown(wait=True)

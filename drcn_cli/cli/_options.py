@@ -1,0 +1,48 @@
+"""Option types shared by the commands, so each option reads and behaves the same everywhere."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+MODEL_PANEL = "Model and device"
+
+
+class Method(str, Enum):
+    drcn = "drcn"
+    bicubic = "bicubic"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+ModelName = Annotated[
+    str | None,
+    typer.Option("-m", "--model", help="Model name (bundled or downloadable; see drcn download-weights).",
+                 rich_help_panel=MODEL_PANEL),
+]
+WeightsPath = Annotated[
+    Path | None,
+    typer.Option("--weights", dir_okay=False, help="A .safetensors weights file (instead of --model).",
+                 rich_help_panel=MODEL_PANEL),
+]
+Device = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps.", rich_help_panel=MODEL_PANEL),
+]
+PrecisionChoice = Annotated[
+    Precision,
+    typer.Option("--precision", help="auto = fp32 on CPU, bf16 (or fp16) on CUDA.", rich_help_panel=MODEL_PANEL),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", min=0, help="CPU threads for torch (default: torch's choice).",
+                 rich_help_panel=MODEL_PANEL),
+]

@@ -1,0 +1,315 @@
+"""`drcn bench`: the paper's evaluation protocol on Set5, Set14, B100, Urban100 (or any folder of HR images),
+with a table of our numbers beside the published ones.
+
+Thin: check the options, resolve datasets (drcn_cli.datasets) and weights (drcn_cli.registry), run
+drcn_cli.bench.run_bench with a progress bar on stderr, print the table on stdout, write --json/--csv/--plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._options import MODEL_PANEL as _MODEL
+from ._options import Device, Method, ModelName, Precision, PrecisionChoice, Threads, WeightsPath
+
+_DATA = "Data"
+
+_OUTPUT = "Output"
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message} (see drcn bench --help)", err=True)
+    return typer.Exit(2)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(1)
+
+
+def _pair(psnr: float, ssim: float, digits: int = 3) -> str:
+    return f"{psnr:.{digits}f} / {ssim:.4f}"
+
+
+def _delta(psnr: float | None, ssim: float | None) -> str:
+    if psnr is None or ssim is None:
+        return "-"
+    return f"{psnr:+.3f} / {ssim:+.4f}"
+
+
+def _results_table(report: Any, model_label: str):
+    """One row per dataset, scale (and depth of a sweep): ours beside the published numbers, PSNR / SSIM."""
+    from rich.table import Table
+
+    sweep = len({s.recursions for s in report.sets}) > 1
+    drcn = report.method == "drcn"
+    name = "DRCN" if drcn else "Bicubic"
+    table = Table(title=f"PSNR (dB) / SSIM on Y, {model_label}", title_justify="left")
+    table.add_column("Dataset")
+    table.add_column("Scale", justify="right")
+    if sweep:
+        table.add_column("Recursions", justify="right")
+    if drcn:
+        table.add_column("Bicubic", justify="right")
+    table.add_column(f"{name} (ours)", justify="right")
+    table.add_column(f"{name} (paper)", justify="right")
+    table.add_column("Difference", justify="right")
+    for s in report.sets:
+        row = [s.dataset, f"x{s.scale}"]
+        if sweep:
+            row.append(str(s.recursions))
+        if drcn:
+            row.append(_pair(s.bicubic_psnr, s.bicubic_ssim))
+        row.append(_pair(s.psnr, s.ssim))
+        row.append(_pair(s.paper.psnr, s.paper.ssim, 2) if s.paper is not None else "-")
+        row.append(_delta(s.psnr_delta, s.ssim_delta))
+        table.add_row(*row)
+    return table
+
+
+def _timing_line(timing: Any) -> str:
+    if timing.peak_memory_bytes is None:
+        memory = "peak memory n/a"
+    else:
+        memory = f"peak memory {timing.peak_memory_bytes / 2**20:.0f} MiB ({timing.peak_memory_kind})"
+    return (
+        f"{timing.images} upscales in {timing.seconds:.2f} s: {timing.images_per_second:.2f} images/s, "
+        f"{timing.megapixels_per_second:.2f} output Mpx/s on {timing.device} ({timing.precision}); {memory}"
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    from ..imageio import write_bytes_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, text.encode())
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def bench(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-d", "--dataset",
+            help="Set5, Set14, B100 (BSD100) or Urban100, or a folder of HR images; repeat for several. "
+            "Default: Set5.",
+            rich_help_panel=_DATA, show_default=False,
+        ),
+    ] = None,
+    scale: Annotated[
+        list[int] | None,
+        typer.Option("-s", "--scale", min=2, help="Integer scale; repeat for several. Default: 2, 3 and 4.",
+                     rich_help_panel=_DATA, show_default=False),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", file_okay=False, help="A folder holding <Name>/ folders of HR images, "
+                     "tried before the cache ($DRCN_HOME/datasets) and a download from the hub.",
+                     rich_help_panel=_DATA),
+    ] = None,
+    download: Annotated[
+        bool,
+        typer.Option("--download/--no-download", help="Download a named dataset that is neither in --data-dir "
+                     "nor cached.", rich_help_panel=_DATA),
+    ] = True,
+    method: Annotated[
+        Method,
+        typer.Option("--method", help="drcn, or bicubic (the baseline; needs no weights).", rich_help_panel=_MODEL),
+    ] = Method.drcn,
+    model: ModelName = None,
+    weights: WeightsPath = None,
+    recursions: Annotated[
+        str | None,
+        typer.Option("-k", "--recursions", help="Recursion depth K, or a sweep: A..B, a list (1,4,16) or all. "
+                     "Default: all of the model's.", rich_help_panel=_MODEL, show_default=False),
+    ] = None,
+    device: Device = "auto",
+    precision: PrecisionChoice = Precision.auto,
+    tile: Annotated[
+        int, typer.Option("-t", "--tile", min=0, help="Tile side in pixels; 0 = from the free memory.",
+                          rich_help_panel=_MODEL),
+    ] = 0,
+    threads: Threads = None,
+    save_images: Annotated[
+        Path | None,
+        typer.Option("--save-images", file_okay=False, help="Write the SR images to DIR/<dataset>/x<scale>/.",
+                     rich_help_panel=_OUTPUT),
+    ] = None,
+    json_file: Annotated[
+        Path | None,
+        typer.Option("--json", dir_okay=False, help="Write means, timing and per-image results as JSON.",
+                     rich_help_panel=_OUTPUT),
+    ] = None,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option("--csv", dir_okay=False, help="Write per-image results as CSV.", rich_help_panel=_OUTPUT),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", dir_okay=False, help="Draw PSNR against recursion depth (PNG; needs "
+                     "pip install 'drcn\\[plot]'). Without --recursions it sweeps all depths.",
+                     rich_help_panel=_OUTPUT),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="No progress on stderr; errors are still printed.",
+                           rich_help_panel=_OUTPUT),
+    ] = False,
+) -> None:
+    """Benchmark DRCN (or bicubic) by the paper's protocol and print the results beside the paper's Table 1.
+
+    LR = MATLAB bicubic downscale of the HR mod-cropped to the scale, rounded to 8 bits.
+
+    PSNR and SSIM on the 8-bit Y channel, `scale` border pixels cropped, averaged over each set.
+
+    Exit code: 0 done, 1 a dataset, image or weights problem, 2 usage error.
+    """
+    datasets_spec = list(dataset or ["Set5"])
+    scales = list(dict.fromkeys(scale or [2, 3, 4]))
+    if model is not None and weights is not None:
+        raise _usage("give either --model or --weights, not both")
+    if method is Method.bicubic and (model is not None or weights is not None or recursions is not None):
+        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions")
+    if method is Method.bicubic and plot is not None:
+        raise _usage("--plot draws PSNR against recursion depth, which needs --method drcn")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise _fail("--plot needs matplotlib: pip install 'drcn[plot]'") from None
+
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def info(message: str) -> None:
+        if not quiet:
+            err.print(message, markup=False)
+
+    import torch
+
+    from .. import bench as lib
+    from ..datasets import DatasetError, UnknownDatasetError, resolve_dataset
+    from ..device import resolve_device, resolve_precision, set_threads
+    from ..hub import HubError
+    from ..imageio import ImageWriteError
+    from ..pipeline import InferenceSettings
+
+    try:
+        set_threads(threads)
+        dev = resolve_device(device)
+        prec = resolve_precision(precision.value, dev)
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
+
+    sets = []
+    for spec in datasets_spec:
+        try:
+            sets.append(resolve_dataset(spec, data_dir, download=download, on_download=info))
+        except UnknownDatasetError as exc:
+            raise _usage(str(exc)) from None
+        except (DatasetError, HubError, OSError) as exc:
+            raise _fail(str(exc)) from None
+
+    network = None
+    label = "MATLAB bicubic"
+    depths: tuple[int | None, ...] = (None,)
+    if method is Method.drcn:
+        from .. import registry
+        from ..weights import WeightsError, load_weights
+
+        try:
+            path = registry.resolve_weights(model, weights, on_download=info)
+            network, _metadata = load_weights(path, dev)
+        except (registry.WeightsNotFoundError, registry.ChecksumError, HubError, WeightsError) as exc:
+            raise _fail(str(exc)) from None
+        cfg = network.config
+        label = f"DRCN {Path(path).name} (F={cfg.features}, D={cfg.recursions})"
+        spec = recursions if recursions is not None else ("all" if plot is not None else None)
+        if spec is not None:
+            try:
+                depths = lib.parse_recursions(spec, cfg.recursions)
+            except lib.BenchError as exc:
+                raise _usage(str(exc)) from None
+        if plot is not None and len(depths) < 2:
+            raise _usage("--plot needs two or more recursion depths (e.g. --recursions 1..16)")
+
+    settings = InferenceSettings(dev, prec, tile)
+    try:
+        with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
+            report = lib.run_bench(sets, scales, network, settings, depths, save_images, advance)
+    except (lib.BenchError, DatasetError, ImageWriteError) as exc:
+        raise _fail(str(exc)) from None
+    except torch.OutOfMemoryError:
+        raise _fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
+
+    out = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    out.print(_results_table(report, label))
+    out.print(_timing_line(report.timing), markup=False)
+
+    try:
+        if json_file is not None:
+            data = {
+                "datasets": [{"name": s.name, "root": str(s.root), "source": s.source} for s in sets],
+                "scales": scales,
+                "model": label if network is not None else None,
+                **lib.report_to_dict(report),
+            }
+            _write_text(json_file, json.dumps(data, indent=2) + "\n")
+        if csv_file is not None:
+            _write_text(csv_file, _csv_text(lib.per_image_rows(report)))
+        if plot is not None:
+            lib.plot_recursion_sweep(report, plot)
+            info(f"plot written to {plot}")
+    except (ImageWriteError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    except (lib.BenchError, lib.MissingExtraError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@contextmanager
+def _progress(console: Any, quiet: bool, total: int) -> Iterator[Callable[[Any], None]]:
+    """A rich progress bar on stderr (dataset, image N/M, elapsed, ETA); yields the run_bench callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("starting", total=total)
+
+        def advance(event: Any) -> None:
+            description = f"{event.dataset} image {event.index}/{event.count} ({event.image})"
+            progress.update(task, completed=event.done, description=description)
+
+        yield advance

@@ -1,0 +1,142 @@
+"""`drcn download-weights`: fetch known weights from the Hugging Face hub into its cache, verified by sha256."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..registry import WeightsStatus
+
+_STATUS_STYLE = {"bundled": "green", "cached": "green", "available": "yellow", "unpublished": "red"}
+
+
+def download_weights(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to fetch (see --list). Default: the model `drcn upscale` uses.",
+            metavar="NAME",
+            show_default=False,
+        ),
+    ] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Fetch every known model.")] = False,
+    list_models: Annotated[
+        bool, typer.Option("--list", help="Show every known model: bundled, cached or available. No network.")
+    ] = False,
+    repo_id: Annotated[
+        str | None,
+        typer.Option(
+            "--repo-id",
+            metavar="ID",
+            help="Hub repository to download from (default: $DRCN_REPO_ID, else the table's).",
+        ),
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option("--revision", metavar="REV", help="Branch, tag or commit (default: the table's)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            metavar="DIR",
+            file_okay=False,
+            help="Hub cache folder (default: $HF_HUB_CACHE, else $HF_HOME/hub).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again, even if bundled or cached.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Download weights from the Hugging Face hub, each checked against its sha256 before use.
+
+    Files go to the hub cache (HF_HOME / HF_HUB_CACHE, or --cache-dir), where upscale, bench and train find them.
+    Bundled or cached models are not downloaded again unless --force.
+    """
+    from rich.console import Console
+
+    from .. import registry
+
+    if list_models:
+        if names or all_models:
+            raise typer.BadParameter("--list takes no model names and no --all", param_hint="--list")
+        try:
+            rows = registry.list_weights(repo_id=repo_id, revision=revision, cache_dir=cache_dir)
+        except registry.WeightsNotFoundError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        _print_table(Console(), rows)
+        return
+    if names and all_models:
+        raise typer.BadParameter("give model names or --all, not both", param_hint="--all")
+    unknown = [name for name in names or () if name not in registry.KNOWN_WEIGHTS]
+    if unknown:
+        known = ", ".join(sorted(registry.KNOWN_WEIGHTS))
+        typer.echo(f"error: unknown model {', '.join(map(repr, unknown))}; known models: {known}", err=True)
+        raise typer.Exit(2)
+    targets = list(registry.KNOWN_WEIGHTS) if all_models else list(dict.fromkeys(names or ()))
+    targets = targets or [registry.default_model_name()]
+
+    err = Console(stderr=True)
+    options = {"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir}
+    failed = False
+    for name in targets:
+        try:
+            if not force and (bundled := registry.bundled_path(name)) is not None:
+                typer.echo(f"{name}: {bundled} (bundled, nothing to download)")
+                continue
+            if not force:
+                try:
+                    if (cached := registry.cached_weights(name, **options)) is not None:
+                        typer.echo(f"{name}: {cached} (already cached, sha256 verified)")
+                        continue
+                except registry.ChecksumError as exc:
+                    err.print(f"warning: {exc}", markup=False, highlight=False)
+            with _progress(err, name, quiet) as on_progress:
+                path = registry.download_weights(name, force=force, on_progress=on_progress, **options)
+        except (registry.WeightsNotFoundError, registry.ChecksumError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            failed = True
+            continue
+        typer.echo(f"{name}: {path} (downloaded, sha256 verified)")
+    if failed:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _progress(console: Console, name: str, quiet: bool) -> Iterator[Callable[[int, int | None], None]]:
+    """A byte-count callback for the hub client: a transient rich bar on stderr, or nothing with --quiet (the
+    client's own tqdm bar is replaced either way)."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(name, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _print_table(console: Console, rows: list[WeightsStatus]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("name", "description", "size", "status")
+    table.add_column("where", overflow="fold")
+    for row in rows:
+        status = Text(row.status, style=_STATUS_STYLE.get(row.status, ""))
+        table.add_row(Text(row.entry.name), Text(row.entry.description), row.size, status, Text(row.location))
+    console.print(table)

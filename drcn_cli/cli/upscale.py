@@ -1,0 +1,549 @@
+"""`drcn upscale`: upscale files, folders, globs or stdin with DRCN (or plain bicubic), safely and resumably.
+
+Thin: parse and check the options, plan the jobs (drcn_cli.batch), load the model once, then for each
+image read (drcn_cli.imageio) -> upscale (drcn_cli.pipeline) -> write, reading ahead and writing behind
+in threads. Everything the user reads goes to stderr; stdout carries only --json lines or, with `-o -`,
+the image itself (the JSON lines then go to stderr so they cannot corrupt it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._options import MODEL_PANEL as _MODEL
+from ._options import Device, Method, ModelName, Precision, PrecisionChoice, Threads, WeightsPath
+
+DEFAULT_MAX_MPX = 100.0
+DEFAULT_MAX_OUTPUT_MPX = 1000.0
+EXIT_INTERRUPTED = 130
+
+_IO = "Input and output"
+_SIZE = "Size"
+
+_SAFETY = "Limits"
+_REPORT = "Reporting"
+
+
+class OutputFormat(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+    jpg = "jpg"
+    webp = "webp"
+    tiff = "tiff"
+    tif = "tif"
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """The options that the per-image work needs, once checked."""
+
+    scale: float | None
+    width: int | None
+    height: int | None
+    model_name: str | None
+    weights: Path | None
+    method: Method
+    recursions: int | None
+    tile: int
+    device: str
+    precision: str
+    threads: int | None
+    io_threads: int
+    max_pixels: int | None  # pixels, None = no limit
+    max_output_pixels: int | None
+    quality: int | None
+    overwrite: bool
+    rank: int
+    world: int
+
+
+@dataclass
+class _Upscaled:
+    """What the upscale step hands to the write step."""
+
+    pixels: Any
+    loaded: Any  # imageio.LoadedImage
+
+
+def _usage(message: str) -> typer.Exit:
+    """Print a usage error as one line and return the exit (code 2) for the caller to raise."""
+    typer.echo(f"error: {message} (see drcn upscale --help)", err=True)
+    return typer.Exit(2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _reason(exc: BaseException) -> str:
+    """The one-line reason for a failed file: our own errors as they are, anything else with its type."""
+    import torch
+
+    from ..imageio import ImageFormatError, ImageReadError, ImageWriteError
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return "out of memory even with the smallest tile: try --device cpu, or free memory on the device"
+    if isinstance(exc, (ImageReadError, ImageWriteError, ImageFormatError, ValueError)):
+        return _one_line(str(exc))
+    if isinstance(exc, OSError):
+        return _one_line(exc.strerror or str(exc))
+    return _one_line(f"{type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM (kill) into KeyboardInterrupt, so a killed run cleans up as Ctrl-C does."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _no_pillow_pixel_limit():
+    """--max-pixels is checked from each file's header in read_image; Pillow's own fixed limit would only
+    get in the way of a user who raised ours."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _device_for_rank(device: str, world: int) -> str:
+    """Under torchrun with several ranks, 'auto' means this rank's own GPU (LOCAL_RANK)."""
+    import torch
+
+    if device == "auto" and world > 1 and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return f"cuda:{local % torch.cuda.device_count()}"
+    return device
+
+
+def _describe_device(dev) -> str:
+    import torch
+
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    if dev.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(dev)
+
+
+def upscale(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="INPUT",
+            help="Image files, folders, globs ('photos/*.jpg'), or - to read one image from stdin.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o", "--output",
+            help="Output file (one input), folder (several inputs; created), or - for stdout. "
+            "Default: beside each input, with a suffix.",
+            rich_help_panel=_IO,
+        ),
+    ] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option("-s", "--scale", help="Scale factor, 1 to 32 (2, 3, 2.5 ...).", rich_help_panel=_SIZE),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", min=1, help="Output width in pixels (height keeps the aspect).", rich_help_panel=_SIZE),
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option("--height", min=1, help="Output height in pixels (width keeps the aspect).",
+                     rich_help_panel=_SIZE),
+    ] = None,
+    recursive: Annotated[
+        bool,
+        typer.Option("-r", "--recursive", help="Take folders' subfolders too; the tree is mirrored under -o.",
+                     rich_help_panel=_IO),
+    ] = False,
+    suffix: Annotated[
+        str | None,
+        typer.Option("--suffix", help="Added to output names. Default: none inside another -o folder, "
+                     "'_x3' (etc.) beside the inputs.", rich_help_panel=_IO),
+    ] = None,
+    skip_existing: Annotated[
+        bool,
+        typer.Option("--skip-existing", help="Skip images whose output exists (resume a batch).", rich_help_panel=_IO),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace existing outputs (never an input file).", rich_help_panel=_IO),
+    ] = False,
+    fmt: Annotated[
+        OutputFormat | None,
+        typer.Option("-f", "--format", help="Output format. Default: from -o's extension, else the input's "
+                     "(PNG for other types and stdout).", rich_help_panel=_IO, case_sensitive=False),
+    ] = None,
+    quality: Annotated[
+        int | None,
+        typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality (default 95); WebP 100 = lossless. "
+                     "PNG and TIFF are always lossless.", rich_help_panel=_IO, show_default=False),
+    ] = None,
+    model: ModelName = None,
+    weights: WeightsPath = None,
+    method: Annotated[
+        Method,
+        typer.Option("--method", help="drcn, or bicubic (MATLAB bicubic alone: a baseline, needs no weights).",
+                     rich_help_panel=_MODEL),
+    ] = Method.drcn,
+    recursions: Annotated[
+        int | None,
+        typer.Option("-k", "--recursions", min=1, help="Use only the first K recursions: faster, a little softer. "
+                     "Default: all.", rich_help_panel=_MODEL),
+    ] = None,
+    tile: Annotated[
+        int,
+        typer.Option("-t", "--tile", min=0, help="Tile side in pixels; 0 = from the free memory. Halved "
+                     "automatically on out-of-memory. Never changes the result (no seams).", rich_help_panel=_MODEL),
+    ] = 0,
+    device: Device = "auto",
+    precision: PrecisionChoice = Precision.auto,
+    threads: Threads = None,
+    io_threads: Annotated[
+        int,
+        typer.Option("--io-threads", min=1, help="Images read ahead, and written behind, in background threads.",
+                     rich_help_panel=_MODEL),
+    ] = 2,
+    max_pixels: Annotated[
+        float,
+        typer.Option("--max-pixels", min=0, help="Refuse inputs over this many megapixels, before decoding "
+                     "(decompression bombs). 0 = no limit.", rich_help_panel=_SAFETY),
+    ] = DEFAULT_MAX_MPX,
+    max_output_pixels: Annotated[
+        float,
+        typer.Option("--max-output-pixels", min=0, help="Refuse outputs over this many megapixels. 0 = no limit.",
+                     rich_help_panel=_SAFETY),
+    ] = DEFAULT_MAX_OUTPUT_MPX,
+    json_lines: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object per image on stdout (stderr when the image goes to "
+                     "stdout): input, output, sizes, seconds, status, error.", rich_help_panel=_REPORT),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("-q", "--quiet", help="No progress or summary; errors are still printed.",
+                     rich_help_panel=_REPORT),
+    ] = False,
+) -> None:
+    """Upscale images with DRCN: files, whole folders (--recursive), globs, or stdin to stdout (-).
+
+    Keeps alpha, 16-bit depth, the ICC profile and EXIF (orientation applied), and writes atomically.
+
+    A failed image is reported and the batch goes on. Exit code: 0 all done, 1 an image failed, 2 usage error.
+    """
+    from rich.console import Console
+
+    from ..batch import OutputPlan, UsageError, distributed_rank, expand_inputs, plan_jobs, scale_label, shard
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    # ---- options that cannot work together: usage errors (exit 2), before any image is read
+    if scale is None and width is None and height is None:
+        raise _usage("give a scale (-s 2) or an output size (--width / --height)")
+    if scale is not None and (width is not None or height is not None):
+        raise _usage("give either -s/--scale or --width/--height, not both")
+    if model is not None and weights is not None:
+        raise _usage("give either --model or --weights, not both")
+    if method is Method.bicubic and (model is not None or weights is not None or recursions is not None):
+        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions")
+    from ..pipeline import MAX_SCALE
+
+    if scale is not None and not 1.0 <= scale <= MAX_SCALE:
+        raise typer.BadParameter(f"{scale:g} is outside 1 to {MAX_SCALE:g}", param_hint="'-s' / '--scale'")
+    try:
+        rank, world = distributed_rank()
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
+
+    sources, problems = expand_inputs(inputs, recursive)
+    plan = OutputPlan(
+        output=output,
+        suffix=suffix,
+        fmt=fmt.value if fmt is not None else None,
+        scale_label=scale_label(scale, width, height),
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+    )
+    try:
+        jobs = plan_jobs(sources, plan)
+    except UsageError as exc:
+        raise _usage(str(exc)) from None
+    to_stdout = any(job.output is None for job in jobs)
+    if to_stdout and world > 1:
+        raise _usage("stdout output cannot be shared between torchrun ranks")
+    if to_stdout and sys.stdout.isatty():
+        raise _usage("refusing to write image data to a terminal: redirect stdout or give -o FILE")
+    jobs = shard(jobs, rank, world)
+    if rank != 0:
+        problems = []  # rank 0 reports the inputs that gave nothing, once
+
+    report = _Reporter(console, quiet=quiet, json_lines=json_lines, json_to_stderr=to_stdout, world=world, rank=rank)
+    for problem in problems:
+        report.failed_input(problem.input, problem.reason)
+    runnable = [job for job in jobs if job.error is None and not job.skip]
+    for job in jobs:
+        if job.error is not None:
+            report.failed_input(job.input_label, job.error)
+        elif job.skip:
+            report.skipped(job)
+
+    if runnable:
+        options = _RunOptions(
+            scale=scale, width=width, height=height, model_name=model, weights=weights, method=method,
+            recursions=recursions, tile=tile, device=device, precision=precision.value, threads=threads,
+            io_threads=io_threads, max_pixels=int(max_pixels * 1e6) or None,
+            max_output_pixels=int(max_output_pixels * 1e6) or None, quality=quality, overwrite=overwrite,
+            rank=rank, world=world,
+        )
+        _run(runnable, console, report, options)
+    report.summary()
+    raise typer.Exit(1 if report.failures else 0)
+
+
+def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
+    """Load the model once and run every job; sets report's counts. Exits 1 on a model error, 130 on Ctrl-C."""
+    from .. import registry
+    from ..batch import run_pipelined
+    from ..color import array_to_tensor, tensor_to_array
+    from ..device import resolve_device, resolve_precision, set_threads
+    from ..hub import HubError
+    from ..imageio import ImageWriteError, encode_image, read_image, write_image
+    from ..pipeline import InferenceSettings, load_model, target_size, upscale_tensor
+    from ..weights import WeightsError
+
+    try:
+        set_threads(opts.threads)
+        dev = resolve_device(_device_for_rank(opts.device, opts.world))
+        precision = resolve_precision(opts.precision, dev)
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
+
+    network = None
+    model_text = "bicubic (no network)"
+    if opts.method is Method.drcn:
+        try:
+            path = Path(registry.resolve_weights(opts.model_name, opts.weights, on_download=report.info))
+            network = load_model(path, dev)
+        except (registry.WeightsNotFoundError, registry.ChecksumError, HubError) as exc:
+            hint = "" if opts.weights else " (--method bicubic needs no weights)"
+            console.print(f"error: {_one_line(str(exc))}{hint}", markup=False)
+            raise typer.Exit(1) from None
+        except WeightsError as exc:
+            console.print(f"error: {_one_line(str(exc))}", markup=False)
+            raise typer.Exit(1) from None
+        config = network.config
+        if opts.recursions is not None and opts.recursions > config.recursions:
+            raise _usage(f"--recursions {opts.recursions}: this model has {config.recursions}")
+        model_text = f"{path.name} (F={config.features}, D={config.recursions})"
+    settings = InferenceSettings(dev, precision, opts.tile, opts.recursions)
+    tile_text = f"tile {opts.tile}" if opts.tile else "tile auto"
+    rank_text = f"rank {opts.rank}/{opts.world}: " if opts.world > 1 else ""
+    report.info(f"{rank_text}{len(jobs)} image(s) on {_describe_device(dev)}, {precision}, {model_text}, {tile_text}")
+
+    scale, width, height = opts.scale, opts.width, opts.height
+    max_pixels, max_output_pixels = opts.max_pixels, opts.max_output_pixels
+
+    def load(job):
+        source = job.source.path
+        data = typer.get_binary_stream("stdin").read() if source is None else source
+        return read_image(data, max_pixels)
+
+    def process(job, loaded):
+        size = target_size(loaded.height, loaded.width, scale, width, height)
+        if max_output_pixels and size[0] * size[1] > max_output_pixels:
+            raise ValueError(
+                f"output {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.1f} Mpx is over "
+                f"--max-output-pixels {max_output_pixels / 1e6:g} Mpx"
+            )
+        report.start(job, loaded, size)
+        tensor, fmt = array_to_tensor(loaded.pixels)
+        out = upscale_tensor(
+            tensor, size, network, settings, scale=scale, on_tile=report.tile, on_shrink=report.shrink
+        )
+        return _Upscaled(tensor_to_array(out, fmt), loaded)
+
+    def save(job, result: _Upscaled):
+        meta = dict(quality=opts.quality, icc_profile=result.loaded.icc_profile, exif=result.loaded.exif,
+                    dpi=result.loaded.dpi)
+        if job.output is None:
+            data = encode_image(result.pixels, job.fmt, **meta)
+            stream = typer.get_binary_stream("stdout")
+            stream.write(data)
+            stream.flush()
+            return len(data)
+        if not opts.overwrite and job.output.exists():
+            raise ImageWriteError(f"output {job.output} appeared meanwhile (use --overwrite or --skip-existing)")
+        return write_image(job.output, result.pixels, job.fmt, **meta)
+
+    with report.progress(len(jobs)), _sigterm_as_interrupt(), _no_pillow_pixel_limit():
+        try:
+            for outcome in run_pipelined(jobs, load, process, save, read_ahead=opts.io_threads,
+                                         writers=opts.io_threads):
+                if outcome.ok:
+                    report.done(outcome)
+                else:
+                    report.failed(outcome, _reason(outcome.error))
+        except KeyboardInterrupt:
+            report.interrupted(len(jobs))
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+class _Reporter:
+    """Everything the user sees: rich progress and one line per event on stderr, JSON lines for scripts."""
+
+    def __init__(self, console, *, quiet: bool, json_lines: bool, json_to_stderr: bool, world: int, rank: int):
+        self.console = console
+        self.quiet = quiet
+        self.json_lines = json_lines
+        self.json_to_stderr = json_to_stderr
+        self.rank = rank if world > 1 else None
+        self.live = console.is_terminal and not quiet  # a live bar on a terminal; one line per image in logs
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+        self.started = time.perf_counter()
+        self._progress = None
+        self._files = None
+        self._tiles = None
+        self._shrunk = False
+
+    @property
+    def failures(self) -> int:
+        return self.counts["failed"]
+
+    # ---- lines
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, markup=False)
+
+    def _json(self, **record) -> None:
+        if self.json_lines:
+            if self.rank is not None:
+                record["rank"] = self.rank
+            typer.echo(json.dumps(record), err=self.json_to_stderr)
+
+    def failed_input(self, label: str, reason: str) -> None:
+        self.counts["failed"] += 1
+        self.console.print(f"error: {label}: {_one_line(reason)}", markup=False)
+        self._json(input=label, output=None, status="failed", error=_one_line(reason), input_size=None,
+                   output_size=None, seconds=0.0)
+
+    def skipped(self, job) -> None:
+        self.counts["skipped"] += 1
+        if not self.quiet and not self.live:
+            self.console.print(f"skip {job.input_label}: {job.output_label} exists", markup=False)
+        self._json(input=job.input_label, output=job.output_label, status="skipped", error=None, input_size=None,
+                   output_size=None, seconds=0.0)
+
+    def done(self, outcome) -> None:
+        self.counts["ok"] += 1
+        job = outcome.job
+        loaded, result = outcome.loaded, outcome.processed
+        in_size = [loaded.width, loaded.height]
+        out_size = [int(result.pixels.shape[1]), int(result.pixels.shape[0])]
+        seconds = round(sum(outcome.timings.values()), 4)
+        if not self.quiet and not self.live:
+            self.console.print(
+                f"ok {job.input_label} -> {job.output_label} ({in_size[0]}x{in_size[1]} -> "
+                f"{out_size[0]}x{out_size[1]}, {seconds:.2f} s)", markup=False,
+            )
+        self._json(input=job.input_label, output=job.output_label, status="ok", error=None, input_size=in_size,
+                   output_size=out_size, seconds=seconds, bytes=outcome.saved)
+        self._advance()
+
+    def failed(self, outcome, reason: str) -> None:
+        self.counts["failed"] += 1
+        job = outcome.job
+        self.console.print(f"error: {job.input_label}: {reason}", markup=False)
+        loaded = outcome.loaded
+        self._json(input=job.input_label, output=None, status="failed", error=reason,
+                   input_size=[loaded.width, loaded.height] if loaded is not None else None, output_size=None,
+                   seconds=round(sum(outcome.timings.values()), 4))
+        self._advance()
+
+    def interrupted(self, total: int) -> None:
+        self.console.print(
+            f"interrupted after {self.counts['ok']} of {total} image(s): every output written is complete, none is "
+            "partial; run the same command with --skip-existing to go on", markup=False,
+        )
+
+    def summary(self) -> None:
+        seconds = time.perf_counter() - self.started
+        c = self.counts
+        if not self.quiet:
+            self.console.print(f"done: {c['ok']} upscaled, {c['skipped']} skipped, {c['failed']} failed "
+                               f"in {seconds:.1f} s", markup=False)
+
+    # ---- progress
+    @contextmanager
+    def progress(self, total: int):
+        if not self.live:
+            yield
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), TextColumn("{task.fields[name]}", markup=False),
+            console=self.console, transient=True,
+            redirect_stdout=False,  # stdout carries --json lines or the image: never through the stderr console
+        ) as progress:
+            self._progress = progress
+            self._files = progress.add_task("files", total=total, name="")
+            self._tiles = progress.add_task("tiles", total=1, visible=False, name="")
+            try:
+                yield
+            finally:
+                self._progress = None
+
+    def start(self, job, loaded, size) -> None:
+        self._shrunk = False
+        if self._progress is not None:
+            name = f"{job.input_label} ({loaded.width}x{loaded.height} -> {size[1]}x{size[0]})"
+            self._progress.update(self._files, name=name)
+            self._progress.update(self._tiles, visible=False, completed=0)
+
+    def tile(self, done: int, total: int) -> None:
+        if self._progress is not None and total > 1:
+            self._progress.update(self._tiles, visible=True, completed=done, total=total)
+
+    def shrink(self, new_tile: int) -> None:
+        if not self._shrunk:
+            self.info(f"out of memory: retrying with smaller tiles ({new_tile} px)")
+            self._shrunk = True
+
+    def _advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._files)
+            self._progress.update(self._tiles, visible=False)

@@ -1,0 +1,351 @@
+"""Training data: HR images -> 8-bit luminance -> a bank of aligned (input, target) patches, built once in memory.
+
+The degradation follows the DRCN/VDSR MATLAB recipe, for every image, downscale factor d and scale s:
+
+    y      = rgb2ycbcr(image)[Y], rounded to 8 bits     MATLAB's rgb2ycbcr on uint8 returns uint8
+    hr     = imresize(y, d), rounded to 8 bits          augmentation: a smaller copy is a new 8-bit image
+    hr_s   = mod-crop of hr (top-left kept)             so that the LR size times s is the HR size
+    lr     = imresize(hr_s, 1/s), rounded to 8 bits     the LR image a user would hand to `drcn upscale`
+    input  = imresize(lr, size of hr_s)                 float, never rounded: exactly what inference feeds
+                                                        the network
+
+The bank stores images, not patches: patches cut at stride 21 overlap about 4x, so materialising them would
+take ~4 GB for T91 + BSD200 x 5 downscales x 3 scales. Instead ``hr`` holds every HR image once (uint8,
+flattened and concatenated), ``inputs`` holds the network input of each scale in the same layout
+(float16: 2^-11 steps, 1/8 of a grey level, where the rounding to 8 bits at inference is 1/2), and a patch
+is its top-left flat index plus the row length of its image. :func:`sample_batch` gathers a batch with one
+indexing operation per tensor, applying the flips and 90-degree rotations through the gather indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .color import array_to_tensor, pil_to_array, rgb_to_ycbcr
+from .resize import imresize, output_size
+
+__all__ = [
+    "DEFAULT_DOWNSCALES",
+    "IMAGE_SUFFIXES",
+    "DataError",
+    "PatchBank",
+    "TrainImage",
+    "build_patch_bank",
+    "degrade",
+    "fingerprint",
+    "list_images",
+    "load_images",
+    "load_image8",
+    "load_pack",
+    "load_y",
+    "mod_crop_size",
+    "quantize",
+    "random_batch",
+    "sample_batch",
+    "save_pack",
+]
+
+IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEFAULT_DOWNSCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
+PACK_FORMAT = "drcn-train-pack/1"
+
+
+class DataError(ValueError):
+    """Training or validation data that cannot be used (missing, unreadable, empty, too small)."""
+
+
+@dataclass(frozen=True)
+class TrainImage:
+    """One HR image's luminance: ``y`` (H, W) uint8, as MATLAB's rgb2ycbcr gives it for an 8-bit image."""
+
+    name: str
+    y: torch.Tensor
+
+    def as_float(self) -> torch.Tensor:
+        """(H, W) float32 in [0, 1]."""
+        return self.y.float() / 255.0
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] values to the nearest of the 256 levels of an 8-bit image (clipped), staying float."""
+    return torch.floor(x.clamp(0.0, 1.0) * 255.0 + 0.5) / 255.0
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name. Raises DataError if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def load_image8(path: str | Path) -> torch.Tensor:
+    """An image file as (C, H, W) float32 on 8-bit levels (k/255): C = 3 for colour, 1 for grey.
+
+    Alpha is dropped; 16-bit images are rounded to 8 bits (training and benchmarks work on 8-bit images).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array, _mode = pil_to_array(image)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    tensor, _fmt = array_to_tensor(array)
+    return quantize(tensor[:3] if tensor.shape[0] >= 3 else tensor[:1])
+
+
+def load_y(path: str | Path) -> torch.Tensor:
+    """The 8-bit luminance of an image file: (H, W) uint8.
+
+    RGB goes through MATLAB's rgb2ycbcr (BT.601, Y in 16..235) and is rounded as MATLAB does for uint8;
+    grey images are taken as they are.
+    """
+    image = load_image8(path).double()
+    luma = rgb_to_ycbcr(image)[0] if image.shape[0] == 3 else image[0]
+    return (quantize(luma) * 255.0).round().to(torch.uint8)
+
+
+def load_images(folders: Iterable[str | Path]) -> list[TrainImage]:
+    """The luminance of every image in the folders, in folder order then name order."""
+    images = []
+    for folder in folders:
+        for path in list_images(folder):
+            images.append(TrainImage(f"{Path(folder).name}/{path.name}", load_y(path)))
+    return images
+
+
+def save_pack(path: str | Path, images: Sequence[TrainImage]) -> None:
+    """Write the images' luminance to a compressed ``.npz`` (uint8; ~25 MB for T91 + BSD200), atomically."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"y{i:05d}": image.y.numpy() for i, image in enumerate(images)}
+    names = np.array([image.name for image in images])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, format=np.array(PACK_FORMAT), names=names, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the pack private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_pack(path: str | Path) -> list[TrainImage]:
+    """Read a pack written by :func:`save_pack` (no pickles are loaded)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as pack:
+            if "format" not in pack.files or str(pack["format"]) != PACK_FORMAT:
+                raise DataError(f"{path}: not a drcn training pack")
+            names = [str(n) for n in pack["names"]]
+            images = [TrainImage(name, torch.from_numpy(pack[f"y{i:05d}"].copy())) for i, name in enumerate(names)]
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable training pack ({exc})") from None
+    if not images:
+        raise DataError(f"{path}: the training pack holds no images")
+    return images
+
+
+def fingerprint(images: Sequence[TrainImage]) -> str:
+    """A short hash of the pixels (not the names), so a resumed run can check that it sees the same data."""
+    digest = hashlib.sha256()
+    for image in images:
+        digest.update(repr(tuple(image.y.shape)).encode())
+        digest.update(image.y.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def mod_crop_size(height: int, width: int, scale: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((H', W') of the HR crop, (h, w) of its LR image) for a scale factor.
+
+    The LR side is floor(side / scale); the HR crop is that times the scale, which for an integer scale is
+    MATLAB's modcrop. For a fractional scale the crop is rounded, and the resize uses the exact size ratio.
+    """
+    lr = (math.floor(height / scale + 1e-9), math.floor(width / scale + 1e-9))
+    hr = (min(height, round(lr[0] * scale)), min(width, round(lr[1] * scale)))
+    return hr, lr
+
+
+def degrade(hr: torch.Tensor, scale: float, quantize_lr: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """hr (..., H, W) float in [0, 1] -> (network input, HR target), both (..., H', W') after the mod-crop.
+
+    LR = imresize(hr, 1/scale) (rounded to 8 bits unless ``quantize_lr`` is False), input = bicubic of LR
+    back to the cropped HR size. Raises DataError when the LR image would be empty.
+    """
+    (hh, ww), (lh, lw) = mod_crop_size(hr.shape[-2], hr.shape[-1], scale)
+    if lh < 1 or lw < 1:
+        raise DataError(f"an image of {hr.shape[-1]}x{hr.shape[-2]} is too small for scale {scale:g}")
+    target = hr[..., :hh, :ww]
+    lr = imresize(target, size=(lh, lw))
+    if quantize_lr:
+        lr = quantize(lr)
+    return imresize(lr, size=(hh, ww)), target
+
+
+@dataclass
+class PatchBank:
+    """Every training image and its degraded inputs, with the patch positions: the whole data set in memory.
+
+    hr:          (T,) uint8, the HR luminance of every (image, downscale) pair, flattened and concatenated.
+    inputs:      (S, T) float16, per scale, the bicubic network input in the same layout (0 outside the crop).
+    start:       (P,) int64, flat index of each patch's top-left pixel.
+    row_length:  (P,) int64, width of the image the patch lies in (the step between its rows).
+    scale_index: (P,) int64, which of ``scales`` the patch belongs to.
+    """
+
+    hr: torch.Tensor
+    inputs: torch.Tensor
+    start: torch.Tensor
+    row_length: torch.Tensor
+    scale_index: torch.Tensor
+    scales: tuple[float, ...]
+    patch_size: int
+    images: int
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.hr, self.inputs, self.start, self.row_length, self.scale_index)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def to(self, device: torch.device | str) -> PatchBank:
+        move = {name: getattr(self, name).to(device) for name in ("hr", "inputs", "start", "row_length", "scale_index")}
+        return PatchBank(**move, scales=self.scales, patch_size=self.patch_size, images=self.images)
+
+    def patches_per_scale(self) -> dict[float, int]:
+        counts = torch.bincount(self.scale_index.cpu(), minlength=len(self.scales))
+        return {s: int(c) for s, c in zip(self.scales, counts.tolist(), strict=True)}
+
+
+def build_patch_bank(
+    images: Sequence[TrainImage],
+    scales: Sequence[float],
+    patch_size: int = 41,
+    stride: int = 21,
+    downscales: Sequence[float] = DEFAULT_DOWNSCALES,
+    *,
+    quantize_lr: bool = True,
+    device: torch.device | str = "cpu",
+    on_image: Callable[[int, int], None] | None = None,
+) -> PatchBank:
+    """Degrade every image at every downscale and scale, and index the patches on a ``stride`` grid.
+
+    The resizing runs on ``device`` (much faster on a GPU) and the bank is returned there. ``on_image(done,
+    total)`` is called after each image. Raises DataError when no image yields a single patch.
+    """
+    if not scales:
+        raise DataError("no scales given")
+    if patch_size < 1 or stride < 1:
+        raise DataError(f"patch size and stride must be positive, got {patch_size} and {stride}")
+    if not downscales or not all(0 < d <= 1 for d in downscales):
+        raise DataError(f"downscale factors must be in (0, 1], got {tuple(downscales)}")
+    device = torch.device(device)
+
+    # Plan first, so the two big tensors are allocated once and filled in place (no concatenation peak).
+    plan = []  # (image index, downscale, height, width, flat offset, [(scale index, hr crop, lr size)])
+    offset = 0
+    for i, image in enumerate(images):
+        for factor in downscales:
+            height, width = tuple(image.y.shape) if factor == 1 else output_size(tuple(image.y.shape), factor)
+            fits = []
+            for s_index, scale in enumerate(scales):
+                (hh, ww), (lh, lw) = mod_crop_size(height, width, scale)
+                if hh >= patch_size and ww >= patch_size and lh >= 1 and lw >= 1:
+                    fits.append((s_index, (hh, ww)))
+            if fits:
+                plan.append((i, factor, height, width, offset, fits))
+                offset += height * width
+    if not plan:
+        raise DataError(
+            f"no {patch_size}x{patch_size} patch fits in any of the {len(images)} images; "
+            "use smaller patches or larger images"
+        )
+    hr_all = torch.empty(offset, dtype=torch.uint8, device=device)
+    inputs_all = torch.zeros(len(scales), offset, dtype=torch.float16, device=device)
+    starts, rows, scale_ids = [], [], []
+    for i, factor, height, width, start, fits in plan:
+        y = images[i].as_float().to(device)
+        hr = y if factor == 1 else quantize(imresize(y, factor))  # the factor itself, as MATLAB's imresize(y, f)
+        hr_all[start : start + height * width] = (hr * 255.0).round().to(torch.uint8).flatten()
+        plane = inputs_all[:, start : start + height * width].view(len(scales), height, width)
+        for s_index, (hh, ww) in fits:
+            net_input, _target = degrade(hr, scales[s_index], quantize_lr)
+            plane[s_index, :hh, :ww] = net_input.to(torch.float16)
+            grid_y = torch.arange(0, hh - patch_size + 1, stride, dtype=torch.int64)
+            grid_x = torch.arange(0, ww - patch_size + 1, stride, dtype=torch.int64)
+            corner = (grid_y[:, None] * width + grid_x[None, :]).flatten() + start
+            starts.append(corner)
+            rows.append(torch.full_like(corner, width))
+            scale_ids.append(torch.full_like(corner, s_index))
+        if on_image is not None:
+            on_image(i + 1, len(images))
+    return PatchBank(
+        hr=hr_all,
+        inputs=inputs_all,
+        start=torch.cat(starts).to(device),
+        row_length=torch.cat(rows).to(device),
+        scale_index=torch.cat(scale_ids).to(device),
+        scales=tuple(float(s) for s in scales),
+        patch_size=patch_size,
+        images=len(images),
+    )
+
+
+def sample_batch(
+    bank: PatchBank, index: torch.Tensor, transform: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather patches ``index`` (B,) -> (input, target), each (B, 1, p, p) float32 on the bank's device.
+
+    ``transform`` (B,) in 0..7 picks one of the 8 flips/rotations per patch (bit 2: transpose, bit 1:
+    mirror left-right, bit 0: flip upside down), the same for input and target; None keeps the patches as
+    they are. The transforms are applied through the gather indices, so they cost nothing.
+    """
+    device = bank.hr.device
+    p = bank.patch_size
+    index = index.to(device)
+    b = index.shape[0]
+    dy = torch.arange(p, device=device).view(1, p, 1).expand(b, p, p)
+    dx = torch.arange(p, device=device).view(1, 1, p).expand(b, p, p)
+    if transform is not None:
+        t = transform.to(device).view(b, 1, 1)
+        swap = (t & 4) != 0
+        dy, dx = torch.where(swap, dx, dy), torch.where(swap, dy, dx)
+        dy = torch.where((t & 1) != 0, p - 1 - dy, dy)
+        dx = torch.where((t & 2) != 0, p - 1 - dx, dx)
+    flat = bank.start[index].view(b, 1, 1) + dy * bank.row_length[index].view(b, 1, 1) + dx
+    target = bank.hr[flat].float().div_(255.0)
+    net_input = bank.inputs[bank.scale_index[index].view(b, 1, 1), flat].float()
+    return net_input.unsqueeze(1), target.unsqueeze(1)
+
+
+def random_batch(
+    bank: PatchBank, batch_size: int, generator: torch.Generator, augment: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) patch indices drawn uniformly with replacement, and (B,) transforms (0 without ``augment``),
+    from ``generator`` on the CPU, so the draw is the same on every device."""
+    index = torch.randint(len(bank), (batch_size,), generator=generator)
+    transform = torch.randint(8, (batch_size,), generator=generator) if augment else torch.zeros_like(index)
+    return index, transform

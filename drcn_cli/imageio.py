@@ -1,0 +1,638 @@
+"""Read and write image files without losing what they carry: bit depth, alpha, ICC profile, EXIF, orientation.
+
+Reading (:func:`read_image`) gives a :class:`LoadedImage`: pixels as a numpy array in RGB(A) order, upright
+(the EXIF orientation is applied and reset to 1), with the ICC profile and EXIF bytes to carry into the output.
+Pillow reads most files; 16-bit colour PNG and TIFF (RGB, RGBA, grey+alpha), which Pillow would reduce to
+8 bits, are decoded with OpenCV instead. The pixel count is checked against ``max_pixels`` from the header,
+before anything is decoded, so a decompression bomb costs nothing.
+
+Writing (:func:`write_image`) encodes in memory, then writes a temporary file in the destination folder
+(``.NAME.XXXX.tmp``), fsyncs it and renames it over the destination: a reader sees the old file or the
+complete new one, never a part. On any failure, Ctrl-C included, the temporary file is removed.
+
+Bit-depth rules for output:
+
+* PNG and TIFF keep 16 bits (and 8 bits stay 8). 16-bit colour and grey+alpha are written by small
+  encoders here (PNG: filter "Up" + zlib; TIFF: deflate with horizontal predictor) so that the ICC
+  profile goes in too, which OpenCV's writers cannot do. Float grey (Pillow mode F) is kept as float in
+  TIFF and becomes 16-bit in PNG.
+* JPEG and WebP hold 8 bits: 16-bit and float images are rounded to 8 bits (v * 255 / 65535).
+* JPEG has no alpha channel: an alpha that is fully opaque is dropped (nothing is lost); any other alpha
+  is refused with :class:`ImageFormatError` rather than flattened onto a guessed background.
+* WebP has no grey mode: grey becomes RGB (grey+alpha becomes RGBA). ``quality=100`` means lossless WebP.
+* An ICC profile is written only where its colour space matches the pixels (an RGB profile on RGB(A),
+  a grey one on grey); a CMYK image with a CMYK profile is converted to sRGB through that profile on read.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import secrets
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_EXTENSIONS",
+    "ImageFormatError",
+    "ImageReadError",
+    "ImageWriteError",
+    "LoadedImage",
+    "apply_orientation",
+    "encode_image",
+    "format_from_path",
+    "normalize_format",
+    "read_image",
+    "write_bytes_atomic",
+    "write_image",
+]
+
+# Output formats and the extensions that select them; the first one is used for new names.
+FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "WEBP": (".webp",),
+    "TIFF": (".tif", ".tiff"),
+}
+_FORMAT_ALIASES = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
+
+DEFAULT_QUALITY = 95
+_ORIENTATION_TAG = 0x0112
+_EXIF_IFD = 0x8769
+_PIXEL_X_DIMENSION = 0xA002
+_PIXEL_Y_DIMENSION = 0xA003
+_ICC_TIFF_TAG = 34675
+_WEBP_MAX_SIDE = 16383
+_JPEG_MAX_SIDE = 65535
+_WRITE_CHUNK = 1 << 20
+# What Pillow raises on malformed EXIF (bad offsets, wrong types, short data).
+_METADATA_ERRORS = (OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError, struct.error)
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; the message is the reason, without the file name."""
+
+
+class ImageWriteError(OSError):
+    """An image that could not be written (folder missing or unwritable, disk full ...); nothing was left behind."""
+
+
+class ImageFormatError(ValueError):
+    """Pixels that the chosen output format cannot hold (alpha in JPEG, too large for WebP), or an unknown format."""
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image, upright, with the metadata to write back.
+
+    pixels: (H, W) or (H, W, C), C in 2..4 (grey+alpha, RGB, RGBA), RGB(A) order; uint8, uint16, or float32
+        in [0, 1] (Pillow mode F).
+    mode: what the pixels are: the Pillow mode "L", "LA", "RGB", "RGBA", "I;16" (16-bit grey), "F", or
+        "LA;16", "RGB;16", "RGBA;16" for 16-bit images that Pillow cannot hold.
+    icc_profile: the embedded ICC profile (None if there is none).
+    exif: EXIF bytes as Pillow writes them, orientation reset to 1 (the pixels are already turned).
+    source_format: the decoder's name for the file type ("PNG", "JPEG", ...).
+    dpi: (x, y) dots per inch, when the file says.
+    """
+
+    pixels: np.ndarray
+    mode: str
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    source_format: str | None = None
+    dpi: tuple[float, float] | None = None
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+# --------------------------------------------------------------------------------------------- formats
+
+
+def normalize_format(name: str) -> str:
+    """'png', 'jpg', 'JPEG', 'tif' ... -> 'PNG', 'JPEG', 'WEBP', 'TIFF'; ImageFormatError for anything else."""
+    key = name.lower().lstrip(".")
+    if key not in _FORMAT_ALIASES:
+        raise ImageFormatError(f"unknown output format {name!r} (use png, jpeg, webp or tiff)")
+    return _FORMAT_ALIASES[key]
+
+
+def format_from_path(path: str | os.PathLike) -> str | None:
+    """The output format that a file name's extension selects, or None for an extension we do not write."""
+    suffix = Path(path).suffix.lower()
+    for fmt, extensions in FORMAT_EXTENSIONS.items():
+        if suffix in extensions:
+            return fmt
+    return None
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _mpx(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} Mpx"
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if width < 1 or height < 1:
+        raise ImageReadError(f"image has no pixels ({width}x{height})")
+    if max_pixels and width * height > max_pixels:
+        raise ImageReadError(
+            f"{width}x{height} = {_mpx(width * height)} is over --max-pixels {max_pixels / 1e6:g} Mpx"
+        )
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an (H, W[, C]) array upright for an EXIF orientation 1..8, as ImageOps.exif_transpose does."""
+    if orientation == 2:
+        out = pixels[:, ::-1]
+    elif orientation == 3:
+        out = pixels[::-1, ::-1]
+    elif orientation == 4:
+        out = pixels[::-1]
+    elif orientation == 5:
+        out = pixels.swapaxes(0, 1)
+    elif orientation == 6:
+        out = np.rot90(pixels, -1)
+    elif orientation == 7:
+        out = pixels.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        out = np.rot90(pixels, 1)
+    else:
+        out = pixels
+    return np.ascontiguousarray(out)
+
+
+def _png_ihdr(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG, from its IHDR chunk (always the first), or None if not a PNG."""
+    if len(data) >= 26 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return data[24], data[25]
+    return None
+
+
+def _needs_opencv(image, data: bytes) -> bool:
+    """True for 16-bit colour or grey+alpha, which Pillow would reduce to 8 bits."""
+    ihdr = _png_ihdr(data)
+    if ihdr is not None:
+        depth, colour_type = ihdr
+        return depth == 16 and colour_type in (2, 4, 6)
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258, (8,))
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return max(bits) > 8 and image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+    return False
+
+
+def _icc_space(icc: bytes | None) -> bytes | None:
+    return icc[16:20] if icc and len(icc) >= 20 else None
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation 1..8 of a Pillow image (1 when absent or broken)."""
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except _METADATA_ERRORS:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _exif_upright(image) -> bytes | None:
+    """The image's EXIF as bytes, with the orientation set to 1 (call after turning the pixels).
+
+    A broken EXIF block must not cost the image: it is then read as if it had none.
+    """
+    try:
+        exif = image.getexif()
+        if not len(exif):
+            return None
+        if _ORIENTATION_TAG in exif:
+            exif[_ORIENTATION_TAG] = 1
+        return exif.tobytes()
+    except _METADATA_ERRORS:
+        return None
+
+
+def _dpi(image) -> tuple[float, float] | None:
+    dpi = image.info.get("dpi")
+    try:
+        return (float(dpi[0]), float(dpi[1])) if dpi else None
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool) -> tuple[np.ndarray, str]:
+    import cv2
+
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise ImageReadError("truncated or corrupt image")
+    if pixels.dtype != np.uint16:
+        raise ImageReadError(f"unsupported sample type {pixels.dtype} (8- and 16-bit integer images are read)")
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        pixels, mode = pixels[:, :, ::-1], "RGB;16"
+    elif pixels.ndim == 3 and pixels.shape[2] == 4 and grey_alpha:
+        pixels, mode = pixels[:, :, [0, 3]], "LA;16"  # OpenCV widens grey+alpha to BGRA
+    elif pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels, mode = pixels[:, :, [2, 1, 0, 3]], "RGBA;16"
+    elif pixels.ndim == 3 and pixels.shape[2] == 2:
+        mode = "LA;16"
+    elif pixels.ndim == 2:
+        mode = "I;16"
+    else:
+        raise ImageReadError(f"unsupported channel layout {pixels.shape}")
+    return apply_orientation(pixels, orientation), mode
+
+
+def _cmyk_to_srgb(image, icc: bytes | None):
+    """CMYK -> RGB through the embedded CMYK profile when there is one; returns (image, icc for the result)."""
+    from PIL import ImageCms
+
+    if _icc_space(icc) == b"CMYK":
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            return converted, ImageCms.ImageCmsProfile(srgb).tobytes()
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile: fall back to the naive conversion below, without a profile
+    return image.convert("RGB"), None
+
+
+def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> LoadedImage:
+    """Decode an image file (a path, or its bytes), upright, with its ICC profile and EXIF.
+
+    Raises ImageReadError with a one-line reason: missing file, a folder, empty file, not an image,
+    truncated or corrupt, or more than ``max_pixels`` pixels (checked before decoding; None or 0: no limit).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from .color import pil_to_array
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageReadError("no such file") from None
+        except IsADirectoryError:
+            raise ImageReadError("is a folder, not an image file") from None
+        except PermissionError:
+            raise ImageReadError("permission denied") from None
+        except OSError as exc:
+            raise ImageReadError(f"cannot read ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageReadError("empty file")
+
+    with warnings.catch_warnings():
+        # The size is checked against max_pixels below; Pillow's own bomb warning would only repeat it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ImageReadError("not an image (unrecognised format)") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageReadError(f"refused as a decompression bomb ({exc})") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+            raise ImageReadError(f"truncated or corrupt image ({exc})") from None
+
+        width, height = image.size
+        _check_pixels(width, height, max_pixels)
+        source_format = image.format
+        icc = image.info.get("icc_profile") or None
+        dpi = _dpi(image)
+        try:
+            if _needs_opencv(image, data):
+                grey_alpha = _png_ihdr(data) == (16, 4) or image.mode == "LA"
+                pixels, mode = _decode_opencv(data, _orientation(image), grey_alpha)
+            else:
+                image.load()
+                upright = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
+                if upright.mode == "CMYK":
+                    upright, icc = _cmyk_to_srgb(upright, icc)
+                pixels, mode = pil_to_array(upright)
+            exif = _exif_upright(image)  # after exif_transpose, which reads the orientation from the same object
+        except ImageReadError:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+            raise ImageReadError(f"truncated or corrupt image ({exc})") from None
+
+    return LoadedImage(np.ascontiguousarray(pixels), mode, icc, exif, source_format, dpi)
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.floor(np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def _to_uint16(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint16:
+        return pixels
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.uint16) * 257
+    return np.floor(np.clip(pixels, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16)
+
+
+def _channels(pixels: np.ndarray) -> int:
+    return 1 if pixels.ndim == 2 else int(pixels.shape[2])
+
+
+def _icc_for(icc: bytes | None, channels: int) -> bytes | None:
+    """The profile if its colour space fits the pixels being written (grey: GRAY, colour: RGB), else None."""
+    space = _icc_space(icc)
+    if space is None:
+        return None
+    wanted = b"GRAY" if channels <= 2 else b"RGB "
+    return icc if space == wanted else None
+
+
+def _exif_for(exif: bytes | None, width: int, height: int) -> bytes | None:
+    """EXIF with its pixel dimensions set to the new size (when it records them)."""
+    if not exif:
+        return None
+    from PIL import Image
+
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        sub = parsed.get_ifd(_EXIF_IFD)
+        if _PIXEL_X_DIMENSION in sub or _PIXEL_Y_DIMENSION in sub:
+            sub[_PIXEL_X_DIMENSION] = width
+            sub[_PIXEL_Y_DIMENSION] = height
+        return parsed.tobytes()
+    except _METADATA_ERRORS:  # unparseable EXIF: write the image without it rather than fail
+        return None
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _encode_png16(pixels: np.ndarray, icc: bytes | None, exif: bytes | None, dpi) -> bytes:
+    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA) with optional iCCP, eXIf and pHYs chunks."""
+    height, width = pixels.shape[:2]
+    channels = _channels(pixels)
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = np.ascontiguousarray(pixels.astype(">u2")).view(np.uint8).reshape(height, -1)
+    # Filter "Up" on every row (the byte above, mod 256): cheap, and smooth images compress much better.
+    above = np.zeros_like(rows)
+    above[1:] = rows[:-1]
+    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2
+    filtered[:, 1:] = rows - above
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    chunks = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header)]
+    if icc:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    if dpi:
+        ppm = [max(1, round(d / 0.0254)) for d in dpi]
+        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
+    if exif:
+        chunks.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)))
+    chunks.append(_png_chunk(b"IEND", b""))
+    return b"".join(chunks)
+
+
+def _encode_tiff16(pixels: np.ndarray, icc: bytes | None, dpi) -> bytes:
+    """A little-endian, deflate-compressed (horizontal predictor) 16-bit TIFF with an optional ICC tag."""
+    height, width = pixels.shape[:2]
+    channels = _channels(pixels)
+    hwc = pixels.reshape(height, width, channels).astype(np.uint16)
+    predicted = hwc.copy()
+    predicted[:, 1:] = hwc[:, 1:] - hwc[:, :-1]  # uint16 arithmetic wraps mod 2^16, as the predictor wants
+    strip = zlib.compress(predicted.astype("<u2").tobytes(), 6)
+
+    # Tag entries: (tag, type, count, value bytes); types: 3 SHORT, 4 LONG, 5 RATIONAL, 7 UNDEFINED.
+    entries: list[tuple[int, int, int, bytes]] = [
+        (256, 4, 1, struct.pack("<I", width)),
+        (257, 4, 1, struct.pack("<I", height)),
+        (258, 3, channels, struct.pack(f"<{channels}H", *([16] * channels))),
+        (259, 3, 1, struct.pack("<H", 8)),
+        (262, 3, 1, struct.pack("<H", 2 if channels >= 3 else 1)),
+        (273, 4, 1, b""),  # strip offset, filled in below
+        (277, 3, 1, struct.pack("<H", channels)),
+        (278, 4, 1, struct.pack("<I", height)),
+        (279, 4, 1, struct.pack("<I", len(strip))),
+        (284, 3, 1, struct.pack("<H", 1)),
+        (317, 3, 1, struct.pack("<H", 2)),
+    ]
+    if dpi:
+        entries += [
+            (282, 5, 1, struct.pack("<II", max(1, round(dpi[0] * 1000)), 1000)),
+            (283, 5, 1, struct.pack("<II", max(1, round(dpi[1] * 1000)), 1000)),
+            (296, 3, 1, struct.pack("<H", 2)),
+        ]
+    if channels in (2, 4):
+        entries.append((338, 3, 1, struct.pack("<H", 2)))  # unassociated alpha
+    if icc:
+        entries.append((_ICC_TIFF_TAG, 7, len(icc), icc))
+    entries.sort()
+
+    # Layout: header (8 bytes), the one IFD, values too long to sit in their entry, then the strip.
+    base = 8 + 2 + 12 * len(entries) + 4
+    extra = bytearray()
+    offsets = {}
+    for tag, _kind, _count, value in entries:
+        if len(value) > 4:
+            extra += b"\x00" * ((base + len(extra)) % 2)  # values start on a word boundary
+            offsets[tag] = base + len(extra)
+            extra += value
+    extra += b"\x00" * ((base + len(extra)) % 2)
+    strip_offset = base + len(extra)
+    ifd = bytearray(struct.pack("<H", len(entries)))
+    for tag, kind, count, value in entries:
+        if tag in offsets:
+            ifd += struct.pack("<HHII", tag, kind, count, offsets[tag])
+        else:
+            value = struct.pack("<I", strip_offset) if tag == 273 else value
+            ifd += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\x00")
+    ifd += struct.pack("<I", 0)  # no next IFD
+    return b"II*\x00" + struct.pack("<I", 8) + bytes(ifd) + bytes(extra) + strip
+
+
+def _pil_image(pixels: np.ndarray):
+    from PIL import Image
+
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def encode_image(
+    pixels: np.ndarray,
+    fmt: str,
+    *,
+    quality: int | None = None,
+    icc_profile: bytes | None = None,
+    exif: bytes | None = None,
+    dpi: tuple[float, float] | None = None,
+) -> bytes:
+    """Encode (H, W[, C]) pixels (uint8, uint16 or float32 in [0, 1]; RGB(A) order) as PNG, JPEG, WEBP or TIFF.
+
+    Follows the module's bit-depth and alpha rules. ``quality`` (1..100, default 95) is used by JPEG and WebP
+    (100 = lossless WebP) and ignored by the lossless PNG and TIFF. Raises ImageFormatError for pixels the
+    format cannot hold.
+    """
+    fmt = normalize_format(fmt)
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and not 1 <= pixels.shape[2] <= 4):
+        raise ImageFormatError(f"cannot encode an array of shape {pixels.shape}")
+    quality = DEFAULT_QUALITY if quality is None else int(quality)
+    if not 1 <= quality <= 100:
+        raise ImageFormatError(f"quality must be between 1 and 100, got {quality}")
+    height, width = pixels.shape[:2]
+    channels = _channels(pixels)
+    if pixels.ndim == 3 and channels == 1:
+        pixels = pixels[:, :, 0]
+    icc = _icc_for(icc_profile, channels if fmt != "WEBP" else max(channels, 3))
+    exif = _exif_for(exif, width, height)
+    options: dict = {}
+    if icc:
+        options["icc_profile"] = icc
+    if dpi:
+        options["dpi"] = tuple(dpi)
+
+    if fmt in ("PNG", "TIFF"):
+        if pixels.dtype == np.float32 and channels == 1 and fmt == "TIFF":
+            image = _pil_image(pixels.astype(np.float32))
+        elif pixels.dtype != np.uint8:
+            pixels = _to_uint16(pixels)
+            if channels >= 2 and fmt == "PNG":
+                return _encode_png16(pixels, icc, exif, dpi)
+            if channels >= 2:
+                if channels == 2:  # few readers know 16-bit grey+alpha TIFF: write it as RGBA
+                    pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
+                    icc = _icc_for(icc_profile, 4)
+                return _encode_tiff16(pixels, icc, dpi)
+            image = _pil_image(pixels)
+        else:
+            image = _pil_image(pixels)
+        if exif:
+            options["exif"] = exif
+        if fmt == "TIFF":
+            options["compression"] = "tiff_adobe_deflate"
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    pixels = _to_uint8(pixels)
+    if fmt == "JPEG":
+        if max(height, width) > _JPEG_MAX_SIDE:
+            raise ImageFormatError(f"JPEG is limited to {_JPEG_MAX_SIDE} pixels a side, the image is {width}x{height}")
+        if channels in (2, 4):
+            if pixels[:, :, -1].min() < 255:
+                raise ImageFormatError("JPEG cannot store transparency: write PNG, WebP or TIFF instead (--format)")
+            pixels = pixels[:, :, :-1]
+        options.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True)
+    else:  # WEBP
+        if max(height, width) > _WEBP_MAX_SIDE:
+            raise ImageFormatError(f"WebP is limited to {_WEBP_MAX_SIDE} pixels a side, the image is {width}x{height}")
+        if channels == 1:
+            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+        elif channels == 2:
+            pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
+        options.update(quality=quality, lossless=quality == 100, method=4)
+    if exif:
+        options["exif"] = exif
+    buffer = io.BytesIO()
+    _pil_image(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    # os.open with mode 0o666 honours the umask, so the final file gets the usual permissions
+    # (tempfile.mkstemp would leave it readable by its owner only).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _write_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    return exc.strerror or str(exc)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync'd, then renamed over it.
+
+    Creates missing parent folders. Raises ImageWriteError (an OSError) with a one-line reason; on any
+    failure, KeyboardInterrupt included, the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ImageWriteError(f"cannot create folder {path.parent}: a file is in the way") from None
+    except OSError as exc:
+        raise ImageWriteError(f"cannot create folder {path.parent}: {_write_reason(exc)}") from None
+    try:
+        fd, tmp = _create_temp(path.parent, path.name)
+    except OSError as exc:
+        raise ImageWriteError(f"cannot write in {path.parent}: {_write_reason(exc)}") from None
+    try:
+        try:
+            view = memoryview(data)
+            for start in range(0, len(view), _WRITE_CHUNK):
+                chunk = view[start:start + _WRITE_CHUNK]
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ImageWriteError(f"cannot write {path}: {_write_reason(exc)}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_image(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    fmt: str | None = None,
+    *,
+    quality: int | None = None,
+    icc_profile: bytes | None = None,
+    exif: bytes | None = None,
+    dpi: tuple[float, float] | None = None,
+) -> int:
+    """Encode and write an image atomically (see :func:`write_bytes_atomic`); returns the bytes written.
+
+    ``fmt`` defaults to the one the extension selects. Raises ImageFormatError before touching the disk
+    when the format is unknown or cannot hold the pixels, ImageWriteError when writing fails.
+    """
+    if fmt is None:
+        fmt = format_from_path(path)
+        if fmt is None:
+            raise ImageFormatError(f"cannot tell the format from {Path(path).name!r} (use .png, .jpg, .webp, .tif)")
+    data = encode_image(pixels, fmt, quality=quality, icc_profile=icc_profile, exif=exif, dpi=dpi)
+    write_bytes_atomic(path, data)
+    return len(data)

@@ -1,0 +1,463 @@
+"""Known DRCN weights (a table, as data) and how a model name becomes a verified file on disk.
+
+Resolution order (:func:`resolve_weights`):
+
+1. an explicit path (``--weights PATH``): used as it is;
+2. the bundled file ``weights/<name>.safetensors`` (``drcn_cli/bundled_weights/`` in a wheel): shipped with the
+   code, trusted like the code;
+3. the hub cache (no network): used only if its sha256 matches the table;
+4. a download from the hub (``on_download`` is told first), used only if its sha256 matches the table.
+
+A file whose sha256 does not match is refused with :class:`ChecksumError` and removed from the cache. An entry
+without a recorded sha256 cannot be downloaded, since nothing could vouch for what arrives.
+
+Where the files come from: ``repo_id`` argument (``--repo-id``) > ``DRCN_REPO_ID`` > the entry's ``repo_id``
+(:data:`DEFAULT_REPO_ID`); revision argument (``--revision``) > the entry's ``revision``. Whatever the source, the
+file must have the table's checksum. The cache is the hub's (``HF_HUB_CACHE`` / ``HF_HOME``) unless ``cache_dir``
+says otherwise.
+
+Maintainers regenerate the table's checksum lines from files with ``python -m drcn_cli.registry FILE...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import hub
+from .weights import DEFAULT_MODELS, bundled_weights
+
+__all__ = [
+    "DEFAULT_REPO_ID",
+    "KNOWN_WEIGHTS",
+    "REPO_ID_ENV",
+    "ChecksumError",
+    "KnownWeights",
+    "WeightsNotFoundError",
+    "WeightsStatus",
+    "bundled_path",
+    "cached_weights",
+    "default_model_name",
+    "download_weights",
+    "drcn_home",
+    "entries_from_files",
+    "entry_source",
+    "known_weights",
+    "list_weights",
+    "resolve_weights",
+    "sha256_file",
+    "verify_file",
+]
+
+DEFAULT_REPO_ID = "drcn-sr/drcn-weights"
+REPO_ID_ENV = "DRCN_REPO_ID"
+HOME_ENV = "DRCN_HOME"
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """One published weights file.
+
+    ``sha256`` and ``size`` (bytes) pin its contents; both None means not published yet (cannot be downloaded).
+    ``bundled`` says the release ships a copy in ``weights/``.
+    """
+
+    name: str
+    filename: str
+    sha256: str | None
+    size: int | None
+    description: str
+    revision: str = "main"
+    bundled: bool = False
+    repo_id: str = DEFAULT_REPO_ID
+
+    def __post_init__(self) -> None:
+        if (self.sha256 is None) != (self.size is None):
+            raise ValueError(f"{self.name}: give both sha256 and size, or neither")
+        if self.sha256 is not None and not _SHA256.match(self.sha256):
+            raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        if self.size is not None and self.size <= 0:
+            raise ValueError(f"{self.name}: size must be positive, got {self.size}")
+
+
+# The table. sha256/size are None until the trained files are published; fill them with the output of
+# `python -m drcn_cli.registry weights/*.safetensors` (see docs/publishing.md) and pin `revision` to the
+# commit hash of the upload.
+KNOWN_WEIGHTS: dict[str, KnownWeights] = {
+    entry.name: entry
+    for entry in (
+        KnownWeights(
+            name="drcn",
+            filename="drcn.safetensors",
+            sha256=None,
+            size=None,
+            description="DRCN as in the paper: F=256 filters, D=16 recursions",
+            revision="main",
+            bundled=False,
+        ),
+        KnownWeights(
+            name="drcn-lite",
+            filename="drcn-lite.safetensors",
+            sha256=None,
+            size=None,
+            description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
+            revision="main",
+            bundled=True,
+        ),
+    )
+}
+
+
+class WeightsNotFoundError(RuntimeError):
+    """No usable file for a model: unknown name, missing path, not available offline, hub failure.
+
+    The message says what to run."""
+
+
+class ChecksumError(RuntimeError):
+    """A file's sha256 (or size) does not match the table, or the table has no checksum to check against."""
+
+
+# -- small helpers ---------------------------------------------------------------------------------------------
+
+
+def drcn_home() -> Path:
+    """drcn's own cache folder: ``$DRCN_HOME``, else ``$XDG_CACHE_HOME/drcn``, else ``~/.cache/drcn``.
+
+    Weights do not go there (they live in the hub cache, shared with other hub tools); it is for drcn's own files.
+    Nothing is created by calling this.
+    """
+    if home := os.environ.get(HOME_ENV):
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "drcn"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(path: str | os.PathLike, sha256: str, size: int | None = None) -> None:
+    """Raise :class:`ChecksumError` unless the file has this size (checked first: cheap) and sha256."""
+    path = Path(path)
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        raise ChecksumError(f"{path.name} has {actual_size} bytes, expected {size}")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ChecksumError(f"{path.name} has sha256 {actual[:16]}…, expected {sha256[:16]}…")
+
+
+def known_weights(name: str) -> KnownWeights:
+    """The table entry for ``name``; :class:`WeightsNotFoundError` listing the known names otherwise."""
+    try:
+        return KNOWN_WEIGHTS[name]
+    except KeyError:
+        known = ", ".join(sorted(KNOWN_WEIGHTS))
+        raise WeightsNotFoundError(f"unknown model {name!r}; known models: {known}") from None
+
+
+bundled_path = bundled_weights  # the bundled file for a name, or None
+
+
+def default_model_name() -> str:
+    """``drcn`` if its file is bundled, else ``drcn-lite`` if bundled, else ``drcn`` (to be downloaded)."""
+    for name in DEFAULT_MODELS:
+        if bundled_path(name) is not None:
+            return name
+    return "drcn"
+
+
+def _source(entry: KnownWeights, repo_id: str | None, revision: str | None) -> tuple[str, str]:
+    return repo_id or os.environ.get(REPO_ID_ENV) or entry.repo_id, revision or entry.revision
+
+
+def _origin(entry: KnownWeights, repo: str, revision: str) -> str:
+    return f"{repo}/{entry.filename}@{revision}"
+
+
+def _format_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value, unit = float(size), "B"
+    for larger in ("kB", "MB", "GB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, larger
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _check_or_evict(path: Path, entry: KnownWeights, origin: str) -> None:
+    """Verify a cached file against the table; on a mismatch delete it from the cache and raise."""
+    sha256 = _require_checksum(entry)
+    try:
+        verify_file(path, sha256, entry.size)
+    except ChecksumError as exc:
+        hub.remove_cached_file(path)
+        raise ChecksumError(
+            f"{entry.name}: {origin} is not the published file ({exc}) and was removed from the cache; "
+            "it was corrupted or tampered with, or the file on the hub changed: run again to download it afresh, "
+            "or if new weights were published, update the table in drcn_cli/registry.py"
+        ) from None
+
+
+def _require_checksum(entry: KnownWeights) -> str:
+    if entry.sha256 is None:
+        raise ChecksumError(
+            f"{entry.name}: no sha256 is recorded for {entry.filename} yet (the weights are not published), "
+            "so a download could not be verified; pass --weights PATH with a file you trust"
+        )
+    return entry.sha256
+
+
+# -- the three sources -----------------------------------------------------------------------------------------
+
+
+def cached_weights(
+    name: str,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path | None:
+    """The verified copy of ``name`` in the hub cache, or None. Never uses the network.
+
+    A copy that fails the checksum is removed and :class:`ChecksumError` raised. An entry without a recorded
+    sha256 has no trusted cached copy (None).
+    """
+    entry = known_weights(name)
+    if entry.sha256 is None:
+        return None
+    repo, rev = _source(entry, repo_id, revision)
+    try:
+        path = hub.cached_file(repo, entry.filename, revision=rev, cache_dir=cache_dir)
+    except hub.HubError as exc:
+        raise WeightsNotFoundError(f"{name}: {exc}") from exc
+    if path is None:
+        return None
+    _check_or_evict(path, entry, _origin(entry, repo, rev))
+    return path
+
+
+def download_weights(
+    name: str,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    on_progress: hub.ProgressCallback | None = None,
+) -> Path:
+    """Fetch ``name`` from the hub into the cache (a cached copy is reused unless ``force``) and verify it.
+
+    Returns the verified path in the cache. ``on_progress(done, total)`` receives byte counts (default: the hub
+    client's tqdm bar on stderr).
+
+    Raises:
+        WeightsNotFoundError: unknown name; offline and not cached; the hub failed (404, 5xx, broken transfer).
+        ChecksumError: no checksum recorded for it; or what arrived does not match (it is removed from the cache).
+    """
+    entry = known_weights(name)
+    _require_checksum(entry)
+    repo, rev = _source(entry, repo_id, revision)
+    origin = _origin(entry, repo, rev)
+    try:
+        path = hub.fetch_file(
+            repo, entry.filename, revision=rev, cache_dir=cache_dir, force=force, on_progress=on_progress
+        )
+    except hub.HubError as exc:
+        if hub.offline_mode():
+            raise WeightsNotFoundError(
+                f"{name}: not in the cache {hub.hub_cache_dir(cache_dir)} and HF_HUB_OFFLINE=1 forbids downloading; "
+                f"run `drcn download-weights {name}` with network access (HF_HUB_OFFLINE unset), "
+                "or pass --weights PATH"
+            ) from exc
+        raise WeightsNotFoundError(
+            f"{name}: {exc}. Retry `drcn download-weights {name}`, or pass --weights PATH"
+        ) from exc
+    _check_or_evict(path, entry, origin)
+    return path
+
+
+def resolve_weights(
+    name: str | None = None,
+    path: str | os.PathLike | None = None,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    on_download: Callable[[str], None] | None = None,
+    on_progress: hub.ProgressCallback | None = None,
+) -> Path:
+    """The weights file to load: ``path`` if given, else model ``name`` (default :func:`default_model_name`)
+    from the bundled files, the hub cache (verified), or a download (verified; ``on_download(message)`` first).
+
+    Raises:
+        WeightsNotFoundError: missing ``path``; unknown name; not bundled or cached and ``download`` is False or
+            the client is offline; the download failed. The message says what to run.
+        ChecksumError: no checksum recorded for a model that must be downloaded; a downloaded file does not
+            match (removed from the cache). A cached copy that does not match is removed and downloaded again.
+    """
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{path}: no such weights file")
+        return path
+    name = name or default_model_name()
+    entry = known_weights(name)
+    if (bundled := bundled_path(name)) is not None:
+        return bundled
+    stale = ""
+    try:
+        if (cached := cached_weights(name, repo_id=repo_id, revision=revision, cache_dir=cache_dir)) is not None:
+            return cached
+    except ChecksumError:
+        if not download:
+            raise
+        stale = "its cached copy failed the checksum and was removed; "
+    _require_checksum(entry)
+    if not download:
+        raise WeightsNotFoundError(
+            f"{name}: not bundled and not in the cache {hub.hub_cache_dir(cache_dir)}; "
+            f"run `drcn download-weights {name}`, or pass --weights PATH"
+        )
+    if hub.offline_mode():
+        raise WeightsNotFoundError(
+            f"{name}: not bundled and not in the cache {hub.hub_cache_dir(cache_dir)}, and HF_HUB_OFFLINE=1 "
+            f"forbids downloading; run `drcn download-weights {name}` with network access, or pass --weights PATH"
+        )
+    repo, rev = _source(entry, repo_id, revision)
+    if on_download is not None:
+        on_download(
+            f"{name}: {stale or 'not bundled or cached; '}downloading {entry.filename} "
+            f"({_format_size(entry.size)}) from {repo}@{rev} into {hub.hub_cache_dir(cache_dir)}"
+        )
+    return download_weights(name, repo_id=repo_id, revision=revision, cache_dir=cache_dir, on_progress=on_progress)
+
+
+# -- listing ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Where a known model stands on this machine.
+
+    ``status``: ``bundled`` | ``cached`` | ``available`` (on the hub, to be downloaded) | ``unpublished`` (no
+    checksum recorded yet). ``location``: a local path, or ``repo/file@revision``.
+    """
+
+    entry: KnownWeights
+    status: str
+    location: str
+    size: str
+
+
+def list_weights(
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[WeightsStatus]:
+    """Every known model with its status (see :class:`WeightsStatus`). Cached copies are verified; one that fails
+    is removed (and listed as available). Never uses the network. Raises WeightsNotFoundError for an invalid
+    repository id."""
+    rows = []
+    for name, entry in KNOWN_WEIGHTS.items():
+        size = _format_size(entry.size)
+        repo, rev = _source(entry, repo_id, revision)
+        if (bundled := bundled_path(name)) is not None:
+            rows.append(WeightsStatus(entry, "bundled", str(bundled), _format_size(bundled.stat().st_size)))
+            continue
+        try:
+            cached = cached_weights(name, repo_id=repo_id, revision=revision, cache_dir=cache_dir)
+        except ChecksumError:
+            cached = None
+        if cached is not None:
+            rows.append(WeightsStatus(entry, "cached", str(cached), size))
+        else:
+            status = "available" if entry.sha256 is not None else "unpublished"
+            rows.append(WeightsStatus(entry, status, _origin(entry, repo, rev), size))
+    return rows
+
+
+# -- regenerating the table from files ---------------------------------------------------------------------------
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON); {} if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(min(length, 1 << 24)))
+        return {str(k): str(v) for k, v in header.get("__metadata__", {}).items()}
+    except (OSError, struct.error, ValueError, AttributeError):
+        return {}
+
+
+def entries_from_files(
+    paths: Iterable[str | os.PathLike], table: Mapping[str, KnownWeights] | None = None
+) -> list[KnownWeights]:
+    """Table entries for weights files, named after the file stem, with their sha256 and size.
+
+    A name already in ``table`` (default :data:`KNOWN_WEIGHTS`) keeps its other fields; a new one gets a
+    description from the file's metadata (F, D) to edit.
+    """
+    table = KNOWN_WEIGHTS if table is None else table
+    entries = []
+    for path in map(Path, paths):
+        sha256, size = sha256_file(path), path.stat().st_size
+        name = path.name.removesuffix(".safetensors")
+        if name in table:
+            entries.append(dataclasses.replace(table[name], filename=path.name, sha256=sha256, size=size))
+        else:
+            meta = _safetensors_metadata(path)
+            description = f"DRCN F={meta.get('features', '?')}, D={meta.get('recursions', '?')} (describe it)"
+            entries.append(KnownWeights(name, path.name, sha256, size, description))
+    return entries
+
+
+def entry_source(entry: KnownWeights) -> str:
+    """The entry as Python source, ready to paste into the ``KNOWN_WEIGHTS`` table."""
+    fields = "".join(
+        f"    {f.name}={getattr(entry, f.name)!r},\n"
+        for f in dataclasses.fields(entry)
+        if f.name != "repo_id" or entry.repo_id != DEFAULT_REPO_ID
+    )
+    return f"KnownWeights(\n{fields}),"
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m drcn_cli.registry FILE...``: print table entries with the files' checksums (a maintainer tool)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: python -m drcn_cli.registry WEIGHTS.safetensors...\n"
+            "Prints KNOWN_WEIGHTS entries with each file's sha256 and size, to paste into drcn_cli/registry.py."
+        )
+        return 0 if argv else 2
+    missing = [p for p in argv if not Path(p).is_file()]
+    if missing:
+        print(f"error: {missing[0]}: no such file", file=sys.stderr)
+        return 1
+    for entry in entries_from_files(argv):
+        print(entry_source(entry))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,18 @@
+"""Helpers shared by several test modules (importable as `from conftest import ...`: tests/ is on the path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_training_images(folder: Path, count: int = 3, size: int = 48, seed: int = 0) -> Path:
+    """``count`` smooth random RGB images of size x size (bicubic-enlarged noise, so they have structure)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        small = (rng.random((size // 4, size // 4, 3)) * 255).astype(np.uint8)
+        Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
+    return folder

@@ -1,0 +1,230 @@
+"""`drcn bench` end to end: the root app, real image folders and weights files in tmp_path, a local hub stand-in."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hubstub import HubStub, point_client_at, skip_retry_sleeps
+from PIL import Image
+from typer.testing import CliRunner
+
+from drcn_cli import weights
+from drcn_cli.cli import app
+from drcn_cli.model import DRCN, DRCNConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True)
+def env(tmp_path, monkeypatch):
+    """Caches in tmp, no network (an offline hub client), one torch thread, a wide terminal for the table."""
+    monkeypatch.setenv("DRCN_HOME", str(tmp_path / "drcn"))
+    monkeypatch.setenv("COLUMNS", "200")
+    point_client_at(monkeypatch, "http://127.0.0.1:9", cache_dir=tmp_path / "hf", offline=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = DRCN(DRCNConfig(features=8, recursions=3))
+    with torch.no_grad():
+        model.recursive.weight.add_(0.05 * torch.randn_like(model.recursive.weight))
+        model.recon2.weight.mul_(0.1)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    weights.save_weights(model, path)
+    return path
+
+
+def make_images(folder: Path, sizes=((40, 36), (34, 44)), grey_last=True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = 128 + 80 * np.sin(xx / 3.0 + i) * np.cos(yy / 4.0)
+        rgb = np.stack([base, base[::-1], base[:, ::-1]], axis=-1) + rng.normal(0, 3, (h, w, 3))
+        pixels = np.clip(rgb, 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels[..., 0], "L") if grey_last and i == len(sizes) - 1 else Image.fromarray(pixels)
+        image.save(folder / f"im{i}.png")
+    (folder / "README.txt").write_text("not an image, ignored")
+    return folder
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["bench", *map(str, args)])
+
+
+# ------------------------------------------------------------------------------------------------ success
+
+
+def test_bicubic_on_a_folder_prints_the_table_and_writes_json_and_csv(tmp_path):
+    folder = make_images(tmp_path / "mine")
+    result = run("--method", "bicubic", "--dataset", folder, "-s", 2, "-s", 3,
+                 "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Bicubic (ours)" in result.stdout and "Bicubic (paper)" in result.stdout
+    assert "mine" in result.stdout and "x3" in result.stdout
+    assert "upscales in" in result.stdout and "images/s" in result.stdout and "Mpx/s" in result.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["method"] == "bicubic" and data["scales"] == [2, 3]
+    assert data["datasets"] == [{"name": "mine", "root": str(folder), "source": "folder"}]
+    assert [s["paper"] for s in data["sets"]] == [None, None]
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert len(rows) == 4 and {r["image"] for r in rows} == {"im0", "im1"}
+    assert float(rows[0]["psnr"]) == pytest.approx(data["images"][0]["psnr"])
+
+
+def test_drcn_sweep_with_weights_saves_images_and_plots(tmp_path, weights_file):
+    pytest.importorskip("matplotlib")
+    folder = make_images(tmp_path / "mine")
+    result = run("--dataset", folder, "--weights", weights_file, "-s", 2, "--recursions", "1..3",
+                 "--save-images", tmp_path / "sr", "--plot", tmp_path / "sweep.png", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "DRCN (ours)" in out and "DRCN (paper)" in out and "Recursions" in out and "tiny.safetensors" in out
+    saved = sorted(p.relative_to(tmp_path / "sr").as_posix() for p in (tmp_path / "sr").rglob("*.png"))
+    assert saved == [f"mine/x2/im{i}_r{k}.png" for i in (0, 1) for k in (1, 2, 3)]
+    assert Image.open(tmp_path / "sr" / "mine" / "x2" / "im1_r3.png").mode == "L"  # grey stays grey
+    assert Image.open(tmp_path / "sweep.png").format == "PNG"
+
+
+def test_plot_alone_sweeps_every_depth(tmp_path, weights_file):
+    pytest.importorskip("matplotlib")
+    folder = make_images(tmp_path / "mine", sizes=((30, 30),))
+    result = run("-d", folder, "--weights", weights_file, "-s", 2, "--plot", tmp_path / "p.png",
+                 "--json", tmp_path / "r.json", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [s["recursions"] for s in json.loads((tmp_path / "r.json").read_text())["sets"]] == [1, 2, 3]
+
+
+@pytest.mark.skipif(not (SHARED / "datasets" / "Set5").is_dir(), reason="shared/datasets is not beside the repo")
+def test_set5_by_name_from_the_data_dir_beside_the_paper():
+    result = run("--method", "bicubic", "-d", "set5", "--data-dir", SHARED / "datasets", "-s", 4, "-q")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if "Set5" in line)
+    assert "28.419 / 0.8102" in line and "28.42 / 0.8104" in line and "-0.001 / -0.0002" in line
+
+
+def test_download_through_the_hub_stand_in(tmp_path, monkeypatch):
+    buffer = io.BytesIO()
+    make_images(tmp_path / "src" / "Set5_HR", grey_last=False)
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(tmp_path / "src" / "Set5_HR", arcname="Set5_HR")
+    with HubStub() as stub:
+        stub.add_file("eugenesiow/Set5", "data/Set5_HR.tar.gz", buffer.getvalue(), repo_type="dataset")
+        point_client_at(monkeypatch, stub.endpoint, cache_dir=tmp_path / "hf")
+        skip_retry_sleeps(monkeypatch)
+        result = run("--method", "bicubic", "-d", "Set5", "-s", 2)
+    assert result.exit_code == 0, result.output
+    assert "downloading eugenesiow/Set5/data/Set5_HR.tar.gz" in " ".join(result.stderr.split())
+    assert "33.66 / 0.9299" in result.stdout  # a known name: the paper's numbers are beside ours
+    assert sorted(p.name for p in (tmp_path / "drcn" / "datasets" / "Set5").glob("*.png")) == ["im0.png", "im1.png"]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_dataset_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("--method", "bicubic", "-d", "Set15")
+    assert result.exit_code == 2
+    assert "error: unknown dataset 'Set15'" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["empty", "not-images", "corrupt-png", "too-small", "missing"])
+def test_bad_folders_fail_with_one_line(tmp_path, case):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    if case == "not-images":
+        (folder / "notes.txt").write_text("x")
+    elif case == "corrupt-png":
+        make_images(folder)
+        (folder / "zz.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    elif case == "too-small":
+        make_images(folder, sizes=((40, 40), (1, 1)), grey_last=False)
+    elif case == "missing":
+        folder = tmp_path / "nothing" / "here"
+    result = run("--method", "bicubic", "-d", folder, "-s", 2)
+    expected = {
+        "empty": "no images",
+        "not-images": "no images",
+        "corrupt-png": "zz.png: not a readable image",
+        "too-small": "im1.png: image of 1x1 pixels is too small for x2",
+        "missing": "no such folder",
+    }[case]
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and expected in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_corrupt_download_fails_and_leaves_no_dataset(tmp_path, monkeypatch):
+    with HubStub() as stub:
+        stub.add_file("eugenesiow/Set14", "data/Set14_HR.tar.gz", b"\x1f\x8b not really gzip", repo_type="dataset")
+        point_client_at(monkeypatch, stub.endpoint, cache_dir=tmp_path / "hf")
+        skip_retry_sleeps(monkeypatch)
+        result = run("--method", "bicubic", "-d", "Set14", "-q")
+    assert result.exit_code == 1
+    assert "corrupt or truncated archive" in result.stderr
+    cache = tmp_path / "drcn" / "datasets"
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_offline_without_the_dataset_says_so(tmp_path):
+    result = run("--method", "bicubic", "-d", "Urban100", "-q")
+    assert result.exit_code == 1 and "Urban100: download failed" in result.stderr
+
+
+def test_no_weights(tmp_path, monkeypatch):
+    folder = make_images(tmp_path / "mine")
+    empty = tmp_path / "no-bundled"
+    empty.mkdir()
+    monkeypatch.setattr(weights, "BUNDLED_DIR", empty)
+    result = run("-d", folder, "-s", 2)  # the default model: not bundled, not cached, offline
+    assert result.exit_code == 1 and result.stderr.startswith("error: drcn")
+    result = run("-d", folder, "--weights", tmp_path / "missing.safetensors")
+    assert result.exit_code == 1 and "no such weights file" in result.stderr
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    result = run("-d", folder, "--weights", tmp_path / "junk.safetensors")
+    assert result.exit_code == 1 and "junk.safetensors" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "drcn", "--weights", "w.safetensors"], "either --model or --weights"),
+        (["--method", "bicubic", "--recursions", "2"], "uses no network"),
+        (["--method", "bicubic", "--plot", "p.png"], "needs --method drcn"),
+        (["--recursions", "9"], "out of range: this model has 1..3"),
+        (["--recursions", "2", "--plot", "p.png"], "two or more recursion depths"),
+        (["--device", "tpu"], "unknown device"),
+    ],
+)
+def test_usage_errors(tmp_path, weights_file, args, message):
+    if "--plot" in args and "bicubic" not in args:
+        pytest.importorskip("matplotlib")  # without it, --plot fails first (exit 1, tested below)
+    folder = make_images(tmp_path / "mine", sizes=((30, 30),))
+    if "--weights" not in args and "--method" not in args:
+        args = [*args, "--weights", weights_file]
+    result = run("-d", folder, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, weights_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    folder = make_images(tmp_path / "mine", sizes=((30, 30),))
+    result = run("-d", folder, "--weights", weights_file, "--plot", tmp_path / "p.png")
+    assert result.exit_code == 1
+    assert "pip install 'drcn[plot]'" in result.stderr
+    assert not (tmp_path / "p.png").exists()

@@ -1,0 +1,198 @@
+"""`drcn download-weights` end to end: the root app, a local stand-in for the hub (tests/hubstub.py), real files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hubstub import HubStub, point_client_at, skip_retry_sleeps
+from typer.testing import CliRunner
+
+from drcn_cli import registry, weights
+from drcn_cli.cli import app
+from drcn_cli.registry import KnownWeights
+
+REPO = "test-org/drcn-test"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    import torch
+
+    from drcn_cli.model import DRCN, DRCNConfig
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("published") / "drcn.safetensors"
+    weights.save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
+    return path
+
+
+@pytest.fixture
+def env(model_file, monkeypatch, tmp_path):
+    """The table: `drcn` is the small test model (published on the stub), `drcn-lite` has no checksum yet."""
+    data = model_file.read_bytes()
+    table = {
+        "drcn": KnownWeights(
+            "drcn", "drcn.safetensors", hashlib.sha256(data).hexdigest(), len(data), "tiny test model", repo_id=REPO
+        ),
+        "drcn-lite": KnownWeights("drcn-lite", "drcn-lite.safetensors", None, None, "not published", repo_id=REPO),
+    }
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    monkeypatch.setattr(weights, "BUNDLED_DIR", bundled)
+    monkeypatch.setattr(registry, "KNOWN_WEIGHTS", table)
+    monkeypatch.delenv(registry.REPO_ID_ENV, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: room for whole paths
+    with HubStub() as stub:
+        stub.add_file(REPO, "drcn.safetensors", data)
+        cache = tmp_path / "hub"
+        point_client_at(monkeypatch, stub.endpoint, cache_dir=cache)
+        skip_retry_sleeps(monkeypatch)
+        yield SimpleNamespace(stub=stub, cache=cache, bundled=bundled, data=data, mp=monkeypatch)
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["download-weights", *args])
+
+
+def cache_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if ("blobs" in p.parts or "snapshots" in p.parts) and not p.is_dir())
+
+
+def test_download_says_where_the_verified_file_went(env):
+    result = run("drcn")
+
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip()
+    assert line.startswith("drcn: ") and line.endswith(" (downloaded, sha256 verified)")
+    path = Path(line.removeprefix("drcn: ").removesuffix(" (downloaded, sha256 verified)"))
+    assert env.cache in path.parents and path.read_bytes() == env.data
+    assert "Traceback" not in result.output
+
+    again = run("drcn", "-q")
+    assert again.exit_code == 0 and again.stdout.strip() == f"drcn: {path} (already cached, sha256 verified)"
+
+
+def test_no_name_fetches_the_default_model_and_cache_dir_is_honoured(env, tmp_path):
+    result = run("--cache-dir", str(tmp_path / "mine"), "--quiet")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"drcn: {tmp_path / 'mine'}")
+    assert cache_files(env.cache) == []
+
+
+def test_force_downloads_a_cached_model_again(env):
+    assert run("drcn", "-q").exit_code == 0
+    gets = sum(r.method == "GET" for r in env.stub.file_requests)
+
+    result = run("drcn", "-q", "--force")
+
+    assert result.exit_code == 0 and "(downloaded, sha256 verified)" in result.stdout
+    assert sum(r.method == "GET" for r in env.stub.file_requests) == gets + 1
+
+
+def test_bundled_models_are_not_downloaded(env):
+    (env.bundled / "drcn.safetensors").write_bytes(env.data)
+
+    result = run("drcn")
+
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"drcn: {env.bundled / 'drcn.safetensors'} (bundled, nothing to download)"
+    assert env.stub.file_requests == []
+
+
+def test_list_shows_every_model_and_where_it_is(env):
+    before = run("--list")
+    assert before.exit_code == 0, before.output
+    rows = {line.split()[1]: line for line in before.stdout.splitlines() if line.startswith("│ drcn")}
+    assert set(rows) == {"drcn", "drcn-lite"}
+    assert "available" in rows["drcn"] and f"{REPO}/drcn.safetensors@main" in rows["drcn"]
+    assert "unpublished" in rows["drcn-lite"]
+
+    path = run("drcn", "-q").stdout.split()[1]
+    requests = len(env.stub.file_requests)
+    after = run("--list")
+    row = next(line for line in after.stdout.splitlines() if line.startswith("│ drcn "))
+    assert "cached" in row and "models--test-org--drcn-test" in row
+    squashed = "".join(after.stdout.split()).replace("│", "")  # long paths are folded over several lines
+    assert path in squashed
+    assert len(env.stub.file_requests) == requests  # --list never asks the hub
+
+
+def test_list_takes_no_names(env):
+    result = run("--list", "drcn")
+    assert result.exit_code == 2
+
+
+def test_unknown_names_are_a_usage_error_listing_known_ones(env):
+    result = run("drcn", "nope", "nada")
+
+    assert result.exit_code == 2
+    assert "error: unknown model 'nope', 'nada'; known models: drcn, drcn-lite" in result.stderr
+    assert env.stub.file_requests == []  # nothing was attempted
+
+
+def test_all_fetches_what_it_can_and_fails_for_the_rest(env):
+    result = run("--all", "-q")
+
+    assert result.exit_code == 1
+    assert "drcn: " in result.stdout and "(downloaded, sha256 verified)" in result.stdout
+    assert result.stderr.strip().startswith("error: drcn-lite: no sha256 is recorded")
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_hub_errors_are_one_line_and_exit_1(env, status):
+    env.stub.fault(REPO, "drcn.safetensors", status=status)
+
+    result = run("drcn", "-q")
+
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: drcn: ") and f"HTTP {status}" in lines[-1]
+    assert result.stdout == "" and cache_files(env.cache) == []
+
+
+def test_tampered_file_is_refused_and_removed(env):
+    tampered = bytearray(env.data)
+    tampered[100] ^= 1
+    env.stub.add_file(REPO, "drcn.safetensors", bytes(tampered))
+
+    result = run("drcn", "-q")
+
+    assert result.exit_code == 1
+    assert "is not the published file" in result.stderr and "removed from the cache" in result.stderr
+    assert cache_files(env.cache) == []
+
+
+def test_interrupted_download_exits_1_and_keeps_nothing(env):
+    env.stub.fault(REPO, "drcn.safetensors", cut_at=500)
+
+    result = run("drcn", "-q")
+
+    assert result.exit_code == 1 and "transfer failed" in result.stderr
+    assert cache_files(env.cache) == []
+
+
+def test_offline_without_cache_says_what_to_do_and_with_cache_works(env):
+    point_client_at(env.mp, env.stub.endpoint, cache_dir=env.cache, offline=True)
+    offline = run("drcn", "-q")
+    assert offline.exit_code == 1
+    assert "HF_HUB_OFFLINE=1" in offline.stderr and "drcn download-weights drcn" in offline.stderr
+
+    point_client_at(env.mp, env.stub.endpoint, cache_dir=env.cache, offline=False)
+    assert run("drcn", "-q").exit_code == 0
+    point_client_at(env.mp, env.stub.endpoint, cache_dir=env.cache, offline=True)
+    requests = len(env.stub.requests)
+    cached = run("drcn", "-q")
+    assert cached.exit_code == 0 and "(already cached, sha256 verified)" in cached.stdout
+    assert len(env.stub.requests) == requests
+
+
+def test_invalid_repo_id_is_a_one_line_error(env):
+    for args in (["drcn", "-q", "--repo-id", "not a repo!"], ["--list", "--repo-id", "not a repo!"]):
+        result = run(*args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: drcn: ") and "not a valid repository id" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

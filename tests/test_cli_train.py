@@ -1,0 +1,161 @@
+"""`drcn train` end to end through the root app: outputs, CSV log, resume, and refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from conftest import write_training_images
+from typer.testing import CliRunner
+
+from drcn_cli.cli import app
+
+runner = CliRunner()
+
+TINY = ["-F", "8", "-D", "3", "--patch-size", "17", "--stride", "8", "-b", "8", "--lr", "1e-3", "--threads", "1",
+        "--scale", "2", "--scale", "3", "--downscale", "1", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return write_training_images(tmp_path / "train"), write_training_images(tmp_path / "val", count=1, size=40, seed=3)
+
+
+def _invoke(*args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def test_train_writes_weights_checkpoint_and_log(folders, tmp_path):
+    train_dir, val_dir = folders
+    out, ckpt = tmp_path / "w.safetensors", tmp_path / "ck"
+    result = _invoke("--data", train_dir, "--val", val_dir, "--out", out, "--checkpoint-dir", ckpt, "--steps", 4,
+                     "--val-every", 2, "--log-every", 2, *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and (ckpt / "state.json").is_file()
+    with (ckpt / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", "2"), ("val", "2"), ("train", "4"), ("val", "4")]
+    assert float(rows[1]["val_psnr_x2"]) > 20 and float(rows[0]["loss"]) > 0
+
+
+def test_train_shows_progress_and_a_summary_unless_quiet(folders, tmp_path):
+    train_dir, val_dir = folders
+    args = [a for a in TINY if a != "--quiet"]
+    result = _invoke("--data", train_dir, "--val", val_dir, "--out", tmp_path / "w.safetensors",
+                     "--checkpoint-dir", tmp_path / "ck", "--steps", 2, *args)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "val PSNR/SSIM x2" in result.output and "trained 2 steps" in result.output
+
+
+def test_stop_and_resume_continue_the_same_run(folders, tmp_path):
+    train_dir, _ = folders
+    out, ckpt = tmp_path / "w.safetensors", tmp_path / "ck"
+    first = _invoke("--data", train_dir, "--out", out, "--checkpoint-dir", ckpt, "--steps", 4, "--stop-at", 2,
+                    "--log-every", 1, *TINY)  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    second = _invoke("--resume", ckpt, "--threads", 1, "--quiet")
+    assert second.exit_code == 0, second.output
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 4 and state["config"]["stop_at"] is None
+    steps = [r["step"] for r in csv.DictReader((ckpt / "log.csv").open())]
+    assert steps == ["1", "2", "3", "4"]
+
+
+def test_resume_with_another_architecture_is_an_error(folders, tmp_path):
+    train_dir, _ = folders
+    ckpt = tmp_path / "ck"
+    assert _invoke("--data", train_dir, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", ckpt,
+                   "--steps", 2, *TINY).exit_code == 0  # fmt: skip
+    before = (ckpt / "model.safetensors").read_bytes()
+    result = _invoke("--resume", ckpt, "--features", 16)
+    assert result.exit_code == 1 and "error:" in result.output and "architecture" in result.output
+    assert (ckpt / "model.safetensors").read_bytes() == before
+
+
+def test_existing_out_needs_overwrite(folders, tmp_path):
+    train_dir, _ = folders
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"keep me")
+    result = _invoke("--data", train_dir, "--out", out, "--checkpoint-dir", tmp_path / "ck", "--steps", 1, *TINY)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert out.read_bytes() == b"keep me" and not (tmp_path / "ck").exists()
+    result = _invoke("--data", train_dir, "--out", out, "--checkpoint-dir", tmp_path / "ck", "--steps", 1,
+                     "--overwrite", *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() != b"keep me"
+
+
+def test_bad_data_folders_are_one_line_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _invoke("--data", empty, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", tmp_path / "ck", *TINY)
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "no images" in result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"\x89PNG not really")
+    result = _invoke("--data", broken, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", tmp_path / "ck", *TINY)
+    assert result.exit_code == 1 and "x.png" in result.output
+    small = write_training_images(tmp_path / "small", size=12)
+    result = _invoke("--data", small, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", tmp_path / "ck", *TINY)
+    assert result.exit_code == 1 and "patch fits" in result.output
+    assert not (tmp_path / "w.safetensors").exists() and not (tmp_path / "ck").exists()
+
+
+def test_usage_errors_exit_2(folders, tmp_path):
+    train_dir, _ = folders
+    assert _invoke("--out", tmp_path / "w.safetensors", *TINY).exit_code == 2  # no --data
+    assert _invoke("--data", train_dir, *TINY).exit_code == 2  # no --out
+    result = _invoke("--data", train_dir, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", tmp_path / "ck",
+                     "--optimizer", "lbfgs", *TINY)  # fmt: skip
+    assert result.exit_code == 2 and "optimizer" in result.output
+
+
+def test_init_takes_its_architecture_from_the_weights(folders, tmp_path):
+    from drcn_cli.model import DRCN, DRCNConfig
+    from drcn_cli.weights import load_weights, save_weights
+
+    train_dir, _ = folders
+    save_weights(DRCN(DRCNConfig(features=4, recursions=2)), tmp_path / "start.safetensors")
+    args = TINY[4:]  # without -F 8 -D 3
+    result = _invoke("--data", train_dir, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", tmp_path / "ck",
+                     "--init", tmp_path / "start.safetensors", "--steps", 1, *args)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert load_weights(tmp_path / "w.safetensors")[0].config == DRCNConfig(4, 2)
+    result = _invoke("--data", train_dir, "--out", tmp_path / "w2.safetensors", "--checkpoint-dir", tmp_path / "ck2",
+                     "--init", tmp_path / "start.safetensors", "--steps", 1, *TINY)  # fmt: skip
+    assert result.exit_code == 1 and "F=4, D=2" in result.output
+    result = _invoke("--data", train_dir, "--out", tmp_path / "w3.safetensors", "--init", tmp_path / "nope.safetensors",
+                     *TINY)  # fmt: skip
+    assert result.exit_code == 1 and "no such weights file" in result.output
+
+
+def test_help_defaults_match_the_library_defaults():
+    import re
+    from typing import get_args, get_type_hints
+
+    from drcn_cli.cli import train as cli_train
+    from drcn_cli.train import TrainConfig
+
+    fields = {"scale": "scales", "downscale": "downscales"}
+    checked = 0
+    for name, hint in get_type_hints(cli_train.train, include_extras=True).items():
+        if name == "return":
+            continue
+        option = get_args(hint)[1]
+        match = re.search(r"\(default: ([^,)]+)", option.help or "")
+        if not match or not hasattr(TrainConfig, fields.get(name, name)):
+            continue
+        value = getattr(TrainConfig, fields.get(name, name))
+        if value is None:  # a default the command works out (checkpoint folder, threads)
+            continue
+        shown = match.group(1).rstrip(".")
+        if isinstance(value, tuple):
+            assert [float(v) for v in shown.split()] == list(value), name
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert float(shown) == value, name
+        else:
+            assert shown == str(value), name
+        checked += 1
+    assert checked >= 15

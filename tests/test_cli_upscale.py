@@ -1,0 +1,334 @@
+import errno
+import io
+import json
+import os
+import signal
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from drcn_cli import imageio, pipeline, registry
+from drcn_cli.cli import app
+from drcn_cli.cli import upscale as upscale_cli
+from drcn_cli.model import DRCN, DRCNConfig
+from drcn_cli.weights import save_weights
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # Tiny images: one thread is fastest, and several contend badly on a loaded CI machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
+    return str(path)
+
+
+def rng_pixels(shape, dtype=np.uint8, seed=0):
+    top = 65536 if dtype == np.uint16 else 256
+    return np.random.default_rng(seed).integers(0, top, shape).astype(dtype)
+
+
+def save_png(path, pixels=None, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng_pixels((10, 12, 3)) if pixels is None else pixels, mode).save(path)
+    return path
+
+
+def run(*args, **kwargs):
+    return runner.invoke(app, ["upscale", *map(str, args)], **kwargs)
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_one_file(tmp_path, weights):
+    source = save_png(tmp_path / "in.png")
+    result = run(source, "-s", 3, "-o", tmp_path / "out.png", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.size == (36, 30) and out.mode == "RGB"
+    assert "cpu" in result.stderr and "fp32" in result.stderr and "tiny.safetensors" in result.stderr
+
+
+def test_width_and_bicubic_need_no_weights(tmp_path):
+    source = save_png(tmp_path / "in.png")
+    result = run(source, "--width", 30, "--method", "bicubic", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    with Image.open(tmp_path / "in_w30.png") as out:
+        assert out.size == (30, 25)
+
+
+def test_recursive_folder_tree_is_mirrored_with_json(tmp_path, weights):
+    src = tmp_path / "photos"
+    for rel in ("a.png", "trip/b.png", "trip/day2/c.png"):
+        save_png(src / rel)
+    (src / "trip" / "notes.txt").write_text("not an image")
+    out = tmp_path / "big"
+    result = run(src, "-r", "-s", 2, "-o", out, "--weights", weights, "--format", "webp", "--json")
+    assert result.exit_code == 0, result.output
+    assert files_under(out) == ["a.webp", "trip/b.webp", "trip/day2/c.webp"]
+    records = json_lines(result.stdout)
+    assert len(records) == 3 and {r["status"] for r in records} == {"ok"}
+    first = next(r for r in records if r["input"].endswith("a.png"))
+    assert first["input_size"] == [12, 10] and first["output_size"] == [24, 20] and first["error"] is None
+    assert first["output"] == str(out / "a.webp") and first["seconds"] > 0
+
+
+def test_stdin_to_stdout(weights):
+    buffer = io.BytesIO()
+    Image.fromarray(rng_pixels((10, 12, 3))).save(buffer, "PNG")
+    result = runner.invoke(app, ["upscale", "-", "-s", "2", "--weights", weights, "--json"], input=buffer.getvalue())
+    assert result.exit_code == 0, result.stderr
+    with Image.open(io.BytesIO(result.stdout_bytes)) as out:  # stdout holds the PNG and nothing else
+        assert out.format == "PNG" and out.size == (24, 20)
+    (record,) = json_lines(result.stderr)  # with the image on stdout, JSON goes to stderr
+    assert record["input"] == "-" and record["output"] == "-" and record["status"] == "ok"
+
+
+def test_empty_stdin_is_a_failed_image_not_an_output():
+    result = runner.invoke(app, ["upscale", "-", "-s", "2", "--method", "bicubic"], input=b"")
+    assert result.exit_code == 1
+    assert result.stdout_bytes == b""
+    assert "error: -: empty file" in result.stderr
+
+
+def test_sigterm_is_turned_into_an_interrupt():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with upscale_cli._sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in this thread before the next statement
+            pytest.fail("SIGTERM did not interrupt")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_skip_existing_resumes_an_interrupted_batch(tmp_path, weights, monkeypatch):
+    src = tmp_path / "in"
+    for i in range(5):
+        save_png(src / f"{i}.png", rng_pixels((10, 12, 3), seed=i))
+    out = tmp_path / "out"
+    real = pipeline.upscale_tensor
+    calls = []
+
+    def interrupted_on_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "upscale_tensor", interrupted_on_the_fourth)
+    result = run(src, "-s", 2, "-o", out, "--weights", weights, "--io-threads", 1)
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and "--skip-existing" in result.stderr
+    done = files_under(out)
+    assert done == ["0.png", "1.png", "2.png"]  # complete files only, no temporary leftovers
+    for name in done:
+        with Image.open(out / name) as image:
+            image.load()
+            assert image.size == (24, 20)
+
+    monkeypatch.setattr(pipeline, "upscale_tensor", real)
+    result = run(src, "-s", 2, "-o", out, "--weights", weights, "--skip-existing", "--json")
+    assert result.exit_code == 0, result.output
+    statuses = {os.path.basename(r["input"]): r["status"] for r in json_lines(result.stdout)}
+    assert statuses == {"0.png": "skipped", "1.png": "skipped", "2.png": "skipped", "3.png": "ok", "4.png": "ok"}
+    assert files_under(out) == [f"{i}.png" for i in range(5)]
+
+
+def test_each_bad_input_gets_one_line_and_the_batch_goes_on(tmp_path, weights):
+    src = tmp_path / "in"
+    good = save_png(src / "good.png")
+    png = good.read_bytes()
+    (src / "truncated.png").write_bytes(png[: len(png) // 2])
+    (src / "text.png").write_text("this is not an image")
+    (src / "empty.png").write_bytes(b"")
+    save_png(src / "large.png", rng_pixels((40, 40, 3)))
+    (tmp_path / "nothing").mkdir()
+    out = tmp_path / "out"
+    result = run(src, tmp_path / "missing.png", tmp_path / "nothing", "-s", 2, "-o", out, "--weights", weights,
+                 "--max-pixels", 0.001)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    expected = {
+        "truncated.png": "truncated or corrupt image",
+        "text.png": "not an image",
+        "empty.png": "empty file",
+        "large.png": "40x40 = 0.0 Mpx is over --max-pixels 0.001 Mpx",
+        "missing.png": "no such file or folder",
+        "nothing": "folder with no images",
+    }
+    assert len(errors) == len(expected)
+    for name, reason in expected.items():
+        assert any(name in line and reason in line for line in errors), (name, errors)
+    assert files_under(out) == ["good.png"]
+
+
+def test_unwritable_output_folder(tmp_path, weights):
+    sources = [save_png(tmp_path / "a.png"), save_png(tmp_path / "b.png")]
+    if os.geteuid() == 0:
+        # chmod 0o500 does not stop root; a regular file standing where the folder should be stops anyone.
+        (tmp_path / "blocker").write_text("a file")
+        out = tmp_path / "blocker" / "out"
+    else:
+        out = tmp_path / "locked"
+        out.mkdir(mode=0o500)
+    result = run(*sources, "-s", 2, "-o", out, "--weights", weights)
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2
+    for source, line in zip(sources, lines, strict=True):
+        assert line.startswith(f"error: {source}: cannot")
+
+
+def test_full_disk_and_a_write_failing_half_way_leave_nothing(tmp_path, weights, monkeypatch):
+    src = tmp_path / "in"
+    save_png(src / "a.png")
+    save_png(src / "b.png")
+    out = tmp_path / "out"
+    real_write = os.write
+
+    def half_then_no_space(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(imageio.os, "write", half_then_no_space)
+    result = run(src, "-s", 2, "-o", out, "--weights", weights)
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2 and all("disk full" in line for line in lines)
+    assert files_under(out) == []  # no output and no temporary file
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-s", "0.5"], "outside 1 to 32"),
+        (["-s", "1000"], "outside 1 to 32"),
+        ([], "give a scale"),
+        (["-s", "2", "--width", "30"], "not both"),
+        (["-s", "2", "--overwrite", "--skip-existing"], "contradict"),
+        (["-s", "2", "--precision", "fp16", "--device", "cpu"], "fp16 is not supported on the CPU"),
+        (["-s", "2", "--recursions", "9"], "this model has 3"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, weights, args, message):
+    source = save_png(tmp_path / "in.png")
+    result = run(source, "--weights", weights, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert files_under(tmp_path) == ["in.png"]
+
+
+def test_exif_rotated_jpeg_keeps_its_icc_profile(tmp_path, weights):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 12 wide, 10 high; shown rotated: 10 wide, 12 high
+    Image.fromarray(rng_pixels((10, 12, 3))).save(tmp_path / "photo.jpg", exif=exif.tobytes(), icc_profile=icc)
+    result = run(tmp_path / "photo.jpg", "-s", 2, "--weights", weights)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "photo_x2.jpg") as out:
+        assert out.size == (20, 24)
+        assert out.info["icc_profile"] == icc
+        assert out.getexif().get(0x0112) == 1
+
+
+def test_rgba_png_keeps_alpha(tmp_path, weights):
+    pixels = rng_pixels((10, 12, 4))
+    pixels[..., 3] = 255
+    pixels[:5, :, 3] = 0
+    save_png(tmp_path / "logo.png", pixels)
+    result = run(tmp_path / "logo.png", "-s", 2, "--weights", weights)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "logo_x2.png") as out:
+        alpha = np.asarray(out)[..., 3]
+        assert out.mode == "RGBA" and alpha[0, 0] == 0 and alpha[-1, -1] == 255
+    result = run(tmp_path / "logo.png", "-s", 2, "--weights", weights, "-o", tmp_path / "logo.jpg")
+    assert result.exit_code == 1 and "JPEG cannot store transparency" in result.stderr
+    assert not (tmp_path / "logo.jpg").exists()
+
+
+def test_16bit_png_stays_16bit(tmp_path, weights):
+    pixels = rng_pixels((10, 12, 3), np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), pixels[:, :, ::-1])
+    result = run(tmp_path / "deep.png", "-s", 2, "--weights", weights)
+    assert result.exit_code == 0, result.output
+    out = cv2.imread(str(tmp_path / "deep_x2.png"), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (20, 24, 3)
+    assert np.any(out % 257 != 0)  # values between the 8-bit levels: not an 8-bit image widened
+
+
+def test_grey_16bit_and_palette_inputs(tmp_path, weights):
+    Image.fromarray(rng_pixels((10, 12), np.uint16)).save(tmp_path / "grey16.png")
+    Image.fromarray(rng_pixels((10, 12, 3))).convert("P").save(tmp_path / "palette.png")
+    result = run(tmp_path / "grey16.png", tmp_path / "palette.png", "-s", 2, "--weights", weights)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "grey16_x2.png") as grey, Image.open(tmp_path / "palette_x2.png") as palette:
+        assert grey.mode.startswith("I;16") and grey.size == (24, 20)
+        assert palette.mode == "RGB" and palette.size == (24, 20)
+
+
+def test_overwrite_rules(tmp_path, weights):
+    source = save_png(tmp_path / "in.png")
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+    result = run(source, "-s", 2, "-o", target, "--weights", weights)
+    assert result.exit_code == 1 and "exists (use --overwrite or --skip-existing)" in result.stderr
+    assert target.read_bytes() == b"old"
+    result = run(source, "-s", 2, "-o", target, "--weights", weights, "--overwrite")
+    assert result.exit_code == 0 and target.read_bytes() != b"old"
+    before = source.read_bytes()
+    result = run(source, "-s", 2, "-o", source, "--weights", weights, "--overwrite")
+    assert result.exit_code == 1 and "is an input file" in result.stderr
+    assert source.read_bytes() == before
+
+
+def test_missing_weights_say_what_to_do(tmp_path, monkeypatch):
+    source = save_png(tmp_path / "in.png")
+
+    def not_installed(*args, **kwargs):
+        raise registry.WeightsNotFoundError("drcn: not bundled and not in the cache; run `drcn download-weights drcn`")
+
+    monkeypatch.setattr(registry, "resolve_weights", not_installed)
+    result = run(source, "-s", 2)
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: drcn: not bundled") and "drcn download-weights drcn" in line
+    assert "--method bicubic" in line
+    monkeypatch.undo()
+    result = run(source, "-s", 2, "--weights", tmp_path / "nope.safetensors")
+    assert result.exit_code == 1 and "no such weights file" in result.stderr
+
+
+def test_torchrun_ranks_share_a_folder(tmp_path, weights, monkeypatch):
+    src = tmp_path / "in"
+    for i in range(5):
+        save_png(src / f"{i}.png")
+    out = tmp_path / "out"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        result = run(src, "-s", 2, "-o", out, "--weights", weights, "--json")
+        assert result.exit_code == 0, result.output
+        records = json_lines(result.stdout)
+        assert {r["rank"] for r in records} == {int(rank)}
+        assert len(records) == (2 if rank == "1" else 3)
+    assert files_under(out) == [f"{i}.png" for i in range(5)]

@@ -1,0 +1,276 @@
+import errno
+import io
+import os
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageCms, ImageOps
+
+from drcn_cli import imageio
+from drcn_cli.imageio import (
+    ImageFormatError,
+    ImageReadError,
+    ImageWriteError,
+    apply_orientation,
+    encode_image,
+    read_image,
+    write_image,
+)
+
+
+def rng_pixels(shape, dtype=np.uint8, seed=0):
+    top = 65536 if dtype == np.uint16 else 256
+    return np.random.default_rng(seed).integers(0, top, shape).astype(dtype)
+
+
+def srgb_profile() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def pil_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def exif_with(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "drcn tests"
+    return exif.tobytes()
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ 16-bit
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_colour_round_trips_exactly_with_its_profile(fmt, channels):
+    pixels = rng_pixels((5, 7, channels), np.uint16)
+    icc = srgb_profile()
+    data = encode_image(pixels, fmt, icc_profile=icc, dpi=(300, 300))
+    loaded = read_image(data)
+    assert loaded.mode == ("RGB;16" if channels == 3 else "RGBA;16")
+    assert loaded.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(loaded.pixels, pixels)
+    assert loaded.icc_profile == icc
+    assert loaded.dpi is not None and abs(loaded.dpi[0] - 300) < 0.01
+    # Other decoders agree: OpenCV (libpng / libtiff) sees the same 16-bit values, Pillow can open the file.
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    order = [2, 1, 0] if channels == 3 else [2, 1, 0, 3]
+    np.testing.assert_array_equal(decoded[:, :, order], pixels)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        assert image.size == (7, 5)
+
+
+def test_16bit_grey_alpha_png_round_trips():
+    pixels = rng_pixels((4, 6, 2), np.uint16)
+    loaded = read_image(encode_image(pixels, "PNG"))
+    assert loaded.mode == "LA;16"
+    np.testing.assert_array_equal(loaded.pixels, pixels)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16bit_grey_round_trips(fmt):
+    pixels = rng_pixels((4, 6), np.uint16)
+    loaded = read_image(encode_image(pixels, fmt))
+    assert loaded.mode == "I;16"
+    np.testing.assert_array_equal(loaded.pixels, pixels)
+
+
+def test_16bit_to_jpeg_and_webp_rounds_to_8_bits():
+    pixels = np.array([[[0, 257, 65535], [128, 32896, 65534]]], np.uint16)
+    expected = np.array([[[0, 1, 255], [0, 128, 255]]], np.uint8)
+    lossless = read_image(encode_image(pixels, "WEBP", quality=100))
+    np.testing.assert_array_equal(lossless.pixels, expected)
+    assert read_image(encode_image(pixels, "JPEG")).pixels.dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------------------ orientation, metadata
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillow_and_is_applied_on_read(orientation):
+    pixels = rng_pixels((6, 10, 3))
+    data = pil_bytes(Image.fromarray(pixels), "PNG", exif=exif_with(orientation))
+    with Image.open(io.BytesIO(data)) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image))
+    np.testing.assert_array_equal(apply_orientation(pixels, orientation), expected)
+    loaded = read_image(data)
+    np.testing.assert_array_equal(loaded.pixels, expected)
+    exif = Image.Exif()
+    exif.load(loaded.exif)
+    assert exif[0x0112] == 1 and exif[0x010F] == "drcn tests"
+
+
+def test_16bit_png_orientation_is_applied():
+    pixels = rng_pixels((4, 9, 3), np.uint16)
+    loaded = read_image(encode_image(pixels, "PNG", exif=exif_with(6)))
+    np.testing.assert_array_equal(loaded.pixels, np.rot90(pixels, -1))
+
+
+def test_rotated_jpeg_keeps_profile_and_exif_through_a_write(tmp_path):
+    icc = srgb_profile()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif.get_ifd(0x8769)[0xA002] = 10  # PixelXDimension
+    exif.get_ifd(0x8769)[0xA003] = 6
+    data = pil_bytes(Image.fromarray(rng_pixels((6, 10, 3))), "JPEG", exif=exif.tobytes(), icc_profile=icc)
+    loaded = read_image(data)
+    assert (loaded.width, loaded.height) == (6, 10) and loaded.icc_profile == icc and loaded.source_format == "JPEG"
+    write_image(tmp_path / "out.jpg", loaded.pixels, icc_profile=loaded.icc_profile, exif=loaded.exif)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.size == (6, 10)
+        assert out.info["icc_profile"] == icc
+        written = out.getexif()
+        assert written[0x0112] == 1
+        assert written.get_ifd(0x8769)[0xA002] == 6 and written.get_ifd(0x8769)[0xA003] == 10
+
+
+def test_profile_is_written_only_where_its_colour_space_fits():
+    icc = srgb_profile()
+    grey = rng_pixels((4, 4))
+    with Image.open(io.BytesIO(encode_image(grey, "PNG", icc_profile=icc))) as image:
+        assert "icc_profile" not in image.info  # an RGB profile on grey pixels would be wrong
+    with Image.open(io.BytesIO(encode_image(np.dstack([grey] * 3), "PNG", icc_profile=icc))) as image:
+        assert image.info["icc_profile"] == icc
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected_mode", "channels"),
+    [("L", "L", 1), ("LA", "LA", 2), ("P", "RGB", 3), ("1", "L", 1), ("I;16", "I;16", 1), ("CMYK", "RGB", 3)],
+)
+def test_pillow_modes_are_read(mode, expected_mode, channels):
+    image = Image.fromarray(rng_pixels((5, 6, 3))).convert(mode)
+    loaded = read_image(pil_bytes(image, "TIFF" if mode == "CMYK" else "PNG"))
+    assert loaded.mode == expected_mode
+    assert (1 if loaded.pixels.ndim == 2 else loaded.pixels.shape[2]) == channels
+
+
+def test_palette_with_transparency_becomes_rgba():
+    image = Image.fromarray(rng_pixels((5, 6, 3))).convert("P")
+    image.info["transparency"] = 0
+    loaded = read_image(pil_bytes(image, "PNG", transparency=0))
+    assert loaded.mode == "RGBA"
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+def test_bad_inputs_give_one_line_reasons(tmp_path):
+    png = pil_bytes(Image.fromarray(rng_pixels((64, 64, 3))), "PNG")
+    cases = {
+        b"": "empty file",
+        b"hello, not an image": "not an image",
+        png[: len(png) // 2]: "truncated or corrupt",
+    }
+    for data, reason in cases.items():
+        with pytest.raises(ImageReadError, match=reason):
+            read_image(data)
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(ImageReadError, match="is a folder"):
+        read_image(tmp_path)
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    # A PNG that claims 12000x12000 pixels but carries no pixel data: refused by size, never decoded.
+    header = struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(header)) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    data = b"\x89PNG\r\n\x1a\n" + chunk + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    with pytest.raises(ImageReadError, match=r"12000x12000 = 144\.0 Mpx is over --max-pixels 100 Mpx"):
+        read_image(data, max_pixels=100_000_000)
+
+
+def test_jpeg_refuses_transparency_but_drops_an_opaque_alpha():
+    rgba = rng_pixels((4, 5, 4))
+    rgba[..., 3] = 255
+    assert read_image(encode_image(rgba, "JPEG")).mode == "RGB"
+    rgba[0, 0, 3] = 10
+    with pytest.raises(ImageFormatError, match="JPEG cannot store transparency"):
+        encode_image(rgba, "JPEG")
+
+
+def test_webp_grey_becomes_rgb_and_quality_100_is_lossless():
+    grey = rng_pixels((6, 5))
+    loaded = read_image(encode_image(grey, "WEBP", quality=100))
+    assert loaded.mode == "RGB"
+    np.testing.assert_array_equal(loaded.pixels, np.dstack([grey] * 3))
+
+
+def test_unknown_output_format():
+    with pytest.raises(ImageFormatError, match="unknown output format"):
+        encode_image(rng_pixels((2, 2)), "bmp")
+    with pytest.raises(ImageFormatError, match="cannot tell the format"):
+        write_image("out.xyz", rng_pixels((2, 2)))
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+
+
+def test_write_is_complete_and_honours_the_umask(tmp_path):
+    pixels = rng_pixels((8, 9, 3))
+    size = write_image(tmp_path / "a" / "b" / "out.png", pixels)
+    target = tmp_path / "a" / "b" / "out.png"
+    assert target.stat().st_size == size
+    np.testing.assert_array_equal(read_image(target).pixels, pixels)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert leftovers(target.parent) == ["out.png"]
+
+
+def test_a_write_failing_half_way_leaves_nothing(tmp_path, monkeypatch):
+    real_write = os.write
+    calls = []
+
+    def failing_write(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))  # a short write: the loop goes on
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(imageio, "_WRITE_CHUNK", 64)
+    monkeypatch.setattr(imageio.os, "write", failing_write)
+    with pytest.raises(ImageWriteError, match="Input/output error"):
+        write_image(tmp_path / "out.png", rng_pixels((16, 16, 3)))
+    assert len(calls) == 2
+    assert leftovers(tmp_path) == []
+
+
+def test_full_disk_is_reported_and_the_old_file_kept(tmp_path, monkeypatch):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(imageio.os, "fsync", no_space)
+    with pytest.raises(ImageWriteError, match="disk full"):
+        write_image(target, rng_pixels((4, 4)))
+    assert target.read_bytes() == b"previous"
+    assert leftovers(tmp_path) == ["out.png"]
+
+
+def test_interrupt_during_a_write_removes_the_temp_file(tmp_path, monkeypatch):
+    def interrupted(fd, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imageio.os, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(tmp_path / "out.png", rng_pixels((4, 4)))
+    assert leftovers(tmp_path) == []
+
+
+def test_a_file_in_the_way_of_the_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ImageWriteError, match="a file is in the way"):
+        write_image(tmp_path / "file" / "out.png", rng_pixels((4, 4)))

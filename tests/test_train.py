@@ -1,0 +1,353 @@
+"""drcn_cli.train: schedules, loss, learning on tiny data, checkpoints, exact resume, DDP with one process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import socket
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_training_images
+from safetensors.torch import load_file
+
+from drcn_cli.data import DataError, build_patch_bank, load_images, sample_batch
+from drcn_cli.model import DRCN, DRCNConfig
+from drcn_cli.train import (
+    CheckpointError,
+    TrainConfig,
+    TrainReporter,
+    alpha_at,
+    lr_at,
+    read_checkpoint,
+    recursive_loss,
+    resume_config,
+    train,
+    write_checkpoint,
+)
+from drcn_cli.weights import WeightsError, load_weights, save_weights
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_training_images(tmp_path / "train")
+
+
+def _config(data_dir, tmp_path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        data=(str(data_dir),), scales=(2.0, 3.0), downscales=(1.0, 0.8), patch_size=17, stride=8,
+        features=8, recursions=3, batch_size=8, steps=6, lr=1e-3, lr_min=1e-5, log_every=1,
+        checkpoint_every=0, val_every=0, threads=1, checkpoint_dir=str(tmp_path / "ckpt"),
+    )  # fmt: skip
+    return dataclasses.replace(base, **changes)
+
+
+# -- pure functions ------------------------------------------------------------------------------------------
+
+
+def test_lr_warms_up_then_follows_a_cosine_to_lr_min():
+    cfg = TrainConfig(steps=1000, lr=1e-3, lr_min=1e-5, warmup=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-3 / 100)
+    assert lr_at(99, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, cfg) == pytest.approx(1e-3)
+    assert lr_at(550, cfg) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr_at(1000, cfg) == pytest.approx(1e-5)
+    values = [lr_at(s, cfg) for s in range(100, 1000)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    constant = dataclasses.replace(cfg, schedule="constant", warmup=0.0)
+    assert lr_at(0, constant) == lr_at(999, constant) == 1e-3
+
+
+def test_alpha_decays_linearly_then_stays():
+    cfg = TrainConfig(steps=100, alpha_start=1.0, alpha_end=0.0, alpha_decay=0.25)
+    assert alpha_at(0, cfg) == 1.0
+    assert alpha_at(10, cfg) == pytest.approx(0.6)
+    assert alpha_at(25, cfg) == 0.0 and alpha_at(99, cfg) == 0.0
+    assert alpha_at(0, dataclasses.replace(cfg, alpha_decay=0.0)) == 0.0
+
+
+def test_recursive_loss_mixes_intermediate_and_final_terms():
+    target = torch.zeros(2, 1, 4, 4)
+    predictions = torch.stack([torch.full_like(target, 1.0), torch.full_like(target, 3.0)])
+    final = torch.full_like(target, 2.0)
+    total, inter, last = recursive_loss(predictions, final, target, alpha=0.25)
+    assert inter.item() == pytest.approx((1 + 9) / 2) and last.item() == pytest.approx(4.0)
+    assert total.item() == pytest.approx(0.25 * 5 + 0.75 * 4)
+    total, inter, last = recursive_loss(predictions, final, target, alpha=1.0, kind="l1")
+    assert total.item() == pytest.approx(2.0) and last.item() == pytest.approx(2.0)
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+
+class _Recorder(TrainReporter):
+    def __init__(self):
+        self.steps, self.vals, self.checkpoints, self.exports = [], [], [], []
+
+    def step(self, stats):
+        self.steps.append(stats)
+
+    def validated(self, stats):
+        self.vals.append(stats)
+
+    def checkpointed(self, path, step):
+        self.checkpoints.append(step)
+
+    def exported(self, path, step, psnr):
+        self.exports.append((step, psnr))
+
+
+def test_a_few_steps_reduce_the_loss_and_export_the_best_weights(data_dir, tmp_path):
+    val_dir = write_training_images(tmp_path / "val", count=1, size=40, seed=9)
+    cfg = _config(
+        data_dir, tmp_path, steps=40, log_every=10, val=str(val_dir), val_every=20, checkpoint_every=20,
+        out=str(tmp_path / "best.safetensors"),
+    )  # fmt: skip
+    images = load_images([data_dir])
+    bank = build_patch_bank(images, cfg.scales, cfg.patch_size, cfg.stride, cfg.downscales)
+    x, y = sample_batch(bank, torch.arange(len(bank)))
+    torch.manual_seed(cfg.seed)
+    initial = DRCN(DRCNConfig(cfg.features, cfg.recursions))
+    with torch.no_grad():
+        before = recursive_loss(*initial.forward_all(x), y, alpha=0.0)[0].item()
+    recorder = _Recorder()
+    result = train(cfg, recorder)
+    assert result.finished and result.step == 40
+    model, metadata = load_weights(tmp_path / "best.safetensors")
+    with torch.no_grad():
+        after = recursive_loss(*model.forward_all(x), y, alpha=0.0)[0].item()
+    assert after < 0.7 * before
+    assert [s.step for s in recorder.steps] == [10, 20, 30, 40]
+    assert [v.step for v in recorder.vals] == [20, 40] and recorder.checkpoints == [20, 40]
+    assert result.best_psnr == max(v.mean_psnr for v in recorder.vals)
+    assert metadata["training_steps"] == str(result.best_step) and metadata["scales"] == "2,3"
+    assert float(metadata["val_psnr"]) == pytest.approx(result.best_psnr, abs=1e-3)
+    assert set(recorder.vals[0].psnr) == {2.0, 3.0}
+    rows = (tmp_path / "ckpt" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,step,") and sum(r.startswith("train,") for r in rows) == 4
+    assert sum(r.startswith("val,") for r in rows) == 2
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_continues_bit_for_bit(data_dir, tmp_path):
+    straight = _config(data_dir, tmp_path, checkpoint_dir=str(tmp_path / "straight"))
+    train(straight)
+    split = _config(data_dir, tmp_path, checkpoint_dir=str(tmp_path / "split"), stop_at=3)
+    first = train(split)
+    assert first.step == 3 and not first.finished
+    assert json.loads((tmp_path / "split" / "state.json").read_text())["step"] == 3
+    second = train(resume_config(tmp_path / "split"))
+    assert second.step == 6 and second.finished
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = read_checkpoint(tmp_path / "straight").optimizer
+    opt_b = read_checkpoint(tmp_path / "split").optimizer
+    assert opt_a.keys() == opt_b.keys()
+    assert all(torch.equal(opt_a[i][k], opt_b[i][k]) for i in opt_a for k in opt_a[i])
+    log = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in log[1:]] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_resume_refuses_a_different_architecture_or_recipe(data_dir, tmp_path):
+    train(_config(data_dir, tmp_path, stop_at=2))
+    with pytest.raises(CheckpointError, match="features=8.*architecture"):
+        resume_config(tmp_path / "ckpt", {"features": 16})
+    with pytest.raises(CheckpointError, match="lr="):
+        resume_config(tmp_path / "ckpt", {"lr": 0.1})
+    cfg = resume_config(tmp_path / "ckpt", {"steps": 8, "val_every": 5, "features": None})
+    assert cfg.steps == 8 and cfg.val_every == 5 and cfg.stop_at is None
+    with pytest.raises(CheckpointError, match="recursions=3"):
+        train(dataclasses.replace(cfg, recursions=4))
+    with pytest.raises(CheckpointError, match="not a drcn training checkpoint"):
+        resume_config(data_dir)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        resume_config(tmp_path / "nowhere")
+
+
+def test_resume_refuses_other_training_images(data_dir, tmp_path):
+    train(_config(data_dir, tmp_path, stop_at=2))
+    other = write_training_images(tmp_path / "other", seed=5)
+    with pytest.raises(CheckpointError, match="other images"):
+        train(resume_config(tmp_path / "ckpt", {"data": (str(other),)}))
+
+
+def test_time_limit_stops_with_a_checkpoint(data_dir, tmp_path):
+    result = train(_config(data_dir, tmp_path, steps=50, log_every=2, time_limit=0.0))
+    assert result.step == 2 and not result.finished
+    assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == 2
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def _trained_optimizer(model):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.forward_all(torch.rand(2, 1, 9, 9))[1].square().mean().backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_checkpoint_round_trip_with_split_files_and_rng(tmp_path):
+    torch.manual_seed(0)
+    model = DRCN(DRCNConfig(features=8, recursions=3))
+    optimizer = _trained_optimizer(model)
+    torch.manual_seed(123)
+    np.random.seed(5)
+    random.seed(9)
+    # 1 KiB per file: the 8x8x3x3 kernels (2304 bytes) must be cut into pieces.
+    path = write_checkpoint(tmp_path / "ck", model, optimizer, {"step": 7, "config": {}}, max_file_bytes=1024)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    files = sorted(p.name for p in path.iterdir())
+    assert "state.json" in files and "rng.pt" in files and "model.safetensors" in files
+    shards = list(path.glob("optimizer-*.safetensors"))
+    # A safetensors file is 8 bytes of header length, the JSON header, then the tensor data.
+    data_bytes = [p.stat().st_size - 8 - int.from_bytes(p.read_bytes()[:8], "little") for p in shards]
+    assert len(shards) > 3 and max(data_bytes) <= 1024
+    state = json.loads((path / "state.json").read_text())
+    assert state["step"] == 7 and "0.weight" not in state and state["optimizer_split"]
+    loaded = read_checkpoint(path)
+    original = optimizer.state_dict()["state"]
+    assert loaded.optimizer.keys() == original.keys()
+    for index, entries in original.items():
+        for name, value in entries.items():
+            assert torch.equal(loaded.optimizer[index][name], value)
+    assert all(torch.equal(loaded.model[k], v) for k, v in model.state_dict().items())
+    from drcn_cli.train import _restore_rng
+
+    _restore_rng(loaded.rng)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    model = DRCN(DRCNConfig(features=8, recursions=3))
+    optimizer = _trained_optimizer(model)
+    write_checkpoint(tmp_path / "ck", model, optimizer, {"step": 1, "config": {}})
+    write_checkpoint(tmp_path / "ck", model, optimizer, {"step": 2, "config": {}})
+    assert read_checkpoint(tmp_path / "ck").state["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary or old folders left
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("drcn_cli.train.torch.save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_checkpoint(tmp_path / "ck", model, optimizer, {"step": 3, "config": {}})
+    assert read_checkpoint(tmp_path / "ck").state["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_damaged_checkpoint_is_refused(tmp_path):
+    model = DRCN(DRCNConfig(features=8, recursions=3))
+    write_checkpoint(tmp_path / "ck", model, _trained_optimizer(model), {"step": 1, "config": {}})
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"broken")
+    with pytest.raises(CheckpointError, match="damaged checkpoint"):
+        read_checkpoint(tmp_path / "ck")
+
+
+# -- bad input: clear errors, nothing overwritten -------------------------------------------------------------
+
+
+def test_bad_data_is_refused_before_anything_is_written(data_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images"):
+        train(_config(empty, tmp_path))
+    tiny = write_training_images(tmp_path / "tiny", size=12)
+    with pytest.raises(DataError, match="no 17x17 patch fits"):
+        train(_config(tiny, tmp_path))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_existing_out_and_foreign_folders_are_not_overwritten(data_dir, tmp_path):
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(CheckpointError, match="exists"):
+        train(_config(data_dir, tmp_path, out=str(out)))
+    assert out.read_bytes() == b"precious"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(CheckpointError, match="not a drcn checkpoint"):
+        train(_config(data_dir, tmp_path, checkpoint_dir=str(foreign)))
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+    train(_config(data_dir, tmp_path, steps=2))
+    with pytest.raises(CheckpointError, match="holds a checkpoint"):
+        train(_config(data_dir, tmp_path, steps=2))
+    train(_config(data_dir, tmp_path, steps=2, overwrite=True, out=str(out)))
+    assert load_weights(out)[0].config == DRCNConfig(8, 3)
+
+
+def test_init_weights_of_another_architecture_are_refused(data_dir, tmp_path):
+    save_weights(DRCN(DRCNConfig(features=4, recursions=2)), tmp_path / "small.safetensors")
+    with pytest.raises(WeightsError, match="F=4, D=2"):
+        train(_config(data_dir, tmp_path, init=str(tmp_path / "small.safetensors")))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_init_starts_from_the_given_weights(data_dir, tmp_path):
+    torch.manual_seed(42)
+    start = DRCN(DRCNConfig(features=8, recursions=3))
+    save_weights(start, tmp_path / "start.safetensors")
+    cfg = _config(data_dir, tmp_path, init=str(tmp_path / "start.safetensors"), lr=1e-9, lr_min=1e-9, steps=1)
+    train(cfg)
+    trained = _weights(tmp_path / "ckpt")
+    assert all(torch.allclose(trained[k], v, atol=1e-6) for k, v in start.state_dict().items())
+
+
+# -- distributed ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_path_with_one_process_matches_the_plain_run(data_dir, tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    train(_config(data_dir, tmp_path, steps=2, checkpoint_dir=str(tmp_path / "plain")))
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    result = train(_config(data_dir, tmp_path, steps=2, checkpoint_dir=str(tmp_path / "ddp")))
+    assert result.finished and not dist.is_initialized()
+    state = json.loads((tmp_path / "ddp" / "state.json").read_text())
+    assert state["world_size"] == 1
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "ddp")
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+
+
+def test_validation_follows_the_bench_protocol(tmp_path):
+    from drcn_cli.data import list_images, quantize
+    from drcn_cli.metrics import luma_8bit, psnr, ssim
+    from drcn_cli.pipeline import InferenceSettings
+    from drcn_cli.resize import imresize
+    from drcn_cli.train import prepare_validation, validate
+
+    folder = write_training_images(tmp_path / "val", count=2, size=50, seed=4)
+    items = prepare_validation(list_images(folder), (2.0, 3.0))
+    assert [(i.scale, tuple(i.hr.shape)) for i in items[:2]] == [(2.0, (3, 50, 50)), (3.0, (3, 48, 48))]
+    # With a zero output layer every prediction is the skip connection: the network returns its bicubic input.
+    model = DRCN(DRCNConfig(features=8, recursions=3))
+    with torch.no_grad():
+        model.recon2.weight.zero_()
+        model.recon2.bias.zero_()
+    scores = validate(model, items, InferenceSettings(torch.device("cpu")))
+    for scale in (2.0, 3.0):
+        expected = []
+        for item in (i for i in items if i.scale == scale):
+            sr = luma_8bit(quantize(imresize(item.lr, scale).clamp(0, 1)))
+            hr = luma_8bit(item.hr)
+            expected.append((psnr(sr, hr, int(scale)), ssim(sr, hr, int(scale))))
+        assert scores[scale][0] == pytest.approx(sum(p for p, _ in expected) / 2, abs=1e-6)
+        assert scores[scale][1] == pytest.approx(sum(q for _, q in expected) / 2, abs=1e-6)
+    with pytest.raises(DataError, match="too small to validate"):
+        prepare_validation(list_images(write_training_images(tmp_path / "small", count=1, size=16)), (4.0,))
