@@ -91,7 +91,7 @@ class KnownWeights:
 
 
 # The table. sha256/size are None until the trained files are published; fill them with the output of
-# `python -m drcn_cli.registry weights/*.safetensors` (see docs/publishing.md) and pin `revision` to the
+# `python -m drcn_cli.registry weights/*.safetensors` (see weights/README.md) and pin `revision` to the
 # commit hash of the upload.
 KNOWN_WEIGHTS: dict[str, KnownWeights] = {
     entry.name: entry
@@ -108,8 +108,8 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256=None,
-            size=None,
+            sha256="b7d08cbd43f5d8a29cabe6d68fc1c726d22bf7d9150e128790d37986659adcf1",
+            size=449884,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
