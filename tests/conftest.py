@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -16,3 +17,15 @@ def write_training_images(folder: Path, count: int = 3, size: int = 48, seed: in
         small = (rng.random((size // 4, size // 4, 3)) * 255).astype(np.uint8)
         Image.fromarray(small).resize((size, size), Image.BICUBIC).save(folder / f"img{i}.png")
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Every test on one torch thread: the inputs are tiny, and on a 2-core machine running other jobs several
+    threads contend badly (small GEMMs 10-100x slower). Tests that set the count restore it themselves."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -22,15 +22,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CPU = InferenceSettings(torch.device("cpu"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine's 2 cores are shared: several torch threads contending make small GEMMs 10-100x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> DRCN:
     torch.manual_seed(0)
