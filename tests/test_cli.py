@@ -3,10 +3,11 @@
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from drcn_cli import __version__
-from drcn_cli.cli import app
+from drcn_cli.cli import app, main
 
 
 def test_cli_start_up_does_not_import_torch():
@@ -34,3 +35,35 @@ def test_python_dash_m_runs_the_same_app():
 def test_unknown_command_is_a_usage_error():
     result = CliRunner().invoke(app, ["enhance"])
     assert result.exit_code == 2
+
+
+def _run_main(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enhance"], "error: No such command 'enhance'. (see drcn --help)"),
+        (["upscale", "--bogus"], "error: No such option: --bogus (see drcn upscale --help)"),
+        (["upscale", "in.png", "-s", "0.5"], "error: Invalid value for '-s' / '--scale': 0.5 is outside"),
+        (["upscale"], "error: Missing argument 'INPUT'. (see drcn upscale --help)"),
+    ],
+)
+def test_usage_errors_are_one_plain_line(args, message, capsys):
+    code, out, err = _run_main(args, capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(message)
+    assert "╭" not in err and "Traceback" not in err
+
+
+def test_main_exit_codes_of_help_version_and_no_arguments(capsys):
+    code, out, err = _run_main(["--version"], capsys)
+    assert (code, out.strip(), err) == (0, f"drcn {__version__}", "")
+    code, out, _ = _run_main(["upscale", "--help"], capsys)
+    assert code == 0 and "--scale" in out
+    code, out, err = _run_main([], capsys)  # no_args_is_help: the help, exit 2, no error line
+    assert code == 2 and "upscale" in out and "error:" not in err

@@ -6,6 +6,8 @@ Only this package prints or exits. Command modules import torch inside their bod
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -44,5 +46,21 @@ app.command("bench")(bench.bench)
 app.command("download-weights")(download.download_weights)
 
 
-def main() -> None:
-    app()
+def main(args: Sequence[str] | None = None) -> None:
+    """Run `drcn`; a usage error (unknown option, value out of range) is one plain line on stderr, exit 2."""
+    try:
+        code = app(args=args, prog_name="drcn", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        code = 1
+    except Exception as exc:
+        # Click's exceptions (vendored inside Typer since 0.26, a separate package before) are not public API:
+        # recognise them by their interface rather than by a private import.
+        if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
+            raise
+        code = exc.exit_code
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+    sys.exit(code if isinstance(code, int) else 0)
