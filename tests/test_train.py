@@ -130,6 +130,19 @@ def test_a_few_steps_reduce_the_loss_and_export_the_best_weights(data_dir, tmp_p
     assert sum(r.startswith("val,") for r in rows) == 2
 
 
+
+def test_bf16_autocast_trains_and_keeps_float32_weights(data_dir, tmp_path):
+    # bf16 autocast is the default on CUDA; on the CPU the same code path runs, so a dtype slip shows up here.
+    cfg = _config(data_dir, tmp_path, steps=20, precision="bf16", out=str(tmp_path / "bf16.safetensors"))
+    recorder = _Recorder()
+    result = train(cfg, recorder)
+    assert result.finished and np.isfinite(result.last_loss)
+    losses = [s.loss for s in recorder.steps]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    tensors = load_file(str(tmp_path / "bf16.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+
+
 def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
