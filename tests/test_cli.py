@@ -65,5 +65,5 @@ def test_main_exit_codes_of_help_version_and_no_arguments(capsys):
     assert (code, out.strip(), err) == (0, f"drcn {__version__}", "")
     code, out, _ = _run_main(["upscale", "--help"], capsys)
     assert code == 0 and "--scale" in out
-    code, out, err = _run_main([], capsys)  # no_args_is_help: the help, exit 2, no error line
-    assert code == 2 and "upscale" in out and "error:" not in err
+    code, out, err = _run_main([], capsys)  # no_args_is_help: the help and no error line (exit 2 since Click 8.2)
+    assert code in (0, 2) and "upscale" in out and "error:" not in err
