@@ -725,10 +725,24 @@ def _append_log(path: Path, scales: Sequence[float], row: Mapping[str, Any]) -> 
         )
 
 
+def _steps_behind(metadata: Mapping[str, str]) -> int:
+    """Training steps that went into a weights file, its own --init's included (0 when it does not say)."""
+    for key in ("training_steps_total", "training_steps"):
+        value = metadata.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _export_metadata(
-    cfg: TrainConfig, images: Sequence[TrainImage], step: int, scores: Mapping[float, tuple[float, float]] | None
+    cfg: TrainConfig,
+    images: Sequence[TrainImage],
+    step: int,
+    scores: Mapping[float, tuple[float, float]] | None,
+    init_steps: int = 0,
 ) -> dict[str, str]:
-    """What a weights file says about its training; ``scores`` maps scale -> (PSNR, SSIM) on the validation set."""
+    """What a weights file says about its training; ``scores`` maps scale -> (PSNR, SSIM) on the validation set.
+    ``training_steps`` counts this run's steps; ``training_steps_total`` adds those behind its --init weights."""
     recipe = {name: getattr(cfg, name) for name in RECIPE_FIELDS if name not in ("features", "recursions")}
     folders = sorted({image.name.split("/", 1)[0] for image in images})
     meta = {
@@ -739,6 +753,7 @@ def _export_metadata(
     }
     if cfg.init:
         meta["training_init"] = Path(cfg.init).name
+        meta["training_steps_total"] = str(init_steps + step)
     if scores and cfg.val:
         mean = sum(p for p, _ in scores.values()) / len(scores)
         per_scale = ", ".join(f"x{s:g} {p:.2f} dB / {q:.4f}" for s, (p, q) in scores.items())
@@ -798,9 +813,12 @@ def _train(
     if checkpoint is not None and checkpoint.state.get("data_fingerprint") not in (None, data_id):
         raise CheckpointError(f"{checkpoint.path}: the checkpoint was trained on other images than these")
     val_items = prepare_validation(list_images(cfg.val), cfg.scales) if cfg.val else []
-    init_state = None
-    if cfg.init and checkpoint is None:  # a resumed run has its weights; the init file need not travel with it
-        init_model, _meta = load_weights(cfg.init)
+    init_state, init_steps = None, 0
+    if checkpoint is not None:
+        init_steps = int(checkpoint.state.get("init_steps", 0))
+    elif cfg.init:  # a resumed run has its weights; the init file need not travel with it
+        init_model, init_meta = load_weights(cfg.init)
+        init_steps = _steps_behind(init_meta)
         if (init_model.config.features, init_model.config.recursions) != (cfg.features, cfg.recursions):
             raise WeightsError(
                 f"{cfg.init}: weights are F={init_model.config.features}, D={init_model.config.recursions}, "
@@ -871,6 +889,7 @@ def _train(
                 "lr": lr_at(max(step - 1, 0), cfg),
                 "alpha": alpha_at(max(step - 1, 0), cfg),
                 "data_fingerprint": data_id,
+                "init_steps": init_steps,
                 "world_size": procs.world,
                 "torch_version": torch.__version__,
                 "config": dataclasses.asdict(cfg),
@@ -881,7 +900,7 @@ def _train(
 
     def export(scores: Mapping[float, tuple[float, float]] | None) -> None:
         if procs.main and out_path is not None:
-            save_weights(model, out_path, _export_metadata(cfg, images, step, scores))
+            save_weights(model, out_path, _export_metadata(cfg, images, step, scores, init_steps))
             mean = sum(p for p, _ in scores.values()) / len(scores) if scores else None
             reporter.exported(out_path, step, mean)
 

@@ -313,6 +313,19 @@ def test_init_starts_from_the_given_weights(data_dir, tmp_path):
     assert all(torch.allclose(trained[k], v, atol=1e-6) for k, v in start.state_dict().items())
 
 
+
+def test_exported_weights_count_the_steps_behind_their_init(data_dir, tmp_path):
+    save_weights(DRCN(DRCNConfig(features=8, recursions=3)), tmp_path / "start.safetensors", {"training_steps": "7"})
+    out = tmp_path / "next.safetensors"
+    cfg = _config(data_dir, tmp_path, init=str(tmp_path / "start.safetensors"), steps=4, stop_at=2, out=str(out))
+    train(cfg)
+    assert load_weights(out)[1]["training_steps_total"] == "9"
+    (tmp_path / "start.safetensors").unlink()  # a resumed run keeps the count without its init file
+    train(resume_config(str(tmp_path / "ckpt")))
+    metadata = load_weights(out)[1]
+    assert (metadata["training_steps"], metadata["training_steps_total"]) == ("4", "11")
+    assert metadata["training_init"] == "start.safetensors"
+
 # -- distributed ---------------------------------------------------------------------------------------------
 
 
