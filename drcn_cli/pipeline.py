@@ -42,12 +42,17 @@ MAX_SCALE = 32.0
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How the network runs: resolved device and precision, tile side (0 = auto), recursions (None = all)."""
+    """How the network runs: resolved device and precision, tile side (0 = auto), recursions (None = all).
+
+    ``self_ensemble``: average the network's outputs over the 8 flips and 90-degree rotations of its input
+    (Lim et al.'s "self-ensemble", EDSR+, CVPRW 2017): 8 times the work for a slightly better estimate.
+    """
 
     device: torch.device
     precision: str = "fp32"
     tile: int = 0
     recursions: int | None = None
+    self_ensemble: bool = False
 
 
 def target_size(
@@ -144,7 +149,41 @@ def super_resolve_y(
             return model(window, settings.recursions).float()
 
     with torch.inference_mode():
-        return run_tiled_adaptive(forward, y, tile, overlap, on_tile=on_tile, on_shrink=on_shrink)
+        if not settings.self_ensemble:
+            return run_tiled_adaptive(forward, y, tile, overlap, on_tile=on_tile, on_shrink=on_shrink)
+
+        def shrunk(new_tile: int) -> None:
+            nonlocal tile
+            tile = new_tile  # the transforms still to come start from the tile that fitted
+            if on_shrink is not None:
+                on_shrink(new_tile)
+
+        total = torch.zeros_like(y, dtype=torch.float32)
+        for index, (rotations, flip) in enumerate(_DIHEDRAL):
+
+            def report(done: int, count: int, index: int = index) -> None:
+                if on_tile is not None:
+                    on_tile(index * count + done, len(_DIHEDRAL) * count)
+
+            view = _dihedral(y, rotations, flip)
+            out = run_tiled_adaptive(forward, view, tile, overlap, on_tile=report, on_shrink=shrunk)
+            total += _dihedral_inverse(out, rotations, flip)
+        return total / len(_DIHEDRAL)
+
+
+# (quarter turns, mirrored first): the 8 symmetries of the square, identity first.
+_DIHEDRAL = tuple((rotations, flip) for flip in (False, True) for rotations in range(4))
+
+
+def _dihedral(x: torch.Tensor, rotations: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = x.flip(-1)
+    return torch.rot90(x, rotations, (-2, -1))
+
+
+def _dihedral_inverse(x: torch.Tensor, rotations: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, -rotations, (-2, -1))
+    return x.flip(-1) if flip else x
 
 
 def upscale_tensor(
@@ -192,6 +231,7 @@ def upscale_image(
     recursions: int | None = None,
     threads: int | None = None,
     method: str = "drcn",
+    self_ensemble: bool = False,
 ) -> Any:
     """Upscale a PIL image or a numpy array; returns the same kind (PIL mode, or numpy dtype and layout).
 
@@ -206,9 +246,12 @@ def upscale_image(
         recursions: use only the first k of the D recursions (faster, slightly less sharp).
         threads: CPU threads for torch (default: torch's choice).
         method: 'drcn', or 'bicubic' for the MATLAB bicubic alone.
+        self_ensemble: average the network over the 8 flips and rotations of the input (8x slower).
     """
     if method not in ("drcn", "bicubic"):
         raise ValueError(f"unknown method {method!r} (use drcn or bicubic)")
+    if method == "bicubic" and self_ensemble:
+        raise ValueError("self_ensemble averages the network's outputs: it needs method='drcn'")
     set_threads(threads)
     is_pil = not isinstance(image, np.ndarray)
     if is_pil:
@@ -218,7 +261,7 @@ def upscale_image(
     tensor, fmt = array_to_tensor(array)
     size = target_size(tensor.shape[1], tensor.shape[2], scale, width, height)
     dev = resolve_device(device)
-    settings = InferenceSettings(dev, resolve_precision(precision, dev), tile, recursions)
+    settings = InferenceSettings(dev, resolve_precision(precision, dev), tile, recursions, self_ensemble)
     model = load_model(weights, dev) if method == "drcn" else None
     out = upscale_tensor(tensor, size, model, settings, scale=scale)
     result = tensor_to_array(out, fmt)

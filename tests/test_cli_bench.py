@@ -108,6 +108,19 @@ def test_plot_alone_sweeps_every_depth(tmp_path, weights_file):
     assert [s["recursions"] for s in json.loads((tmp_path / "r.json").read_text())["sets"]] == [1, 2, 3]
 
 
+def test_self_ensemble_is_named_in_the_title_and_the_json(tmp_path, weights_file):
+    folder = make_images(tmp_path / "mine", sizes=((30, 30),))
+    reports = {}
+    for name, extra in (("plain", []), ("x8", ["-x"])):
+        result = run("-d", folder, "--weights", weights_file, "-s", 2, "--json", tmp_path / f"{name}.json", "-q",
+                     *extra)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert ("self-ensemble x8" in result.stdout) == (name == "x8")
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["x8"]["self_ensemble"] is True and reports["plain"]["self_ensemble"] is False
+    assert reports["x8"]["sets"][0]["psnr"] != reports["plain"]["sets"][0]["psnr"]
+
+
 @pytest.mark.skipif(not (SHARED / "datasets" / "Set5").is_dir(), reason="shared/datasets is not beside the repo")
 def test_set5_by_name_from_the_data_dir_beside_the_paper():
     result = run("--method", "bicubic", "-d", "set5", "--data-dir", SHARED / "datasets", "-s", 4, "-q")
@@ -204,6 +217,7 @@ def test_no_weights(tmp_path, monkeypatch):
     [
         (["--model", "drcn", "--weights", "w.safetensors"], "either --model or --weights"),
         (["--method", "bicubic", "--recursions", "2"], "uses no network"),
+        (["--method", "bicubic", "--self-ensemble"], "uses no network"),
         (["--method", "bicubic", "--plot", "p.png"], "needs --method drcn"),
         (["--recursions", "9"], "out of range: this model has 1..3"),
         (["--recursions", "2", "--plot", "p.png"], "two or more recursion depths"),

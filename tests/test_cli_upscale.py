@@ -60,6 +60,17 @@ def test_one_file(tmp_path, weights):
     assert "cpu" in result.stderr and "fp32" in result.stderr and "tiny.safetensors" in result.stderr
 
 
+def test_self_ensemble_is_announced_and_changes_the_output(tmp_path, weights):
+    source = save_png(tmp_path / "in.png")
+    plain = run(source, "-s", 2, "-o", tmp_path / "plain.png", "--weights", weights)
+    ensembled = run(source, "-s", 2, "-o", tmp_path / "x8.png", "--weights", weights, "-x")
+    assert plain.exit_code == 0 and ensembled.exit_code == 0, ensembled.output
+    assert "self-ensemble x8" in ensembled.stderr and "self-ensemble" not in plain.stderr
+    with Image.open(tmp_path / "plain.png") as a, Image.open(tmp_path / "x8.png") as b:
+        assert a.size == b.size == (24, 20)
+        assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_width_and_bicubic_need_no_weights(tmp_path):
     source = save_png(tmp_path / "in.png")
     result = run(source, "--width", 30, "--method", "bicubic", "-q")
@@ -219,6 +230,7 @@ def test_full_disk_and_a_write_failing_half_way_leave_nothing(tmp_path, weights,
         (["-s", "2", "--overwrite", "--skip-existing"], "contradict"),
         (["-s", "2", "--precision", "fp16", "--device", "cpu"], "fp16 is not supported on the CPU"),
         (["-s", "2", "--recursions", "9"], "this model has 3"),
+        (["-s", "2", "--method", "bicubic", "--self-ensemble"], "uses no network"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, weights, args, message):

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from drcn_cli.model import DRCN, DRCNConfig
-from drcn_cli.pipeline import target_size, upscale_image
+from drcn_cli.pipeline import InferenceSettings, super_resolve_y, target_size, upscale_image
 from drcn_cli.resize import imresize
 from drcn_cli.weights import WeightsError, save_weights
 
@@ -115,6 +115,36 @@ def test_fewer_recursions_give_a_different_result(model):
     image = rng_image((8, 8, 3))
     one = upscale_image(image, 2, weights=model, recursions=1)
     assert not np.array_equal(one, upscale_image(image, 2, weights=model))
+
+
+def test_self_ensemble_is_the_mean_over_the_eight_flips_and_rotations(model):
+    y = torch.rand(1, 1, 13, 9, generator=torch.Generator().manual_seed(1))
+    expected = torch.zeros_like(y)
+    with torch.no_grad():
+        for mirrored in (y, y.flip(-1)):
+            for turns in range(4):
+                out = torch.rot90(model(torch.rot90(mirrored, turns, (2, 3))), -turns, (2, 3))
+                expected += out.flip(-1) if mirrored is not y else out
+    expected /= 8
+    calls = []
+    settings = InferenceSettings(torch.device("cpu"), tile=6, self_ensemble=True)  # tiled, and not square
+    ensembled = super_resolve_y(model, y, settings, on_tile=lambda done, total: calls.append((done, total)))
+    assert ensembled.shape == y.shape
+    torch.testing.assert_close(ensembled, expected, atol=1e-5, rtol=0)
+    plain = super_resolve_y(model, y, InferenceSettings(torch.device("cpu")))
+    assert (ensembled - plain).abs().max() > 1e-4  # the random network is not symmetric: averaging changes it
+    # one progress count over all 8 passes, ending at the total
+    assert [done for done, _ in calls] == list(range(1, len(calls) + 1))
+    assert {total for _, total in calls} == {len(calls)} and len(calls) % 8 == 0 and len(calls) > 8
+
+
+def test_self_ensemble_through_upscale_image(model):
+    image = rng_image((7, 9, 3))
+    ensembled = upscale_image(image, 2, weights=model, self_ensemble=True)
+    assert ensembled.shape == (14, 18, 3)
+    assert not np.array_equal(ensembled, upscale_image(image, 2, weights=model))
+    with pytest.raises(ValueError, match="self_ensemble"):
+        upscale_image(image, 2, method="bicubic", self_ensemble=True)
 
 
 def test_weights_from_a_file(model, tmp_path):

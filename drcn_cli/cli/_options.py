@@ -46,3 +46,8 @@ Threads = Annotated[
     typer.Option("--threads", min=0, help="CPU threads for torch (default: torch's choice).",
                  rich_help_panel=MODEL_PANEL),
 ]
+SelfEnsemble = Annotated[
+    bool,
+    typer.Option("-x", "--self-ensemble", help="Average the network over the 8 flips and rotations of the input: "
+                 "8x slower, a little sharper (EDSR's self-ensemble).", rich_help_panel=MODEL_PANEL),
+]

@@ -19,7 +19,16 @@ from typing import Annotated, Any
 import typer
 
 from ._options import MODEL_PANEL as _MODEL
-from ._options import Device, Method, ModelName, Precision, PrecisionChoice, Threads, WeightsPath
+from ._options import (
+    Device,
+    Method,
+    ModelName,
+    Precision,
+    PrecisionChoice,
+    SelfEnsemble,
+    Threads,
+    WeightsPath,
+)
 
 _DATA = "Data"
 
@@ -139,6 +148,7 @@ def bench(
         typer.Option("-k", "--recursions", help="Recursion depth K, or a sweep: A..B, a list (1,4,16) or all. "
                      "Default: all of the model's.", rich_help_panel=_MODEL, show_default=False),
     ] = None,
+    self_ensemble: SelfEnsemble = False,
     device: Device = "auto",
     precision: PrecisionChoice = Precision.auto,
     tile: Annotated[
@@ -183,8 +193,10 @@ def bench(
     scales = list(dict.fromkeys(scale or [2, 3, 4]))
     if model is not None and weights is not None:
         raise _usage("give either --model or --weights, not both")
-    if method is Method.bicubic and (model is not None or weights is not None or recursions is not None):
-        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions")
+    if method is Method.bicubic and (
+        model is not None or weights is not None or recursions is not None or self_ensemble
+    ):
+        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
     if method is Method.bicubic and plot is not None:
         raise _usage("--plot draws PSNR against recursion depth, which needs --method drcn")
     if plot is not None:
@@ -240,6 +252,8 @@ def bench(
             raise _fail(str(exc)) from None
         cfg = network.config
         label = f"DRCN {Path(path).name} (F={cfg.features}, D={cfg.recursions})"
+        if self_ensemble:
+            label += " with self-ensemble x8 (the paper's numbers have none)"
         spec = recursions if recursions is not None else ("all" if plot is not None else None)
         if spec is not None:
             try:
@@ -249,7 +263,7 @@ def bench(
         if plot is not None and len(depths) < 2:
             raise _usage("--plot needs two or more recursion depths (e.g. --recursions 1..16)")
 
-    settings = InferenceSettings(dev, prec, tile)
+    settings = InferenceSettings(dev, prec, tile, self_ensemble=self_ensemble)
     try:
         with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
             report = lib.run_bench(sets, scales, network, settings, depths, save_images, advance)
@@ -268,6 +282,7 @@ def bench(
                 "datasets": [{"name": s.name, "root": str(s.root), "source": s.source} for s in sets],
                 "scales": scales,
                 "model": label if network is not None else None,
+                "self_ensemble": self_ensemble,
                 **lib.report_to_dict(report),
             }
             _write_text(json_file, json.dumps(data, indent=2) + "\n")

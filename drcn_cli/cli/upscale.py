@@ -22,7 +22,16 @@ from typing import Annotated, Any
 import typer
 
 from ._options import MODEL_PANEL as _MODEL
-from ._options import Device, Method, ModelName, Precision, PrecisionChoice, Threads, WeightsPath
+from ._options import (
+    Device,
+    Method,
+    ModelName,
+    Precision,
+    PrecisionChoice,
+    SelfEnsemble,
+    Threads,
+    WeightsPath,
+)
 
 DEFAULT_MAX_MPX = 100.0
 DEFAULT_MAX_OUTPUT_MPX = 1000.0
@@ -55,6 +64,7 @@ class _RunOptions:
     weights: Path | None
     method: Method
     recursions: int | None
+    self_ensemble: bool
     tile: int
     device: str
     precision: str
@@ -224,6 +234,7 @@ def upscale(
         typer.Option("-k", "--recursions", min=1, help="Use only the first K recursions: faster, a little softer. "
                      "Default: all.", rich_help_panel=_MODEL),
     ] = None,
+    self_ensemble: SelfEnsemble = False,
     tile: Annotated[
         int,
         typer.Option("-t", "--tile", min=0, help="Tile side in pixels; 0 = from the free memory. Halved "
@@ -277,8 +288,10 @@ def upscale(
         raise _usage("give either -s/--scale or --width/--height, not both")
     if model is not None and weights is not None:
         raise _usage("give either --model or --weights, not both")
-    if method is Method.bicubic and (model is not None or weights is not None or recursions is not None):
-        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions")
+    if method is Method.bicubic and (
+        model is not None or weights is not None or recursions is not None or self_ensemble
+    ):
+        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
     from ..pipeline import MAX_SCALE
 
     if scale is not None and not 1.0 <= scale <= MAX_SCALE:
@@ -323,8 +336,8 @@ def upscale(
     if runnable:
         options = _RunOptions(
             scale=scale, width=width, height=height, model_name=model, weights=weights, method=method,
-            recursions=recursions, tile=tile, device=device, precision=precision.value, threads=threads,
-            io_threads=io_threads, max_pixels=int(max_pixels * 1e6) or None,
+            recursions=recursions, self_ensemble=self_ensemble, tile=tile, device=device, precision=precision.value,
+            threads=threads, io_threads=io_threads, max_pixels=int(max_pixels * 1e6) or None,
             max_output_pixels=int(max_output_pixels * 1e6) or None, quality=quality, overwrite=overwrite,
             rank=rank, world=world,
         )
@@ -368,8 +381,10 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
         if opts.recursions is not None and opts.recursions > config.recursions:
             raise _usage(f"--recursions {opts.recursions}: this model has {config.recursions}")
         model_text = f"{path.name} (F={config.features}, D={config.recursions})"
-    settings = InferenceSettings(dev, precision, opts.tile, opts.recursions)
+    settings = InferenceSettings(dev, precision, opts.tile, opts.recursions, opts.self_ensemble)
     tile_text = f"tile {opts.tile}" if opts.tile else "tile auto"
+    if opts.self_ensemble and network is not None:
+        model_text += " with self-ensemble x8"
     rank_text = f"rank {opts.rank}/{opts.world}: " if opts.world > 1 else ""
     report.info(f"{rank_text}{len(jobs)} image(s) on {_describe_device(dev)}, {precision}, {model_text}, {tile_text}")
 
