@@ -108,8 +108,8 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="b7d08cbd43f5d8a29cabe6d68fc1c726d22bf7d9150e128790d37986659adcf1",
-            size=449884,
+            sha256="460f6b1bcc743862207ac1ea5458a520d41785c6538a58c0d8e093490ba3549f",
+            size=449948,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
