@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast_dtype", "memory_budget", "resolve_device", "resolve_precision", "set_threads"]
+__all__ = [
+    "PRECISIONS",
+    "autocast_dtype",
+    "cpu_has_native_bf16",
+    "memory_budget",
+    "memory_format",
+    "precision_reason",
+    "resolve_device",
+    "resolve_precision",
+    "set_threads",
+]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -31,17 +41,47 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 matrix or vector units (AMX tiles or AVX512-BF16), as torch reports them."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is fp32 on CPU and MPS, bf16 on CUDA where supported, else fp16. Half on CPU is refused."""
+    """'auto' is bf16 on CUDA where supported (else fp16), bf16 on a CPU with native bf16 units, fp32 elsewhere.
+
+    fp16 on the CPU is refused. On a CPU with AMX, bf16 3x3 convolutions run about 6x faster than fp32 and
+    score within 0.01 dB of it on Set5 and Set14 (docs/speed.md); without such units bf16 is emulated, slower.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (use one of {', '.join(PRECISIONS)})")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return "bf16"
         return "fp32"
     if device.type == "cpu" and precision == "fp16":
         raise ValueError("fp16 is not supported on the CPU (use fp32 or bf16)")
     return precision
+
+
+def precision_reason(requested: str, resolved: str, device: torch.device) -> str:
+    """Why ``resolved`` was chosen, in a few words, for the device line ('' when the user asked for it)."""
+    if requested != "auto":
+        return ""
+    if device.type == "cpu":
+        return "CPU has native bf16" if resolved == "bf16" else "CPU has no native bf16"
+    if device.type == "cuda":
+        return "GPU supports bf16" if resolved == "bf16" else "GPU lacks bf16"
+    return "default"
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last (NHWC) where it is faster: cuDNN, and oneDNN on the CPU (bf16 ~7x, fp32 ~1.4x; docs/speed.md)."""
+    if device.type in ("cuda", "cpu"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

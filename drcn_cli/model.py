@@ -95,18 +95,43 @@ class DRCN(nn.Module):
         return stacked, (w * stacked).sum(dim=0)
 
     def forward(self, x: torch.Tensor, recursions: int | None = None) -> torch.Tensor:
-        """Inference. x: (N, 1, H, W) float, the bicubic-upsampled Y in [0, 1]; returns (N, 1, H, W), unclamped.
+        """Inference. x: (N, 1, H, W) float, the bicubic-upsampled Y in [0, 1]; returns (N, 1, H, W) in x's dtype,
+        unclamped.
 
-        Accumulates the weighted sum as it goes, so memory holds one prediction, not k.
+        The convolutions run in the dtype of the conv weights (cast them to bf16 for a bf16 inference without
+        autocast); the skip connection and the weighted sum stay in x's dtype. Since the ensemble weights sum
+        to one, sum_d w_d (x + r_d) = x + sum_d w_d r_d: memory holds one residual, not k predictions.
         """
         k = self._check_recursions(recursions)
         w = self.ensemble_weights(k)
-        h = F.relu(self.embed2(F.relu(self.embed1(x))))
-        out = torch.zeros_like(x)
+        h = _conv_relu(self.embed2, _conv_relu(self.embed1, x.to(self.embed1.weight.dtype)))
+        residual = torch.zeros_like(x)
         for d in range(k):
-            h = F.relu(self.recursive(h))
-            out = out + w[d].to(x.dtype) * self._reconstruct(x, h)
-        return out
+            h = _conv_relu(self.recursive, h)
+            residual += w[d].to(x.dtype) * self.recon2(_conv_relu(self.recon1, h)).to(x.dtype)
+        return x + residual
+
+
+def _fused_conv_relu_applies(conv: nn.Conv2d, h: torch.Tensor) -> bool:
+    # oneDNN's fused conv+ReLU: one pass over the output map instead of two. The maps of this network are far
+    # larger than the caches, so the separate ReLU cost about as much as the conv itself (docs/speed.md).
+    # Inference only (no autograd formula), same dtype as the weights (autocast does not cover it), CPU.
+    return (
+        h.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and h.dtype == conv.weight.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    )
+
+
+def _conv_relu(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+    if _fused_conv_relu_applies(conv, h):
+        return torch.ops.mkldnn._convolution_pointwise(
+            h, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "relu", [None], ""
+        )
+    return F.relu(conv(h))
 
 
 def conv_weight_count(model: DRCN) -> int:

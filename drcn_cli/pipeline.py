@@ -9,6 +9,7 @@ Grey images (1 channel, or 2 with alpha) go through the network as they are, wit
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -22,6 +23,7 @@ import torch
 
 from .color import array_to_pil, array_to_tensor, pil_to_array, rgb_to_ycbcr, tensor_to_array, ycbcr_to_rgb
 from .device import autocast_dtype, memory_budget, resolve_device, resolve_precision, set_threads
+from .device import memory_format as preferred_memory_format
 from .model import DRCN
 from .resize import imresize, output_size
 from .tiling import auto_tile_size, run_tiled_adaptive
@@ -31,6 +33,7 @@ __all__ = [
     "MAX_SCALE",
     "InferenceSettings",
     "load_model",
+    "prepare_for_inference",
     "super_resolve_y",
     "target_size",
     "upscale_image",
@@ -82,24 +85,37 @@ def target_size(
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime_ns: int, device: str) -> DRCN:
-    model, _metadata = load_weights(path, device)
-    return _for_device(model, torch.device(device))
+def _load_cached(path: str, mtime_ns: int, device: str, precision: str) -> DRCN:
+    model, _metadata = load_weights(path)
+    return prepare_for_inference(model, torch.device(device), precision)
 
 
-def _for_device(model: DRCN, device: torch.device) -> DRCN:
-    # cuDNN's fastest bf16/fp16 convolutions want NHWC; elsewhere the default layout is as fast.
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return model.to(device=device, memory_format=memory_format).eval()
+def _native_dtype(device: torch.device, precision: str) -> torch.dtype:
+    # On the CPU, bf16 weights cast once beat autocast, which casts them at every call and cannot use oneDNN's
+    # fused conv+ReLU; CUDA keeps autocast.
+    return torch.bfloat16 if device.type == "cpu" and precision == "bf16" else torch.float32
 
 
-def load_model(weights: str | os.PathLike | DRCN | None, device: torch.device) -> DRCN:
-    """A DRCN from a path, a bundled model name (default: the first of DEFAULT_MODELS bundled), or an instance.
+def prepare_for_inference(model: DRCN, device: torch.device, precision: str = "fp32") -> DRCN:
+    """A copy of ``model`` ready to run: in eval mode on ``device``, in the faster memory layout there, with its
+    conv weights in the compute dtype where the precision runs natively (bf16 on the CPU). The caller's
+    module is left as it was."""
+    ready = copy.deepcopy(model).to(device=device, memory_format=preferred_memory_format(device)).eval()
+    dtype = _native_dtype(device, precision)
+    for module in ready.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(dtype)
+    return ready
 
-    Files are cached by path and modification time, so a batch loads them once.
+
+def load_model(weights: str | os.PathLike | DRCN | None, device: torch.device, precision: str = "fp32") -> DRCN:
+    """A DRCN ready for inference (prepare_for_inference) from a path, a bundled model name (default: the first
+    of DEFAULT_MODELS bundled), or an instance.
+
+    Files are cached by path, modification time, device and precision, so a batch loads them once.
     """
     if isinstance(weights, DRCN):
-        return _for_device(weights, device)
+        return prepare_for_inference(weights, device, precision)
     if weights is None:
         path = next(filter(None, map(bundled_weights, DEFAULT_MODELS)), None)
         if path is None:
@@ -113,7 +129,7 @@ def load_model(weights: str | os.PathLike | DRCN | None, device: torch.device) -
         if not path.is_file():
             raise WeightsError(f"{path}: no such weights file")
     path = Path(path).resolve()
-    return _load_cached(str(path), path.stat().st_mtime_ns, str(device))
+    return _load_cached(str(path), path.stat().st_mtime_ns, str(device), precision)
 
 
 def _bytes_per_pixel(model: DRCN, precision: str) -> int:
@@ -137,9 +153,11 @@ def super_resolve_y(
     device = settings.device
     overlap = model.config.receptive_radius
     tile = settings.tile or auto_tile_size(_bytes_per_pixel(model, settings.precision), memory_budget(device), overlap)
-    amp = autocast_dtype(settings.precision)
-
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    # A model prepared for this precision computes in its own dtype; any other model runs under autocast.
+    compute = _native_dtype(device, settings.precision)
+    prepared = compute != torch.float32 and model.embed1.weight.dtype == compute
+    amp = None if prepared else autocast_dtype(settings.precision)
+    memory_format = preferred_memory_format(device)
 
     def forward(window: torch.Tensor) -> torch.Tensor:
         window = window.to(device, torch.float32).contiguous(memory_format=memory_format)
@@ -241,7 +259,8 @@ def upscale_image(
         scale: a factor >= 1 (2, 2.5, 3 ...); or give ``width`` and/or ``height`` of the output.
         weights: a .safetensors path, a bundled model name, or a DRCN; default: the bundled default model.
         device: 'auto' (CUDA, MPS, CPU), or a torch device string.
-        precision: 'auto' (fp32 on CPU, bf16/fp16 on CUDA), 'fp32', 'fp16' or 'bf16'.
+        precision: 'auto' (bf16 on a CPU with native bf16 units or on CUDA, fp32 on other CPUs), 'fp32',
+            'fp16' (CUDA only) or 'bf16'.
         tile: tile side in output pixels, 0 = chosen from the memory available. Tiling never changes the result.
         recursions: use only the first k of the D recursions (faster, slightly less sharp).
         threads: CPU threads for torch (default: torch's choice).
@@ -262,7 +281,7 @@ def upscale_image(
     size = target_size(tensor.shape[1], tensor.shape[2], scale, width, height)
     dev = resolve_device(device)
     settings = InferenceSettings(dev, resolve_precision(precision, dev), tile, recursions, self_ensemble)
-    model = load_model(weights, dev) if method == "drcn" else None
+    model = load_model(weights, dev, settings.precision) if method == "drcn" else None
     out = upscale_tensor(tensor, size, model, settings, scale=scale)
     result = tensor_to_array(out, fmt)
     return array_to_pil(result, mode) if is_pil else result

@@ -108,7 +108,7 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="460f6b1bcc743862207ac1ea5458a520d41785c6538a58c0d8e093490ba3549f",
+            sha256="5a2a8d1bde9dc5f53a9df20de3078603b0390ddad58cdcbab1486fa4f4306695",
             size=449948,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",

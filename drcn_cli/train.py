@@ -60,9 +60,10 @@ from .data import (
     save_pack,
 )
 from .device import autocast_dtype, resolve_device, resolve_precision, set_threads
+from .device import memory_format as preferred_memory_format
 from .metrics import SSIM_WINDOW, luma_8bit, psnr, ssim
 from .model import DRCN, DRCNConfig
-from .pipeline import InferenceSettings, upscale_tensor
+from .pipeline import InferenceSettings, prepare_for_inference, upscale_tensor
 from .resize import imresize
 from .weights import WeightsError, canonical_state_dict, config_from_state_dict, load_weights, save_weights
 
@@ -135,7 +136,7 @@ class TrainConfig:
     lr_min: float = 2e-6
     schedule: str = "cosine"
     warmup: float = 0.02
-    weight_decay: float = 1e-4  # the paper's beta, on conv kernels only
+    weight_decay: float = 0.0  # on conv kernels only; coupled L2 under Adam kills dead channels (docs/training.md)
     grad_clip: float = 1.0  # max global gradient norm, a guard against spikes; 0 = off
     alpha_start: float = 1.0
     alpha_end: float = 0.0
@@ -330,18 +331,16 @@ def validate(
 ) -> dict[float, tuple[float, float]]:
     """Mean (PSNR dB, SSIM) per scale with the bench protocol: the output of the `drcn upscale` pipeline rounded
     to 8 bits, then MATLAB's 8-bit Y of both images, ``ceil(scale)`` border pixels cropped."""
-    was_training = model.training
-    model.eval()
+    ready = prepare_for_inference(model, settings.device, settings.precision)  # a copy, as `drcn upscale` runs it
     scores: dict[float, list[tuple[float, float]]] = {}
     for item in items:
         size = (item.hr.shape[-2], item.hr.shape[-1])
         # An integer factor is passed on, so the resize uses it exactly as MATLAB would; a fractional one by size.
         factor = item.scale if item.scale.is_integer() else None
-        sr = quantize(upscale_tensor(item.lr, size, model, settings, scale=factor).cpu())
+        sr = quantize(upscale_tensor(item.lr, size, ready, settings, scale=factor).cpu())
         y_sr, y_hr = luma_8bit(sr), luma_8bit(item.hr)
         border = math.ceil(item.scale)
         scores.setdefault(item.scale, []).append((psnr(y_sr, y_hr, border), ssim(y_sr, y_hr, border)))
-    model.train(was_training)
     return {s: (sum(p for p, _ in v) / len(v), sum(q for _, q in v) / len(v)) for s, v in scores.items()}
 
 
@@ -800,7 +799,9 @@ def _train(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    memory_format = torch.channels_last if on_cuda else torch.contiguous_format  # NHWC helps cuDNN, not the CPU
+    memory_format = preferred_memory_format(device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # dying weights pass through subnormals, which x86 multiplies slowly
     _check_targets(cfg)
     checkpoint = read_checkpoint(cfg.resume) if cfg.resume else None
     if checkpoint is not None:

@@ -29,3 +29,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch):
+    """precision 'auto' resolves the same on every test host: as on a CPU without bf16 units (fp32). Tests of
+    the bf16 choice patch the capability back on; tests of the bf16 path ask for bf16 explicitly."""
+    from drcn_cli import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)

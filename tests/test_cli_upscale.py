@@ -57,7 +57,20 @@ def test_one_file(tmp_path, weights):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out.png") as out:
         assert out.size == (36, 30) and out.mode == "RGB"
-    assert "cpu" in result.stderr and "fp32" in result.stderr and "tiny.safetensors" in result.stderr
+    assert "cpu" in result.stderr and "fp32 (CPU has no native bf16)" in result.stderr
+    assert "tiny.safetensors" in result.stderr
+
+
+def test_device_line_says_bf16_was_chosen_for_a_cpu_with_bf16_units(tmp_path, weights, monkeypatch):
+    from drcn_cli import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    source = save_png(tmp_path / "in.png")
+    result = run(source, "-s", 2, "-o", tmp_path / "out.png", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    assert "bf16 (CPU has native bf16)" in result.stderr
+    forced = run(source, "-s", 2, "-o", tmp_path / "fp32.png", "--weights", weights, "--precision", "fp32")
+    assert forced.exit_code == 0 and ", fp32," in forced.stderr, forced.stderr
 
 
 def test_self_ensemble_is_announced_and_changes_the_output(tmp_path, weights):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from drcn_cli.device import autocast_dtype, resolve_device, resolve_precision, set_threads
+from drcn_cli import device as device_module
+from drcn_cli.device import autocast_dtype, precision_reason, resolve_device, resolve_precision, set_threads
 
 
 def test_auto_device_on_a_machine_without_cuda_is_cpu(monkeypatch):
@@ -22,9 +23,10 @@ def test_cuda_asked_for_without_cuda_is_a_clear_error(monkeypatch):
         resolve_device("cuda")
 
 
-def test_precision_auto_is_fp32_on_cpu_and_half_on_cpu_is_refused():
-    cpu = torch.device("cpu")
+def test_precision_auto_is_fp32_on_a_cpu_without_bf16_units_and_half_on_cpu_is_refused():
+    cpu = torch.device("cpu")  # conftest reports no native bf16
     assert resolve_precision("auto", cpu) == "fp32"
+    assert precision_reason("auto", "fp32", cpu) == "CPU has no native bf16"
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
         resolve_precision("fp16", cpu)
@@ -50,3 +52,21 @@ def test_autocast_dtype_and_threads():
             set_threads(-2)
     finally:
         torch.set_num_threads(before)
+
+
+def test_precision_auto_is_bf16_on_a_cpu_with_bf16_units(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert precision_reason("auto", "bf16", cpu) == "CPU has native bf16"
+    assert resolve_precision("fp32", cpu) == "fp32" and precision_reason("fp32", "fp32", cpu) == ""
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"), [(True, False, True), (False, True, True), (False, False, False)]
+)
+def test_native_bf16_is_read_from_torchs_cpu_capabilities(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.undo()  # the conftest fixture replaced the function under test
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert device_module.cpu_has_native_bf16() is expected

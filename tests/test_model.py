@@ -85,3 +85,32 @@ def test_flop_count_of_full_model():
     per_recursion = 9 * (256 * 256 * 2 + 256)
     assert conv_flops_per_pixel(DRCNConfig()) == 2 * (9 * (256 + 256 * 256) + 16 * per_recursion)
     assert conv_flops_per_pixel(DRCNConfig(), recursions=1) < conv_flops_per_pixel(DRCNConfig())
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fused_cpu_inference_equals_the_training_forward(memory_format):
+    # Under inference_mode on the CPU the conv+ReLU pairs run as one oneDNN op; the result must not change.
+    model = tiny(seed=3, features=8, recursions=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(2, 1, 17, 15)
+    with torch.no_grad():
+        _, expected = model.forward_all(x)
+    model = model.to(memory_format=memory_format)
+    with torch.inference_mode():
+        got = model(x.contiguous(memory_format=memory_format))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_bf16_conv_weights_compute_in_bf16_and_return_float32():
+    model = tiny(seed=1)
+    x = torch.rand(1, 1, 12, 12)
+    with torch.inference_mode():
+        reference = model(x)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(torch.bfloat16)
+        out = model(x)
+    assert out.dtype == torch.float32
+    assert 0 < (out - reference).abs().max() < 0.02

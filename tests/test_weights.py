@@ -1,9 +1,17 @@
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from drcn_cli.model import DRCN, DRCNConfig
-from drcn_cli.weights import WeightsError, canonical_state_dict, config_from_state_dict, load_weights, save_weights
+from drcn_cli.weights import (
+    WeightsError,
+    canonical_state_dict,
+    config_from_state_dict,
+    flush_tiny,
+    load_weights,
+    save_weights,
+)
 
 
 def random_model(features=8, recursions=3, seed=0) -> DRCN:
@@ -86,3 +94,42 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_weights(random_model(), tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_with_subnormal_weights_loads_zeroed_and_gives_the_same_output(tmp_path):
+    model = random_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["recursive.weight"][0, 1, 0, 0] = 1e-40  # subnormal
+    state["embed2.weight"][2, 3, 1, 1] = -3e-11
+    state["recon1.weight"][4, 4, 2, 2] = 5e-39
+    model.load_state_dict(state)
+    path = tmp_path / "subnormal.safetensors"
+    save_file(state, str(path))
+    loaded, _ = load_weights(path)
+    for key in ("recursive.weight", "embed2.weight", "recon1.weight"):
+        values = loaded.state_dict()[key]
+        assert not ((values != 0) & (values.abs() < 1e-10)).any()
+    assert loaded.recursive.weight[0, 1, 0, 0] == 0 and loaded.embed2.weight[2, 3, 1, 1] == 0
+    x = torch.rand(1, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_saved_weights_carry_no_tiny_values(tmp_path):
+    model = random_model()
+    with torch.no_grad():
+        model.recon1.weight[0, 0, 0, 0] = 2e-41
+    save_weights(model, tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        assert f.get_tensor("recon1.weight")[0, 0, 0, 0] == 0
+    assert flush_tiny({"a": torch.tensor([1e-11, -1e-9, 0.5])})["a"].tolist() == [0.0, pytest.approx(-1e-9), 0.5]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused(tmp_path, bad):
+    state = {k: v.clone() for k, v in random_model().state_dict().items()}
+    state["recursive.bias"][0] = bad
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match="NaN or infinite"):
+        load_weights(path)

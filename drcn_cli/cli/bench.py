@@ -243,11 +243,12 @@ def bench(
     depths: tuple[int | None, ...] = (None,)
     if method is Method.drcn:
         from .. import registry
-        from ..weights import WeightsError, load_weights
+        from ..pipeline import load_model
+        from ..weights import WeightsError
 
         try:
             path = registry.resolve_weights(model, weights, on_download=info)
-            network, _metadata = load_weights(path, dev)
+            network = load_model(path, dev, prec)
         except (registry.WeightsNotFoundError, registry.ChecksumError, HubError, WeightsError) as exc:
             raise _fail(str(exc)) from None
         cfg = network.config

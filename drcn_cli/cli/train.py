@@ -249,7 +249,7 @@ def train(
     weight_decay: Annotated[
         float | None,
         typer.Option(
-            "--weight-decay", min=0.0, help="The paper's beta, conv kernels (default: 1e-4).", rich_help_panel=_MODEL
+            "--weight-decay", min=0.0, help="L2 on conv kernels; use with adamw (default: 0).", rich_help_panel=_MODEL
         ),
     ] = None,
     grad_clip: Annotated[

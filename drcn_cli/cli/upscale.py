@@ -352,7 +352,7 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
     from .. import registry
     from ..batch import run_pipelined
     from ..color import array_to_tensor, tensor_to_array
-    from ..device import resolve_device, resolve_precision, set_threads
+    from ..device import precision_reason, resolve_device, resolve_precision, set_threads
     from ..hub import HubError
     from ..imageio import ImageWriteError, encode_image, read_image, write_image
     from ..pipeline import InferenceSettings, load_model, target_size, upscale_tensor
@@ -370,7 +370,7 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
     if opts.method is Method.drcn:
         try:
             path = Path(registry.resolve_weights(opts.model_name, opts.weights, on_download=report.info))
-            network = load_model(path, dev)
+            network = load_model(path, dev, precision)
         except (registry.WeightsNotFoundError, registry.ChecksumError, HubError) as exc:
             hint = "" if opts.weights else " (--method bicubic needs no weights)"
             console.print(f"error: {_one_line(str(exc))}{hint}", markup=False)
@@ -387,7 +387,11 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
     if opts.self_ensemble and network is not None:
         model_text += " with self-ensemble x8"
     rank_text = f"rank {opts.rank}/{opts.world}: " if opts.world > 1 else ""
-    report.info(f"{rank_text}{len(jobs)} image(s) on {_describe_device(dev)}, {precision}, {model_text}, {tile_text}")
+    reason = precision_reason(opts.precision, precision, dev)
+    precision_text = f"{precision} ({reason})" if reason else precision
+    report.info(
+        f"{rank_text}{len(jobs)} image(s) on {_describe_device(dev)}, {precision_text}, {model_text}, {tile_text}"
+    )
 
     scale, width, height = opts.scale, opts.width, opts.height
     max_pixels, max_output_pixels = opts.max_pixels, opts.max_output_pixels
