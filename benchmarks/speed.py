@@ -1,25 +1,48 @@
-"""Inference speed of the full DRCN against the floor set by the device's own conv throughput.
+"""Inference speed of each bundled model against the floor set by this machine's own conv throughput.
 
-    python benchmarks/speed.py [--device auto] [--sizes 256 512 1024] [--features 256] [--recursions 16]
+    python benchmarks/speed.py [--models drcn-lite] [--precisions fp32 bf16] [--sizes 256 512 1024]
+                               [--data-dir ../datasets] [--random F] [--ablation] [--device auto]
 
-For each square output size it times the network on the Y channel (drcn_cli.pipeline.super_resolve_y, the
-path `drcn upscale` takes, with tiling as chosen by default) and the whole upscale_image call (bicubic,
-colour, network). The floor is the conv FLOPs of the model at that size divided by the sustained rate of a
-256->256 3x3 conv measured in the same run on the same device and precision; ratio = measured / floor
-(1.0 would mean no overhead at all beyond the convolutions). Random weights: speed does not depend on them.
+For every model (the shipped weights; `--random F` adds an F-filter model with random weights, free of tiny
+values) and precision, and every square output side, it times:
+
+- network: `super_resolve_y`, the path `drcn upscale` takes (the model prepared by `load_model`, auto tiles);
+- floor:   the model's conv FLOPs at that size over the rate of one F->F 3x3 conv on a map of the same side,
+           measured in the same run, best of NCHW and channels_last; ratio = network / floor;
+- whole:   `upscale_image` of an RGB image to that size (bicubic, colour, network); ratio to the network.
+
+Then, with the default model and precision: `drcn upscale docs/samples/pattern.png -s 3` as a command, less
+the start-up of `python -c "import torch"`; with `--data-dir` (a folder holding Set14), one Set14 image x3
+through `drcn upscale` and images/s over a folder of 20 images (Set14 and Set5 downscaled x3, and one more).
+`--ablation` times the memory layout, the weight dtype, the conv+ReLU fusion and the thread count at 512².
+The CPU's model name and flags come first: every figure belongs to the machine it was measured on.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from drcn_cli.device import autocast_dtype, resolve_device, resolve_precision, set_threads
+from drcn_cli import model as model_module
+from drcn_cli.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads
 from drcn_cli.model import DRCN, DRCNConfig, conv_flops_per_pixel
-from drcn_cli.pipeline import InferenceSettings, super_resolve_y, upscale_image
+from drcn_cli.pipeline import InferenceSettings, load_model, prepare_for_inference, super_resolve_y, upscale_image
+from drcn_cli.weights import BUNDLED_DIR, flush_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "docs" / "samples" / "pattern.png"
 
 
 def synchronize(device: torch.device) -> None:
@@ -27,10 +50,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeats: int, warmup: bool = True) -> float:
-    """Best of ``repeats`` wall times in seconds, after one warm-up call unless ``warmup`` is False."""
-    if warmup:
-        fn()
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best of ``repeats`` wall times in seconds, after one warm-up call."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
@@ -41,75 +63,201 @@ def timed(fn, device: torch.device, repeats: int, warmup: bool = True) -> float:
     return best
 
 
-def sustained_conv_rate(device: torch.device, precision: str, features: int, side: int, repeats: int) -> float:
-    """FLOP/s of one features->features 3x3 conv (with ReLU) on a side x side map: the device's conv ceiling."""
-    conv = torch.nn.Conv2d(features, features, 3, padding=1).to(device).eval()
-    x = torch.rand(1, features, side, side, device=device)
-    amp = autocast_dtype(precision)
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide conv speed, from /proc/cpuinfo where there is one."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+    shown = [flag for flag in wanted if flag in flags] or ["(flags unknown)"]
+    return f"{name}; {os.cpu_count()} logical CPUs; {' '.join(shown)}; native bf16: {cpu_has_native_bf16()}"
 
-    def run() -> None:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            torch.relu_(conv(x))
 
-    seconds = timed(run, device, repeats)
-    return 2 * 9 * features * features * side * side / seconds
+def conv_rate(device: torch.device, precision: str, features: int, side: int, repeats: int) -> tuple[float, str]:
+    """FLOP/s of one features->features 3x3 conv on a side x side map, and the layout that gave it (the better of
+    NCHW and channels_last), with weights and input in the precision's dtype."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
+    conv = torch.nn.Conv2d(features, features, 3, padding=1).to(device, dtype).eval()
+    x = torch.rand(1, features, side, side, device=device, dtype=dtype)
+    flops = 2 * 9 * features * features * side * side
+    best = (0.0, "")
+    for name, layout in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
+        conv_l, x_l = conv.to(memory_format=layout), x.contiguous(memory_format=layout)
+        with torch.inference_mode():
+            seconds = timed(lambda conv_l=conv_l, x_l=x_l: conv_l(x_l), device, repeats)
+        best = max(best, (flops / seconds, name))
+    return best
+
+
+def random_model(features: int) -> DRCN:
+    """An F-filter DRCN with random weights, passed through the same flush of tiny values as every file."""
+    torch.manual_seed(0)
+    model = DRCN(DRCNConfig(features=features, recursions=16))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    model.load_state_dict(flush_tiny(model.state_dict()))
+    return model.eval()
+
+
+def network_rows(name: str, source, args, device: torch.device) -> None:
+    for precision in args.precisions:
+        model = load_model(source, device, precision)
+        config = model.config
+        settings = InferenceSettings(device, precision)
+        print(f"\n{name} (F={config.features}, D={config.recursions}), {precision}:")
+        print(f"{'output':>10} {'network s':>10} {'floor s':>8} {'ratio':>6} {'conv GFLOP/s':>13} "
+              f"{'whole s':>8} {'whole/net':>9}")
+        for side in args.sizes:
+            rate, layout = conv_rate(device, precision, config.features, side, args.repeats)
+            floor = conv_flops_per_pixel(config) * side * side / rate
+            y = torch.rand(1, 1, side, side, device=device)
+            network = timed(lambda y=y, m=model, s=settings: super_resolve_y(m, y, s), device, args.repeats)
+            image = np.random.default_rng(0).integers(0, 256, (side // 2, side // 2, 3), dtype=np.uint8)
+            whole = timed(
+                lambda image=image, m=model, p=precision: upscale_image(image, 2, weights=m, device=str(device),
+                                                                        precision=p),
+                device, args.repeats,
+            )  # fmt: skip
+            print(f"{side:>4}x{side:<5} {network:>10.3f} {floor:>8.3f} {network / floor:>6.2f} "
+                  f"{rate / 1e9:>8.0f} {layout} {whole:>8.3f} {whole / network:>9.2f}", flush=True)
+
+
+def ablation(source, device: torch.device, repeats: int, side: int = 512) -> None:
+    """The network at side², with one speed setting changed at a time (what each one is worth here)."""
+    base = load_model(source, device, "fp32")
+    y = torch.rand(1, 1, side, side, device=device)
+    fused = model_module._fused_conv_relu_applies
+
+    def run(model: DRCN, precision: str, layout: torch.memory_format, fuse: bool, threads: int | None = None) -> float:
+        before = torch.get_num_threads()
+        model_module._fused_conv_relu_applies = fused if fuse else (lambda conv, h: False)
+        try:
+            if threads:
+                torch.set_num_threads(threads)
+            model = model.to(memory_format=layout)
+            x = y.contiguous(memory_format=layout)
+            amp = precision == "bf16" and model.embed1.weight.dtype == torch.float32
+
+            def forward() -> None:
+                with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+                    model(x)
+
+            return timed(forward, device, repeats)
+        finally:
+            model_module._fused_conv_relu_applies = fused
+            torch.set_num_threads(before)
+
+    bf16 = prepare_for_inference(base, device, "bf16")
+    rows = [
+        ("fp32, NCHW, unfused (the old CPU default)", lambda: run(base, "fp32", torch.contiguous_format, False)),
+        ("fp32, channels_last, unfused", lambda: run(base, "fp32", torch.channels_last, False)),
+        ("fp32, channels_last, fused (fp32 default)", lambda: run(base, "fp32", torch.channels_last, True)),
+        ("bf16 autocast, NCHW, unfused", lambda: run(base, "bf16", torch.contiguous_format, False)),
+        ("bf16 autocast, channels_last, unfused", lambda: run(base, "bf16", torch.channels_last, False)),
+        ("bf16 weights, channels_last, unfused", lambda: run(bf16, "bf16", torch.channels_last, False)),
+        ("bf16 weights, channels_last, fused (bf16 default)", lambda: run(bf16, "bf16", torch.channels_last, True)),
+        ("bf16 default, 1 thread", lambda: run(bf16, "bf16", torch.channels_last, True, threads=1)),
+    ]
+    threads = torch.get_num_threads()
+    print(f"\nablation: the network at {side}x{side}, {base.config.features} filters, {threads} threads")
+    for label, measure in rows:
+        print(f"  {label:<52} {measure():8.3f} s", flush=True)
+
+
+def command_seconds(argv: list[str], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def drcn_command() -> list[str]:
+    return [sys.executable, "-c", "from drcn_cli.cli import main; main()"]
+
+
+def end_to_end(args) -> None:
+    """Whole commands, as a user runs them (default model, precision auto)."""
+    work = Path(tempfile.mkdtemp(prefix="drcn-speed-"))
+    try:
+        start_up = command_seconds([sys.executable, "-c", "import torch"], 3)
+        sample = command_seconds([*drcn_command(), "upscale", str(SAMPLE), "-s", "3", "-o", str(work / "p.png"),
+                                  "--overwrite", "-q"], 3)
+        print(f"\nstart-up of `python -c 'import torch'`: {start_up:.2f} s")
+        print(f"`drcn upscale docs/samples/pattern.png -s 3` (160x120 -> 480x360): {sample:.2f} s, "
+              f"{sample - start_up:.2f} s beyond start-up")
+        set14 = Path(args.data_dir) / "Set14" if args.data_dir else None
+        if set14 is None or not set14.is_dir():
+            print("(no --data-dir with Set14: the photo and folder rows are skipped)")
+            return
+        photo = set14 / "baboon.png"
+        with Image.open(photo) as image:
+            size = image.size
+        seconds = command_seconds([*drcn_command(), "upscale", str(photo), "-s", "3", "-o", str(work / "b.png"),
+                                   "--overwrite", "-q"], 1)
+        print(f"`drcn upscale Set14/baboon.png -s 3` ({size[0]}x{size[1]} -> {size[0] * 3}x{size[1] * 3}): "
+              f"{seconds:.2f} s")
+        folder = work / "lr"
+        folder.mkdir()
+        sources = sorted(set14.glob("*.png")) + sorted((set14.parent / "Set5").glob("*.png")) + [SAMPLE]
+        for path in sources[:20]:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                image.resize((image.width // 3, image.height // 3), Image.BICUBIC).save(folder / path.name)
+        count = len(list(folder.iterdir()))
+        seconds = command_seconds([*drcn_command(), "upscale", str(folder), "-s", "3", "-o", str(work / "out"),
+                                   "--overwrite", "-q"], 1)
+        print(f"`drcn upscale` of a folder of {count} images (Set14 and Set5 at 1/3 size, and the sample) x3: "
+              f"{seconds:.1f} s, {count / seconds:.2f} images/s (start-up included)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--models", nargs="+", default=None, help="bundled model names (default: all bundled)")
+    parser.add_argument("--random", type=int, nargs="*", default=[], metavar="F",
+                        help="also time an F-filter model with random weights (e.g. 256 for the full model)")
+    parser.add_argument("--precisions", nargs="+", default=None, help="default: fp32, and bf16 where native")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--features", type=int, default=256)
-    parser.add_argument("--recursions", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=0, help="timed runs per size (default: 1 on CPU, 5 on GPU)")
-    parser.add_argument("--e2e-max", type=int, default=0,
-                        help="time upscale_image only up to this output side (default: all sizes on GPU, 512 on CPU)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per row, after one warm-up")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--data-dir", default=None, help="folder holding Set14 and Set5, for the end-to-end rows")
+    parser.add_argument("--ablation", action="store_true", help="time each speed setting at 512^2")
+    parser.add_argument("--no-end-to-end", action="store_true")
     args = parser.parse_args()
 
     set_threads(args.threads)
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    repeats = args.repeats or (5 if device.type == "cuda" else 1)
-    # On a CPU one full-model run at 1024^2 takes minutes: warm up once on a small input, not per size.
-    per_size_warmup = device.type != "cpu"
-    e2e_max = args.e2e_max or (max(args.sizes) if device.type != "cpu" else 512)
+    if args.precisions is None:
+        native = resolve_precision("auto", device)
+        args.precisions = ["fp32"] + ([native] if native != "fp32" else [])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    config = DRCNConfig(features=args.features, recursions=args.recursions)
-    torch.manual_seed(0)
-    model = DRCN(config).to(device).eval()
-    settings = InferenceSettings(device, precision)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; precision: {precision}; F={config.features}, D={config.recursions}; "
-          f"torch {torch.__version__}")
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {where}; torch {torch.__version__}")
+    print(f"cpu: {cpu_description()}")
 
-    # The probe map holds as many activations as a 256-filter map of 128^2 (CPU) or 512^2 (GPU) whatever F is:
-    # a 64-filter conv on a small map underuses the CPU's caches and would set the floor too low.
-    probe_side = round((128 if device.type == "cpu" else 512) * (256 / config.features) ** 0.5)
-    rate = sustained_conv_rate(device, precision, config.features, probe_side, repeats + 2)
-    print(f"sustained {config.features}->{config.features} 3x3 conv rate: {rate / 1e9:,.1f} GFLOP/s")
-    print(f"conv FLOPs per output pixel: {conv_flops_per_pixel(config) / 1e6:.2f} M")
-    super_resolve_y(model, torch.rand(1, 1, 64, 64, device=device), settings)
-    print(f"{'output':>10} {'network ms':>11} {'ms/Mpx':>9} {'floor ms/Mpx':>13} {'ratio':>6} "
-          f"{'upscale_image ms/Mpx':>21}")
-    for side in args.sizes:
-        megapixels = side * side / 1e6
-        y = torch.rand(1, 1, side, side, device=device)
-        network_s = timed(lambda y=y: super_resolve_y(model, y, settings), device, repeats, per_size_warmup)
-        whole = "skipped"
-        if side <= e2e_max:
-            image = np.random.default_rng(0).integers(0, 256, (side // 2, side // 2, 3), dtype=np.uint8)
-            whole_s = timed(
-                lambda image=image: upscale_image(image, 2, weights=model, device=str(device), precision=precision),
-                device, repeats, per_size_warmup,
-            )
-            whole = f"{whole_s * 1e3 / megapixels:.1f}"
-        floor_ms_per_mpx = conv_flops_per_pixel(config) * 1e6 / rate * 1e3
-        ms_per_mpx = network_s * 1e3 / megapixels
-        print(f"{side:>4}x{side:<5} {network_s * 1e3:>11.1f} {ms_per_mpx:>9.1f} {floor_ms_per_mpx:>13.1f} "
-              f"{ms_per_mpx / floor_ms_per_mpx:>6.2f} {whole:>21}", flush=True)
+    names = args.models or sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+    sources = [(name, name) for name in names] + [(f"random F={f}", random_model(f)) for f in args.random]
+    for name, source in sources:
+        network_rows(name, source, args, device)
+    if args.ablation and sources:
+        ablation(sources[0][1], device, args.repeats)
+    if not args.no_end_to_end:
+        end_to_end(args)
 
 
 if __name__ == "__main__":
