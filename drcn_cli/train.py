@@ -65,7 +65,14 @@ from .metrics import SSIM_WINDOW, luma_8bit, psnr, ssim
 from .model import DRCN, DRCNConfig
 from .pipeline import InferenceSettings, prepare_for_inference, upscale_tensor
 from .resize import imresize
-from .weights import WeightsError, canonical_state_dict, config_from_state_dict, load_weights, save_weights
+from .weights import (
+    TINY,
+    WeightsError,
+    canonical_state_dict,
+    config_from_state_dict,
+    load_weights,
+    save_weights,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -488,9 +495,98 @@ def _read_state_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a drcn training checkpoint (no state.json)") from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{state_file}: unreadable ({exc})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a drcn training checkpoint (state.json holds a {type(state).__name__})")
+    if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a drcn training checkpoint (format {state.get('format')!r})")
+    _check_state(state, path)
     return state
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_file_name(value: Any) -> bool:
+    # A plain name inside the checkpoint folder: never a path that could lead elsewhere.
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+
+
+def _is_shape_table(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(key, str) and isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)
+        for key, shape in value.items()
+    )
+
+
+# state.json fields: (required, valid, what a valid value is). Others (lr, alpha, world_size ...) are informative.
+_STATE_FIELDS: dict[str, tuple[bool, Any, str]] = {
+    "step": (True, lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "model": (True, _is_file_name, "a file name"),
+    "optimizer_files": (True, lambda v: isinstance(v, list) and all(map(_is_file_name, v)), "a list of file names"),
+    "optimizer_split": (False, _is_shape_table, "a table of tensor shapes"),
+    "config": (False, lambda v: isinstance(v, dict), "a table of options"),
+    "best_psnr": (False, lambda v: v is None or _is_number(v), "a number or null"),
+    "best_step": (False, lambda v: v is None or (_is_int(v) and v >= 0), "a whole number >= 0 or null"),
+    "elapsed_s": (False, lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "init_steps": (False, lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+    "data_fingerprint": (False, lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+# TrainConfig annotations -> whether a JSON value fits.
+_CONFIG_TYPES: dict[str, tuple[Any, str]] = {
+    "int": (_is_int, "a whole number"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "int | None": (lambda v: v is None or _is_int(v), "a whole number or null"),
+    "float | None": (lambda v: v is None or _is_number(v), "a number or null"),
+    "tuple[str, ...]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "tuple[float, ...]": (lambda v: isinstance(v, list) and all(map(_is_number, v)), "a list of numbers"),
+}
+
+
+def _check_state(state: Mapping[str, Any], path: Path) -> None:
+    """CheckpointError naming the first field of state.json (or of its config) that is missing or of the wrong
+    type, so that a damaged checkpoint is refused before anything is loaded from it."""
+    for name, (required, valid, wanted) in _STATE_FIELDS.items():
+        if name not in state:
+            if required:
+                raise CheckpointError(f"{path}: damaged checkpoint (state.json has no {name!r})")
+            continue
+        if not valid(state[name]):
+            raise CheckpointError(f"{path}: damaged checkpoint (state.json: {name!r} should be {wanted})")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in state.get("config", {}).items():
+        if key in fields and str(fields[key].type) in _CONFIG_TYPES:
+            valid, wanted = _CONFIG_TYPES[str(fields[key].type)]
+            if not valid(value):
+                raise CheckpointError(f"{path}: damaged checkpoint (state.json: config {key!r} should be {wanted})")
+
+
+def _check_rng(rng: Any, path: Path) -> None:
+    """CheckpointError unless ``rng`` is a random-state table that _restore_rng can apply: tried on fresh
+    generators, so the process's own random state is left alone."""
+    problem = f"{path}: damaged checkpoint (rng.pt does not hold the random generators' state)"
+    keys = ("torch", "numpy_key", "numpy_pos", "numpy_gauss", "python", "python_gauss")
+    if not isinstance(rng, dict) or any(not isinstance(rng.get(key), torch.Tensor) for key in keys):
+        raise CheckpointError(problem)
+    try:
+        torch.Generator().set_state(rng["torch"])
+        pos, has_gauss = (int(v) for v in rng["numpy_pos"])
+        key = rng["numpy_key"].numpy().astype(np.uint32)
+        np.random.RandomState().set_state(("MT19937", key, pos, has_gauss, float(rng["numpy_gauss"])))
+        gauss = float(rng["python_gauss"])
+        random.Random().setstate((3, tuple(int(v) for v in rng["python"]), None if math.isnan(gauss) else gauss))
+        if "cuda" in rng and not (isinstance(rng["cuda"], torch.Tensor) and rng["cuda"].dtype == torch.uint8):
+            raise ValueError("cuda state")
+    except (RuntimeError, ValueError, TypeError, OverflowError):
+        raise CheckpointError(problem) from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -506,13 +602,22 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         parts: dict[str, torch.Tensor] = {}
         for name in state["optimizer_files"]:
             parts.update(load_file(str(path / name)))
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     except (OSError, SafetensorError, KeyError, RuntimeError, WeightsError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
+    try:
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: damaged checkpoint (no rng.pt)") from None
+    except Exception:  # noqa: BLE001 - garbage gives unpickling errors of many kinds, whose text misleads
+        raise CheckpointError(f"{path}: damaged checkpoint (rng.pt is not a saved random state)") from None
+    _check_rng(rng, path)
     optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in _unshard(parts, state.get("optimizer_split", {})).items():
-        index, name = key.split(".", 1)
-        optimizer_state.setdefault(int(index), {})[name] = value
+    try:
+        for key, value in _unshard(parts, state.get("optimizer_split", {})).items():
+            index, name = key.split(".", 1)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint (optimizer state: {exc})") from None
     return Checkpoint(path, state, model_state, optimizer_state, rng)
 
 
@@ -544,6 +649,10 @@ def resume_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None =
     path = Path(path)
     state = _read_state_json(path)
     stored = _config_from_dict(state.get("config", {}))
+    try:
+        _check_config(stored)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint (config: {exc})") from None
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     # Options of one invocation are not inherited: the stored run may have been cut by stop_at or time_limit.
     per_call = {name: changes.get(name, getattr(TrainConfig, name)) for name in ("stop_at", "time_limit", "overwrite")}
@@ -678,6 +787,14 @@ def _make_optimizer(model: DRCN, cfg: TrainConfig, device: torch.device) -> torc
     return kind(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
 
 
+@torch.no_grad()
+def _zero_tiny_(params: Sequence[torch.Tensor]) -> None:
+    """Zero the weights that decayed below TINY: x86 multiplies subnormals on a slow path (fp32 inference with
+    the old drcn-lite's 49k subnormal weights took 39x longer; flush-to-zero on one thread did not cure it)."""
+    for param in params:
+        param.masked_fill_(param.abs() < TINY, 0.0)
+
+
 def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
     """Give each loaded moment its parameter's memory layout (checkpoints store NCHW; channels_last
     parameters on CUDA want NHWC moments, which fused Adam expects)."""
@@ -693,6 +810,19 @@ _LOG_COLUMNS = (
     "kind", "step", "elapsed_s", "lr", "alpha", "loss", "loss_intermediate", "loss_final", "grad_norm",
     "steps_per_s", "val_psnr", "val_ssim",
 )  # fmt: skip
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """CheckpointError when a restored moment tensor does not have its parameter's shape (it would fail, or
+    broadcast silently, at the first step)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise CheckpointError(
+                        f"{path}: damaged checkpoint (optimizer {name!r} has shape {list(value.shape)}, "
+                        f"its parameter {list(param.shape)})"
+                    )
 
 
 def _log_columns(scales: Sequence[float]) -> list[str]:
@@ -800,8 +930,6 @@ def _train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     memory_format = preferred_memory_format(device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # dying weights pass through subnormals, which x86 multiplies slowly
     _check_targets(cfg)
     checkpoint = read_checkpoint(cfg.resume) if cfg.resume else None
     if checkpoint is not None:
@@ -841,7 +969,10 @@ def _train(
     if init_state is not None:
         model.load_state_dict(init_state)
     if checkpoint is not None:
-        model.load_state_dict({k: v.float() for k, v in checkpoint.model.items()})
+        try:
+            model.load_state_dict({k: v.float() for k, v in checkpoint.model.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint.path}: damaged checkpoint (model: {' '.join(str(exc).split())})") from None
     model = model.to(device, memory_format=memory_format).train()
     trainer: nn.Module = _AllPredictions(model)
     if procs.distributed:
@@ -856,9 +987,13 @@ def _train(
     step, best_psnr, best_step, elapsed_before = 0, None, None, 0.0
     if checkpoint is not None:
         # load_state_dict moves each tensor where its parameter lives (Adam's step stays on the CPU unless fused).
-        optimizer.load_state_dict(
-            {"state": checkpoint.optimizer, "param_groups": optimizer.state_dict()["param_groups"]}
-        )
+        try:
+            optimizer.load_state_dict(
+                {"state": checkpoint.optimizer, "param_groups": optimizer.state_dict()["param_groups"]}
+            )
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{checkpoint.path}: damaged checkpoint (optimizer state: {exc})") from None
+        _check_optimizer_shapes(optimizer, checkpoint.path)
         _match_layouts(optimizer)
         _restore_rng(checkpoint.rng)
         step = int(checkpoint.state["step"])
@@ -947,6 +1082,7 @@ def _train(
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
+        _zero_tiny_(params)
         step += 1
         window_steps += 1
         sums += torch.stack([loss.detach(), intermediate.detach(), last.detach(), grad_norm.detach().float()])

@@ -377,3 +377,12 @@ def test_validation_follows_the_bench_protocol(tmp_path):
         assert scores[scale][1] == pytest.approx(sum(q for _, q in expected) / 2, abs=1e-6)
     with pytest.raises(DataError, match="too small to validate"):
         prepare_validation(list_images(write_training_images(tmp_path / "small", count=1, size=16)), (4.0,))
+
+
+def test_weights_that_decay_below_tiny_are_zeroed_in_place_during_training():
+    from drcn_cli.train import _zero_tiny_
+    from drcn_cli.weights import TINY
+
+    weight = torch.nn.Parameter(torch.tensor([1e-40, -TINY / 2, TINY * 2, 0.3]))
+    _zero_tiny_([weight])
+    assert weight.tolist() == [0.0, 0.0, pytest.approx(TINY * 2), pytest.approx(0.3)]
