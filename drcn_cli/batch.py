@@ -11,6 +11,7 @@ carries its result or its exception; an error in one job never stops the others 
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import time
@@ -48,10 +49,15 @@ STDIO = "-"
 
 @dataclass(frozen=True)
 class Source:
-    """One input image: ``path`` None for stdin; ``root`` the folder it was found under (None for a named file)."""
+    """One input image: ``path`` None for stdin; ``root`` the folder it was found under (None for a named file).
+
+    ``base``: for an image matched by a glob, the folder before the glob's first wildcard; in an output folder
+    the tree below it is mirrored, so that ``shots/**/*.jpg`` keeps ``a/x.jpg`` and ``b/x.jpg`` apart.
+    """
 
     path: Path | None
     root: Path | None = None
+    base: Path | None = None
 
     @property
     def label(self) -> str:
@@ -165,6 +171,63 @@ def _folder_sources(folder: Path, recursive: bool, typed: str) -> tuple[list[Sou
     return [], [InputProblem(typed, reason)]
 
 
+def _component_matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Path components against pattern components, as glob does: ``**`` is any number of components (none
+    included), wildcards do not match a leading dot."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        if _component_matches(rest, parts):
+            return True
+        return bool(parts) and not parts[0].startswith(".") and _component_matches(pattern, parts[1:])
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _component_matches(rest, parts[1:])
+
+
+def _glob(pattern: str, recursive: bool) -> list[str]:
+    """glob.glob, except that a ``**`` pattern (with ``recursive``) visits each real folder once: a tree with
+    symbolic links that loop (``a -> ..``) is walked in finite time, where glob.glob follows them again and
+    again."""
+    if not recursive or "**" not in pattern:
+        return glob.glob(pattern, recursive=recursive)
+    parts = Path(pattern).parts
+    first_magic = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    fixed, wanted = parts[:first_magic], parts[first_magic:]
+    root = str(Path(*fixed)) if fixed else ""
+    walk_from = root or os.curdir
+    if not os.path.isdir(walk_from):
+        return []
+    dirs_only = pattern.endswith(("/", os.sep))  # as glob: a trailing slash matches folders only
+    tail = os.sep if dirs_only else ""
+    skip_hidden = not any(part.startswith(".") for part in wanted)
+    matches: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(walk_from, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            dirnames[:] = []  # a folder reached again through a link: its contents are already listed
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        if skip_hidden:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        relative = Path(os.path.relpath(dirpath, walk_from))
+        base = () if relative == Path(os.curdir) else relative.parts
+        if _component_matches(wanted, base) and base:
+            matches.append((dirpath if root else str(relative)) + tail)
+        for name in [] if dirs_only else filenames:  # folders are matched when the walk reaches them
+            if _component_matches(wanted, (*base, name)):
+                matches.append(os.path.join(dirpath, name) if root else os.path.join(*base, name))
+    if _component_matches(wanted, ()) and root:
+        matches.append(os.path.join(root, ""))
+    return matches
+
+
 def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[Source], list[InputProblem]]:
     """Files, folders (their images; with ``recursive`` the whole tree), globs and ``-`` (stdin) -> sources.
 
@@ -198,14 +261,17 @@ def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[
         elif path.exists() or path.is_symlink():
             add([Source(path)])
         elif glob.has_magic(typed):
-            matches = sorted(glob.glob(os.path.expanduser(typed), recursive=recursive))
+            pattern = os.path.expanduser(typed)
+            matches = sorted(_glob(pattern, recursive))
+            parts = Path(pattern).parts
+            base = Path(*parts[: next(i for i, part in enumerate(parts) if glob.has_magic(part))])
             files = [Path(m) for m in matches if _is_candidate(Path(m))]
             folders = [Path(m) for m in matches if Path(m).is_dir()]
             for folder in folders:
                 found, issues = _folder_sources(folder, recursive, str(folder))
                 add(found)
                 problems.extend(issues)
-            add(Source(f) for f in files)
+            add(Source(f, base=base) for f in files)
             if not files and not folders:
                 problems.append(InputProblem(typed, "no image matches this pattern"))
         else:
@@ -253,7 +319,8 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
 
     Rules:
       * ``-o -`` (or stdin with no -o) writes to stdout: one input only.
-      * One input and -o that is not an existing folder (and does not end in a slash): -o is the file.
+      * One input and -o that is not an existing folder, does not end in a slash and has an extension (or
+        exists, or the input is stdin): -o is the file. A new name without an extension is a folder.
       * Otherwise -o is a folder; each output is ``OUT/<path under its input folder>/<stem><suffix><ext>``
         (the tree under a folder input is mirrored); images found inside OUT itself are left out. With no
         -o, outputs go beside their inputs; a folder input then needs -o.
@@ -273,6 +340,8 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
         and sources[0].root is None
         and not out.is_dir()
         and not str(plan.output).endswith(("/", os.sep))
+        # A new name without an extension (`-o outdir`) is a folder to create, unless the input is stdin.
+        and (out.suffix != "" or out.exists() or out.is_symlink() or sources[0].path is None)
     )
     if any(s.path is None for s in sources) and out is not None and not single_file:
         raise UsageError("stdin needs a file name with -o (or none, for stdout)")
@@ -311,6 +380,8 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
                 target = source.path.parent / name
             elif source.root is not None:
                 target = out / source.path.parent.relative_to(source.root) / name
+            elif source.base is not None and source.path.parent.is_relative_to(source.base):
+                target = out / source.path.parent.relative_to(source.base) / name
             else:
                 target = out / name
         jobs.append(_check_target(Job(source, target, fmt), plan, taken, inputs))

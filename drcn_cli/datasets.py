@@ -199,7 +199,8 @@ def resolve_dataset(
 
     Raises:
         UnknownDatasetError: not a known name and not a folder.
-        DatasetError: an empty folder; not found locally and ``download`` is False; the download failed.
+        DatasetError: an empty folder; not found locally and ``download`` is False or the hub client is offline
+            (``HF_HUB_OFFLINE=1``); the download failed.
         ArchiveError: the downloaded archive is corrupt, truncated, unsafe or holds no images.
     """
     bench = None if _looks_like_path(spec) else find_benchmark(spec)
@@ -219,14 +220,24 @@ def resolve_dataset(
     cached = root / bench.name
     if _has_images(cached):
         return Dataset(bench.name, cached, list_images(cached), "cache", bench)
-    if not download:
+    if not download or _hub_offline():
+        # Fail at once, before announcing a download or making a temporary folder, and say what would work.
+        why = "downloads are off" if not download else "offline mode is on (HF_HUB_OFFLINE=1)"
         raise DatasetError(
-            f"{bench.name}: not found in {data_dir or 'a --data-dir'} or the cache {cached}, and downloads are off"
+            f"{bench.name}: not found in {data_dir or 'a --data-dir'} or the cache {cached}, and {why}: "
+            f"run `drcn bench -d {bench.name}` once with network access (it keeps the dataset in the cache), "
+            f"or give --data-dir DIR with the HR images in DIR/{bench.name}/"
         )
     if on_download is not None:
         on_download(f"{bench.name}: downloading {bench.repo_id}/{bench.archive} into {cached}")
     folder = _download(bench, root, revision, on_progress)
     return Dataset(bench.name, folder, list_images(folder), "hub", bench)
+
+
+def _hub_offline() -> bool:
+    from .hub import offline_mode
+
+    return offline_mode()
 
 
 def _download(
@@ -249,7 +260,15 @@ def _download(
             )
         except HubError as exc:
             raise DatasetError(f"{bench.name}: download failed: {exc}") from None
-        images = extract_archive(archive, work / "extracted", f"{bench.hub_name}_HR")
+        try:
+            images = extract_archive(archive, work / "extracted", f"{bench.hub_name}_HR")
+        except ArchiveError as exc:
+            # The archive lies in the temporary folder, removed below: name what was downloaded instead.
+            reason = str(exc).removeprefix(f"{archive}: ")
+            raise ArchiveError(
+                f"{bench.name}: the archive {bench.archive} downloaded from {bench.repo_id} was refused, "
+                f"nothing was kept: {reason}"
+            ) from None
         target = root / bench.name
         try:
             os.replace(images, target)

@@ -178,16 +178,24 @@ def fetch_file(
         raise HubError(f"{where}: cannot download again in offline mode (HF_HUB_OFFLINE=1)")
     tqdm_class = _relay_class(on_progress) if on_progress is not None else None
     try:
-        path = hf_hub_download(
-            repo_id,
-            filename,
-            repo_type=repo_type,
-            revision=revision,
-            cache_dir=str(cache_dir) if cache_dir is not None else None,
-            force_download=force,
-            local_files_only=local_only,
-            tqdm_class=tqdm_class,  # type: ignore[arg-type]
-        )
+        try:
+            path = hf_hub_download(
+                repo_id,
+                filename,
+                repo_type=repo_type,
+                revision=revision,
+                cache_dir=str(cache_dir) if cache_dir is not None else None,
+                force_download=force,
+                local_files_only=local_only,
+                tqdm_class=tqdm_class,  # type: ignore[arg-type]
+            )
+        except ValueError as exc:
+            # With force_download the client reports a failed metadata request (404, no network ...) as a bare
+            # ValueError chained to the real error; without force the same failure is a LocalEntryNotFoundError
+            # chained the same way. Treat both alike.
+            if force and exc.__cause__ is not None and not isinstance(exc, HFValidationError):
+                raise LocalEntryNotFoundError(str(exc)) from exc.__cause__
+            raise
     except LocalEntryNotFoundError as exc:
         # The client raises this whenever it could not ask the hub and has no cached copy; why it could not ask
         # is in the chained cause.

@@ -30,6 +30,7 @@ import errno
 import io
 import os
 import secrets
+import stat
 import struct
 import warnings
 import zlib
@@ -44,6 +45,7 @@ __all__ = [
     "ImageReadError",
     "ImageWriteError",
     "LoadedImage",
+    "OutputExistsError",
     "apply_orientation",
     "encode_image",
     "format_from_path",
@@ -71,6 +73,16 @@ _ICC_TIFF_TAG = 34675
 _WEBP_MAX_SIDE = 16383
 _JPEG_MAX_SIDE = 65535
 _WRITE_CHUNK = 1 << 20
+# The tags EXIF defines for its main directory (IFD0), the pointers to its sub-directories included. A TIFF's
+# own directory is what Pillow gives as its "EXIF": only these are carried over from it, not its layout tags
+# (ImageWidth, StripOffsets ...), which would describe the input's pixels in the output.
+_EXIF_MAIN_TAGS = frozenset({270, 271, 272, 274, 282, 283, 296, 305, 306, 315, 318, 319, 529, 531, 532, 33432,
+                             0x8769, 0x8825})
+# What a TIFF output keeps of the EXIF: descriptive tags of the main directory. libtiff cannot write EXIF
+# sub-directories, and the resolution is written from the DPI.
+_TIFF_EXIF_TAGS = frozenset({270, 271, 272, 274, 305, 306, 315, 33432})
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 # What Pillow raises on malformed EXIF (bad offsets, wrong types, short data).
 _METADATA_ERRORS = (OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError, struct.error)
 
@@ -81,6 +93,10 @@ class ImageReadError(ValueError):
 
 class ImageWriteError(OSError):
     """An image that could not be written (folder missing or unwritable, disk full ...); nothing was left behind."""
+
+
+class OutputExistsError(ImageWriteError):
+    """The output file appeared while it was being written, and replacing it was not asked for; it is untouched."""
 
 
 class ImageFormatError(ValueError):
@@ -141,7 +157,8 @@ def format_from_path(path: str | os.PathLike) -> str | None:
 
 
 def _mpx(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f} Mpx"
+    value = pixels / 1e6
+    return f"{value:.1f} Mpx" if value >= 1 else f"{value:.3g} Mpx"  # never a misleading "0.0 Mpx"
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
@@ -214,6 +231,9 @@ def _exif_upright(image) -> bytes | None:
     """
     try:
         exif = image.getexif()
+        if image.format == "TIFF":
+            for tag in [tag for tag in exif if tag not in _EXIF_MAIN_TAGS]:
+                del exif[tag]
         if not len(exif):
             return None
         if _ORIENTATION_TAG in exif:
@@ -254,6 +274,54 @@ def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool) -> tuple[np.
     return apply_orientation(pixels, orientation), mode
 
 
+def _png_pixel_bytes(width: int, height: int, depth: int, colour_type: int, interlaced: bool) -> int:
+    """How many bytes a complete PNG pixel stream inflates to: every row with its filter byte, per Adam7 pass."""
+    bits = depth * _PNG_CHANNELS[colour_type]
+
+    def size(w: int, h: int) -> int:
+        return 0 if w <= 0 or h <= 0 else h * (1 + (w * bits + 7) // 8)
+
+    if not interlaced:
+        return size(width, height)
+    return sum(size((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7)
+
+
+def _check_png_complete(data: bytes) -> None:
+    """Raise ImageReadError when the PNG's pixel stream ends before the image does.
+
+    Pillow (and libpng through OpenCV) accept a zlib stream that ends early and leave the missing rows black:
+    a 100-byte file can then claim 9000x9000 pixels. Inflate the IDAT chunks (in bounded pieces, without
+    keeping the output) and count.
+    """
+    if len(data) < 33:
+        return  # too short for an IHDR: the decoder reports it
+    width, height, depth, colour_type, _compression, _filter, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if colour_type not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
+        return
+    expected = _png_pixel_bytes(width, height, depth, colour_type, interlace == 1)
+    inflater = zlib.decompressobj()
+    produced = 0
+    offset = 8
+    try:
+        while offset + 8 <= len(data) and produced < expected and not inflater.eof:
+            length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+            if kind == b"IEND":
+                break
+            if kind == b"IDAT":
+                pending = data[offset + 8:offset + 8 + length]
+                while pending and produced < expected and not inflater.eof:
+                    produced += len(inflater.decompress(pending, 1 << 20))
+                    pending = inflater.unconsumed_tail
+            offset += 12 + length
+    except zlib.error as exc:
+        raise ImageReadError(f"truncated or corrupt image (pixel data: {exc})") from None
+    if produced < expected:
+        raise ImageReadError(
+            f"truncated or corrupt image (the pixel data stops at {100 * produced / expected:.0f}% of the "
+            f"{width}x{height} image)"
+        )
+
+
 def _cmyk_to_srgb(image, icc: bytes | None):
     """CMYK -> RGB through the embedded CMYK profile when there is one; returns (image, icc for the result)."""
     from PIL import ImageCms
@@ -267,6 +335,20 @@ def _cmyk_to_srgb(image, icc: bytes | None):
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken profile: fall back to the naive conversion below, without a profile
     return image.convert("RGB"), None
+
+
+def _load_strictly(image) -> None:
+    """image.load(), with a truncated file an error even where a caller has set Pillow's LOAD_TRUNCATED_IMAGES."""
+    from PIL import ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            image.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+    else:
+        image.load()
 
 
 def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> LoadedImage:
@@ -284,6 +366,12 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
     else:
         path = Path(source)
         try:
+            kind = path.stat().st_mode
+            if stat.S_ISDIR(kind):
+                raise IsADirectoryError
+            if not stat.S_ISREG(kind):
+                # A device (/dev/zero), a pipe or a socket could be endless, or block: only files are read.
+                raise ImageReadError("not a regular file (a device, pipe or socket); use - to read stdin")
             data = path.read_bytes()
         except FileNotFoundError:
             raise ImageReadError("no such file") from None
@@ -299,6 +387,9 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
     with warnings.catch_warnings():
         # The size is checked against max_pixels below; Pillow's own bomb warning would only repeat it.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow warns about damaged metadata ("Corrupt EXIF data") on stderr; a damaged image is our error to
+        # report, in one line, and damaged metadata alone is dropped (see _exif_upright).
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
@@ -310,6 +401,8 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
 
         width, height = image.size
         _check_pixels(width, height, max_pixels)
+        if image.format == "PNG":
+            _check_png_complete(data)
         source_format = image.format
         icc = image.info.get("icc_profile") or None
         dpi = _dpi(image)
@@ -318,7 +411,7 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
                 grey_alpha = _png_ihdr(data) == (16, 4) or image.mode == "LA"
                 pixels, mode = _decode_opencv(data, _orientation(image), grey_alpha)
             else:
-                image.load()
+                _load_strictly(image)
                 upright = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
                 if upright.mode == "CMYK":
                     upright, icc = _cmyk_to_srgb(upright, icc)
@@ -364,8 +457,9 @@ def _icc_for(icc: bytes | None, channels: int) -> bytes | None:
     return icc if space == wanted else None
 
 
-def _exif_for(exif: bytes | None, width: int, height: int) -> bytes | None:
-    """EXIF with its pixel dimensions set to the new size (when it records them)."""
+def _exif_for(exif: bytes | None, width: int, height: int, tiff: bool = False) -> bytes | None:
+    """EXIF with its pixel dimensions set to the new size (when it records them); for TIFF the descriptive
+    tags of its main directory only."""
     if not exif:
         return None
     from PIL import Image
@@ -373,6 +467,10 @@ def _exif_for(exif: bytes | None, width: int, height: int) -> bytes | None:
     try:
         parsed = Image.Exif()
         parsed.load(exif)
+        if tiff:
+            for tag in [tag for tag in parsed if tag not in _TIFF_EXIF_TAGS]:
+                del parsed[tag]
+            return parsed.tobytes() if len(parsed) else None
         sub = parsed.get_ifd(_EXIF_IFD)
         if _PIXEL_X_DIMENSION in sub or _PIXEL_Y_DIMENSION in sub:
             sub[_PIXEL_X_DIMENSION] = width
@@ -503,7 +601,7 @@ def encode_image(
     if pixels.ndim == 3 and channels == 1:
         pixels = pixels[:, :, 0]
     icc = _icc_for(icc_profile, channels if fmt != "WEBP" else max(channels, 3))
-    exif = _exif_for(exif, width, height)
+    exif = _exif_for(exif, width, height, tiff=fmt == "TIFF")
     options: dict = {}
     if icc:
         options["icc_profile"] = icc
@@ -578,11 +676,45 @@ def _write_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+# errno values of os.link on a file system without hard links (FAT, some network and FUSE file systems).
+_NO_HARD_LINKS = frozenset(
+    getattr(errno, name) for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV", "EMLINK", "ENOSYS", "EACCES")
+    if hasattr(errno, name)
+)
+
+
+def _publish(tmp: Path, path: Path, replace: bool) -> None:
+    """Give the complete temporary file its final name. Without ``replace``, a file that appeared at ``path``
+    in the meantime (another process) is never replaced: the temporary file is hard-linked to ``path``, which
+    fails if it exists, then removed. Where hard links are not supported, the existence check and the rename
+    are two steps (a window of microseconds instead of the whole upscale)."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(f"output {path} appeared meanwhile; it was left as it is") from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(path):
+            raise OutputExistsError(f"output {path} appeared meanwhile; it was left as it is") from None
+        os.replace(tmp, path)
+        return
+    try:
+        tmp.unlink()
+    except OSError:
+        pass  # the output is complete; a hidden .tmp name may stay beside it
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync'd, then renamed over it.
 
     Creates missing parent folders. Raises ImageWriteError (an OSError) with a one-line reason; on any
-    failure, KeyboardInterrupt included, the temporary file is removed and ``path`` is untouched.
+    failure, KeyboardInterrupt included, the temporary file is removed and ``path`` is untouched. With
+    ``replace`` False an existing ``path`` is never replaced, even one created while this call runs:
+    OutputExistsError.
     """
     path = Path(path)
     try:
@@ -605,7 +737,10 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        _publish(tmp, path, replace)
+    except OutputExistsError:
+        tmp.unlink(missing_ok=True)
+        raise
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ImageWriteError(f"cannot write {path}: {_write_reason(exc)}") from None
@@ -623,16 +758,19 @@ def write_image(
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
     dpi: tuple[float, float] | None = None,
+    overwrite: bool = True,
 ) -> int:
     """Encode and write an image atomically (see :func:`write_bytes_atomic`); returns the bytes written.
 
     ``fmt`` defaults to the one the extension selects. Raises ImageFormatError before touching the disk
-    when the format is unknown or cannot hold the pixels, ImageWriteError when writing fails.
+    when the format is unknown or cannot hold the pixels, ImageWriteError when writing fails, and
+    OutputExistsError (an ImageWriteError) when ``overwrite`` is False and the file exists, even if it
+    appeared during the call.
     """
     if fmt is None:
         fmt = format_from_path(path)
         if fmt is None:
             raise ImageFormatError(f"cannot tell the format from {Path(path).name!r} (use .png, .jpg, .webp, .tif)")
     data = encode_image(pixels, fmt, quality=quality, icc_profile=icc_profile, exif=exif, dpi=dpi)
-    write_bytes_atomic(path, data)
+    write_bytes_atomic(path, data, replace=overwrite)
     return len(data)

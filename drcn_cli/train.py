@@ -34,7 +34,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -894,9 +894,15 @@ def _export_metadata(
 # --------------------------------------------------------------------------------------------------- train
 
 
-def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, reporter: TrainReporter | None = None, should_stop: Callable[[], bool] | None = None
+) -> TrainResult:
     """Train (or continue training) a DRCN as ``cfg`` says. Raises DataError, CheckpointError, WeightsError
-    or ValueError for bad input before anything is written; TrainingError if the loss diverges."""
+    or ValueError for bad input before anything is written; TrainingError if the loss diverges.
+
+    ``should_stop`` is asked after every step (under DDP at every log step, all processes together); when it
+    answers True the run stops there as at ``stop_at``: a checkpoint is written and the result is unfinished.
+    """
     reporter = reporter or TrainReporter()
     wall_start = time.perf_counter()
     _check_config(cfg)
@@ -905,7 +911,7 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
     set_threads(cfg.threads)
     procs, device = _setup_processes(cfg.device)
     try:
-        return _train(cfg, reporter if procs.main else TrainReporter(), procs, device, wall_start)
+        return _train(cfg, reporter if procs.main else TrainReporter(), procs, device, wall_start, should_stop)
     finally:
         if procs.distributed:
             import torch.distributed as dist
@@ -915,7 +921,12 @@ def train(cfg: TrainConfig, reporter: TrainReporter | None = None) -> TrainResul
 
 
 def _train(
-    cfg: TrainConfig, reporter: TrainReporter, procs: _Processes, device: torch.device, wall_start: float
+    cfg: TrainConfig,
+    reporter: TrainReporter,
+    procs: _Processes,
+    device: torch.device,
+    wall_start: float,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     precision = resolve_precision(cfg.precision, device)
     if precision == "fp16":
@@ -972,7 +983,8 @@ def _train(
         try:
             model.load_state_dict({k: v.float() for k, v in checkpoint.model.items()})
         except RuntimeError as exc:
-            raise CheckpointError(f"{checkpoint.path}: damaged checkpoint (model: {' '.join(str(exc).split())})") from None
+            reason = " ".join(str(exc).split())
+            raise CheckpointError(f"{checkpoint.path}: damaged checkpoint (model: {reason})") from None
     model = model.to(device, memory_format=memory_format).train()
     trainer: nn.Module = _AllPredictions(model)
     if procs.distributed:
@@ -1086,6 +1098,9 @@ def _train(
         step += 1
         window_steps += 1
         sums += torch.stack([loss.detach(), intermediate.detach(), last.detach(), grad_norm.detach().float()])
+        stop_asked = should_stop is not None and should_stop()
+        if stop_asked and not procs.distributed:
+            stop = step
 
         if step % cfg.log_every == 0 or step == stop:
             means = (_all_mean(sums, procs) / window_steps).tolist()
@@ -1104,7 +1119,7 @@ def _train(
                 row = dataclasses.asdict(stats) | {"kind": "train", "elapsed_s": stats.elapsed_s}
                 _append_log(log_path, cfg.scales, row)
             out_of_time = cfg.time_limit is not None and now - wall_start > cfg.time_limit
-            if _any(out_of_time, procs, device):
+            if _any(out_of_time or stop_asked, procs, device):
                 stop = step
         finishing = step == stop
         if val_items and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps):

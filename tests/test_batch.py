@@ -169,6 +169,18 @@ def test_stdout_and_stdin_rules(tree, tmp_path):
         plan_jobs(sources[:1], OutputPlan(output=str(tmp_path / "out.png"), fmt="jpeg"))
 
 
+def test_a_new_name_without_extension_is_a_folder_for_one_input(tree, tmp_path):
+    sources, _ = expand_inputs([str(tree / "a.png")])
+    (job,) = plan_jobs(sources, OutputPlan(output=str(tmp_path / "outdir")))
+    assert job.output == tmp_path / "outdir" / "a.png" and job.fmt == "PNG" and job.error is None
+    # An existing file without an extension stays a file (and needs --format); stdin always needs a file name.
+    touch(tmp_path / "plain")
+    with pytest.raises(UsageError, match="cannot tell the format"):
+        plan_jobs(sources, OutputPlan(output=str(tmp_path / "plain")))
+    with pytest.raises(UsageError, match="cannot tell the format"):
+        plan_jobs([Source(None)], OutputPlan(output=str(tmp_path / "newname")))
+
+
 # ------------------------------------------------------------------------------------------ ranks
 
 
@@ -260,3 +272,59 @@ def test_interrupt_propagates_and_cancels_waiting_reads():
     with pytest.raises(KeyboardInterrupt):
         list(run_pipelined(make_jobs(50), load, process, lambda job, p: None, read_ahead=2))
     assert len(loaded) <= 4
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="needs symbolic links")
+def test_a_recursive_glob_over_looping_symlinks_ends(tmp_path):
+    import signal
+
+    root = tmp_path / "tree"
+    touch(root / "a.png")
+    touch(root / "sub" / "b.png")
+    os.symlink("..", root / "up1")  # two links to the parent: glob.glob's ** walks 2^depth paths
+    os.symlink("..", root / "up2")
+    os.symlink(".", root / "sub" / "self")
+
+    def too_long(signum, frame):
+        raise TimeoutError("the glob did not end")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        sources, problems = expand_inputs([f"{root}/**/*.png"], recursive=True)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert problems == []
+    assert sorted(s.path.resolve() for s in sources) == sorted([(root / "a.png").resolve(),
+                                                                (root / "sub" / "b.png").resolve()])
+
+
+@pytest.mark.parametrize("pattern", ["in/**/*.png", "in/**", "in/**/", "in/*/**/*.tif", "**/*.webp", "i*/**/d.*"])
+def test_recursive_globs_match_as_glob_does(tree, monkeypatch, pattern):
+    import glob
+
+    from drcn_cli.batch import _glob
+
+    monkeypatch.chdir(tree.parent)
+    assert sorted(_glob(pattern, True)) == sorted(glob.glob(pattern, recursive=True))
+
+
+def test_a_glob_across_folders_mirrors_the_tree_below_its_fixed_part(tmp_path, monkeypatch):
+    root = tmp_path / "shots"
+    for rel in ("a/x.png", "b/x.png", "b/c/x.png", "top.png"):
+        touch(root / rel)
+    out = tmp_path / "out"
+    sources, problems = expand_inputs([f"{root}/**/*.png"], recursive=True)
+    assert problems == [] and all(s.base == root for s in sources)
+    jobs = plan_jobs(sources, OutputPlan(output=str(out)))
+    assert sorted(str(j.output.relative_to(out)) for j in jobs) == ["a/x.png", "b/c/x.png", "b/x.png", "top.png"]
+    assert all(j.error is None for j in jobs)  # no longer "also the output of" each other
+
+    # a wildcard in the middle, relative to the current folder; and beside the inputs nothing changes
+    monkeypatch.chdir(tmp_path)
+    sources, _ = expand_inputs(["shots/*/x.png"])
+    jobs = plan_jobs(sources, OutputPlan(output="out2"))
+    assert sorted(str(j.output) for j in jobs) == ["out2/a/x.png", "out2/b/x.png"]
+    beside = plan_jobs(sources, OutputPlan(scale_label="x2"))
+    assert sorted(str(j.output) for j in beside) == ["shots/a/x_x2.png", "shots/b/x_x2.png"]

@@ -193,9 +193,13 @@ def test_corrupt_download_fails_and_leaves_no_dataset(tmp_path, monkeypatch):
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
-def test_offline_without_the_dataset_says_so(tmp_path):
-    result = run("--method", "bicubic", "-d", "Urban100", "-q")
-    assert result.exit_code == 1 and "Urban100: download failed" in result.stderr
+def test_offline_without_the_dataset_fails_at_once_naming_what_to_run(tmp_path):
+    result = run("--method", "bicubic", "-d", "Urban100")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: Urban100: not found")
+    assert "HF_HUB_OFFLINE=1" in result.stderr and "run `drcn bench -d Urban100` once with network" in result.stderr
+    assert "downloading" not in result.stderr and ".partial" not in result.stderr
+    assert not (tmp_path / "drcn" / "datasets").exists()  # not even a temporary folder was made
 
 
 def test_no_weights(tmp_path, monkeypatch):
@@ -242,3 +246,12 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, weights_file, monkeyp
     assert result.exit_code == 1
     assert "pip install 'drcn[plot]'" in result.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_unknown_model_and_tiny_tile_are_usage_errors(tmp_path):
+    unknown = run("-d", str(tmp_path), "--model", "nonexistent")
+    assert unknown.exit_code == 2, unknown.output
+    assert "unknown model 'nonexistent'" in unknown.stderr
+    tiny = run("-d", str(tmp_path), "--method", "bicubic", "--tile", "8")
+    assert tiny.exit_code == 2, tiny.output
+    assert "--tile 8 is too small" in tiny.stderr and "at least 32" in tiny.stderr

@@ -196,3 +196,33 @@ def test_invalid_repo_id_is_a_one_line_error(env):
         assert result.exit_code == 1, result.output
         assert result.stderr.startswith("error: drcn: ") and "not a valid repository id" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_force_with_hub_errors_is_one_line_and_exit_1(env, status):
+    assert run("drcn", "-q").exit_code == 0
+    env.stub.fault(REPO, "drcn.safetensors", status=status)
+
+    result = run("drcn", "-q", "--force")
+
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: drcn: ") and f"HTTP {status}" in lines[0], lines
+    assert "Traceback" not in result.output
+
+
+def test_force_without_network_is_one_line_and_exit_1(env):
+    point_client_at(env.mp, "http://127.0.0.1:9", cache_dir=env.cache)  # nothing listens on the discard port
+
+    result = run("drcn", "-q", "--force")
+
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: drcn: ") and "cannot reach the hub" in lines[0], lines
+
+
+def test_an_error_is_the_only_line_on_stderr_no_blank_line_before_it(env):
+    for args in (("drcn-lite",), ("drcn-lite", "-q")):  # no checksum recorded: refused before any transfer
+        result = run(*args)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: drcn-lite") and result.stderr.count("\n") == 1, repr(result.stderr)

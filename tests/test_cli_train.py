@@ -159,3 +159,166 @@ def test_help_defaults_match_the_library_defaults():
             assert shown == str(value), name
         checked += 1
     assert checked >= 15
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped at step 1 of 3: its data folder and its checkpoint, to be damaged by copies."""
+    root = tmp_path_factory.mktemp("stopped")
+    train_dir = write_training_images(root / "train")
+    ckpt = root / "ck"
+    result = _invoke("--data", train_dir, "--out", root / "w.safetensors", "--checkpoint-dir", ckpt, "--steps", 3,
+                     "--stop-at", 1, *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return ckpt
+
+
+def _set(field, value):
+    def damage(ckpt):
+        state = json.loads((ckpt / "state.json").read_text())
+        state[field] = value
+        (ckpt / "state.json").write_text(json.dumps(state))
+
+    return damage
+
+
+def _set_config(field, value):
+    def damage(ckpt):
+        state = json.loads((ckpt / "state.json").read_text())
+        state["config"][field] = value
+        (ckpt / "state.json").write_text(json.dumps(state))
+
+    return damage
+
+
+def _save_rng(value):
+    def damage(ckpt):
+        import torch
+
+        torch.save(value, ckpt / "rng.pt")
+
+    return damage
+
+
+def _rng_python_out_of_range():
+    import torch
+
+    from drcn_cli.train import _rng_state
+
+    state = _rng_state()
+    state["python"] = torch.full((625,), 2**40, dtype=torch.int64)
+    return state
+
+
+DAMAGES = {
+    "garbage rng.pt": lambda ck: (ck / "rng.pt").write_bytes(b"\x80\x02garbage that is not a pickle"),
+    "rng.pt of another kind": _save_rng({"torch": "not a tensor"}),
+    "rng.pt with impossible values": lambda ck: _save_rng(_rng_python_out_of_range())(ck),
+    "state.json is a list": lambda ck: (ck / "state.json").write_text("[]"),
+    "state.json is not JSON": lambda ck: (ck / "state.json").write_text("{"),
+    "step is a string": _set("step", "1"),
+    "step is negative": _set("step", -4),
+    "model names another folder": _set("model", "../w.safetensors"),
+    "optimizer files not a list": _set("optimizer_files", "optimizer-00.safetensors"),
+    "optimizer split bad": _set("optimizer_split", {"0.exp_avg": "big"}),
+    "elapsed is text": _set("elapsed_s", "long"),
+    "best psnr is text": _set("best_psnr", "great"),
+    "config lr is text": _set_config("lr", "fast"),
+    "config scales not numbers": _set_config("scales", ["x2"]),
+    "config scales out of range": _set_config("scales", [0.5]),
+    "config augment is a number": _set_config("augment", 3),
+    "model file missing": lambda ck: (ck / "model.safetensors").unlink(),
+    "optimizer file garbage": lambda ck: (ck / "optimizer-00.safetensors").write_bytes(b"garbage"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_resume_from_a_damaged_checkpoint_is_one_line_exit_1(stopped_run, tmp_path, damage):
+    import shutil
+
+    ckpt = tmp_path / "ck"
+    shutil.copytree(stopped_run, ckpt)
+    DAMAGES[damage](ckpt)
+    before = sorted(p.name for p in ckpt.iterdir())
+
+    result = _invoke("--resume", ckpt, "--threads", 1, "--quiet")
+
+    assert result.exit_code == 1, (damage, result.output)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(ckpt) in lines[0], (damage, result.output)
+    assert "weights_only" not in lines[0] and "Traceback" not in result.output
+    assert sorted(p.name for p in ckpt.iterdir()) == before  # nothing written into it
+
+
+def test_resume_from_the_undamaged_copy_works(stopped_run, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ck"
+    shutil.copytree(stopped_run, ckpt)
+    result = _invoke("--resume", ckpt, "--threads", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+
+
+@pytest.mark.parametrize("when", ["during data preparation", "at step 2"])
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_130(folders, tmp_path, monkeypatch, when):
+    import os
+    import signal
+
+    from drcn_cli import train as train_lib
+
+    train_dir, _ = folders
+    ckpt = tmp_path / "ck"
+    if when == "at step 2":
+        real_batch, calls = train_lib.random_batch, []
+
+        def batch_then_killed(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real_batch(*args, **kwargs)
+
+        monkeypatch.setattr(train_lib, "random_batch", batch_then_killed)
+        expected_step = 2
+    else:
+        real_bank = train_lib.build_patch_bank
+
+        def killed_while_preparing(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real_bank(*args, **kwargs)
+
+        monkeypatch.setattr(train_lib, "build_patch_bank", killed_while_preparing)
+        expected_step = 1
+    before = signal.getsignal(signal.SIGTERM)
+
+    result = _invoke("--data", train_dir, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", ckpt,
+                     "--steps", 50, *TINY)  # fmt: skip
+
+    assert result.exit_code == 130, result.output
+    assert json.loads((ckpt / "state.json").read_text())["step"] == expected_step
+    assert f"interrupted at step {expected_step} of 50" in result.output and f"--resume {ckpt}" in result.output
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.undo()
+    resumed = _invoke("--resume", ckpt, "--steps", 3, "--threads", 1, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+
+
+def test_a_second_signal_interrupts_at_once_and_says_there_is_no_checkpoint(folders, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from drcn_cli import train as train_lib
+
+    train_dir, _ = folders
+
+    def killed_twice(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("the second SIGTERM did not interrupt")
+
+    monkeypatch.setattr(train_lib, "build_patch_bank", killed_twice)
+    result = _invoke("--data", train_dir, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", tmp_path / "ck",
+                     "--steps", 50, *TINY)  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert "interrupted before the first checkpoint: nothing to resume from" in result.output

@@ -89,7 +89,7 @@ def test_width_and_bicubic_need_no_weights(tmp_path):
     result = run(source, "--width", 30, "--method", "bicubic", "-q")
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
-    with Image.open(tmp_path / "in_w30.png") as out:
+    with Image.open(tmp_path / "in_w30_bicubic.png") as out:
         assert out.size == (30, 25)
 
 
@@ -187,7 +187,7 @@ def test_each_bad_input_gets_one_line_and_the_batch_goes_on(tmp_path, weights):
         "truncated.png": "truncated or corrupt image",
         "text.png": "not an image",
         "empty.png": "empty file",
-        "large.png": "40x40 = 0.0 Mpx is over --max-pixels 0.001 Mpx",
+        "large.png": "40x40 = 0.0016 Mpx is over --max-pixels 0.001 Mpx",
         "missing.png": "no such file or folder",
         "nothing": "folder with no images",
     }
@@ -348,3 +348,56 @@ def test_torchrun_ranks_share_a_folder(tmp_path, weights, monkeypatch):
         assert {r["rank"] for r in records} == {int(rank)}
         assert len(records) == (2 if rank == "1" else 3)
     assert files_under(out) == [f"{i}.png" for i in range(5)]
+
+
+# ------------------------------------------------------------------------------ first-run rough edges
+
+
+def test_bicubic_default_name_differs_from_the_network_s(tmp_path, weights):
+    source = save_png(tmp_path / "small.png")
+    network = run(source, "-s", 2, "--weights", weights, "-q")
+    bicubic = run(source, "-s", 2, "--method", "bicubic", "-q")
+    assert network.exit_code == 0 and bicubic.exit_code == 0, bicubic.output
+    assert files_under(tmp_path) == ["small.png", "small_x2.png", "small_x2_bicubic.png"]
+    # Into another folder the names stay the same, as for the network.
+    into = run(source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out", "-q")
+    assert into.exit_code == 0 and files_under(tmp_path / "out") == ["small.png"]
+
+
+def test_o_without_extension_is_a_folder_to_create_for_one_input(tmp_path, weights):
+    source = save_png(tmp_path / "small.png")
+    result = run(source, "-s", 2, "--weights", weights, "-o", tmp_path / "outdir")
+    assert result.exit_code == 0, result.output
+    assert files_under(tmp_path / "outdir") == ["small.png"]
+    with Image.open(tmp_path / "outdir" / "small.png") as out:
+        assert out.size == (24, 20)
+
+
+def test_i_and_n_are_aliases_for_the_input_and_the_model(tmp_path, weights):
+    first, second = save_png(tmp_path / "a.png"), save_png(tmp_path / "b.png")
+    result = run("-i", first, second, "-s", 2, "--weights", weights, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert files_under(tmp_path / "out") == ["a.png", "b.png"]
+    both = run(first, "-s", 2, "-n", "drcn-lite", "--weights", weights)
+    assert both.exit_code == 2 and "give either --model or --weights" in both.stderr
+    nothing = run("-s", 2, "--weights", weights)
+    assert nothing.exit_code == 2 and nothing.stderr.startswith("error: no input:")
+
+
+def test_a_value_after_a_flag_is_explained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_png(tmp_path / "small.png")
+    result = run("small.png", "-s", 2, "-r", "true", "--method", "bicubic")
+    assert result.exit_code == 1 and (tmp_path / "small_x2_bicubic.png").is_file()
+    assert "error: true: no such file or folder (flags such as -r take no value: drop it)" in result.stderr
+
+
+def test_on_a_terminal_each_output_is_named(tmp_path, weights):
+    sources = [save_png(tmp_path / f"{name}.png") for name in ("a", "b")]
+    out = tmp_path / "out"
+    result = run(*sources, "-s", 2, "--weights", weights, "-o", out, env={"TTY_COMPATIBLE": "1", "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "\x1b[" in result.stderr  # the live bar ran (terminal mode)
+    for name in ("a", "b"):
+        assert f"ok {tmp_path / name}.png -> {out / name}.png (12x10 -> 24x20" in result.stderr
+    assert "done: 2 upscaled" in result.stderr

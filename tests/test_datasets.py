@@ -205,8 +205,11 @@ def test_missing_repo_is_an_error_and_leaves_nothing(home, hub):
 )
 def test_bad_archives_from_the_hub_leave_no_dataset(home, hub, archive, message):
     hub.add_file("eugenesiow/Set5", "data/Set5_HR.tar.gz", archive, repo_type="dataset")
-    with pytest.raises(ArchiveError, match=message):
+    with pytest.raises(ArchiveError, match=message) as error:
         resolve_dataset("Set5")
+    # The message names what was downloaded, not the temporary file that no longer exists.
+    assert str(error.value).startswith("Set5: the archive data/Set5_HR.tar.gz downloaded from eugenesiow/Set5")
+    assert ".partial" not in str(error.value)
     assert leftovers(home / "datasets") == []
     assert not (home.parent / "evil.png").exists()
 

@@ -274,3 +274,132 @@ def test_a_file_in_the_way_of_the_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ImageWriteError, match="a file is in the way"):
         write_image(tmp_path / "file" / "out.png", rng_pixels((4, 4)))
+
+
+def test_a_file_created_during_the_write_is_not_replaced_without_overwrite(tmp_path, monkeypatch):
+    target = tmp_path / "out.png"
+    real_fsync = os.fsync
+
+    def another_writer_wins(fd):  # between the caller's existence check and the final rename
+        target.write_bytes(b"the other process")
+        real_fsync(fd)
+
+    monkeypatch.setattr(imageio.os, "fsync", another_writer_wins)
+    with pytest.raises(imageio.OutputExistsError, match="appeared meanwhile"):
+        write_image(target, rng_pixels((4, 4)), overwrite=False)
+    assert target.read_bytes() == b"the other process"
+    assert leftovers(tmp_path) == ["out.png"]
+
+    size = write_image(target, rng_pixels((4, 4)), overwrite=True)  # asked for: replaced
+    assert target.stat().st_size == size
+    assert leftovers(tmp_path) == ["out.png"]
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_no_replace_falls_back_to_check_and_rename_without_hard_links(tmp_path, monkeypatch, exists):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(imageio.os, "link", no_links)
+    target = tmp_path / "out.png"
+    if exists:
+        target.write_bytes(b"old")
+        with pytest.raises(imageio.OutputExistsError):
+            write_image(target, rng_pixels((4, 4)), overwrite=False)
+        assert target.read_bytes() == b"old"
+    else:
+        pixels = rng_pixels((4, 4))
+        write_image(target, pixels, overwrite=False)
+        np.testing.assert_array_equal(read_image(target).pixels, pixels)
+    assert leftovers(tmp_path) == ["out.png"]
+
+
+# ------------------------------------------------------------------------------------------ hostile inputs
+
+
+def png_bytes(width, height, rows: bytes, *, depth=8, colour_type=0, interlace=0) -> bytes:
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_png_whose_pixel_stream_ends_early_is_an_error():
+    # 9000x9000 declared, one row of pixels in a complete zlib stream: Pillow alone gives a black image.
+    tiny = png_bytes(9000, 9000, b"\x00" * 9001)
+    assert len(tiny) < 200
+    with pytest.raises(ImageReadError, match="truncated or corrupt image.*pixel data stops"):
+        read_image(tiny)
+    # 16-bit colour (read through OpenCV) too
+    with pytest.raises(ImageReadError, match="pixel data stops"):
+        read_image(png_bytes(40, 30, b"\x00" * (1 + 40 * 6) * 29, depth=16, colour_type=2))
+    # one byte short of complete
+    with pytest.raises(ImageReadError, match="pixel data stops"):
+        read_image(png_bytes(5, 4, b"\x00" * (4 * 6 - 1)))
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_complete_pngs_still_read(interlace):
+    pixels = rng_pixels((13, 11, 3))
+    image = Image.fromarray(pixels)
+    data = pil_bytes(image, "PNG", interlace=interlace)
+    np.testing.assert_array_equal(read_image(data).pixels, pixels)
+    grey1 = pil_bytes(Image.fromarray(rng_pixels((9, 7)) > 127), "PNG")
+    assert read_image(grey1).mode == "L"
+    np.testing.assert_array_equal(read_image(png_bytes(5, 4, b"\x00" * (4 * 6))).pixels, np.zeros((4, 5), np.uint8))
+
+
+def test_a_truncated_file_is_an_error_even_if_pillow_is_told_to_tolerate_it(monkeypatch):
+    from PIL import ImageFile
+
+    data = pil_bytes(Image.fromarray(rng_pixels((64, 64, 3))), "JPEG", quality=90)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(data[: len(data) // 2])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_devices_and_pipes_are_not_read(tmp_path):
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image("/dev/zero")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(fifo)  # would block forever if it were opened
+
+
+# ------------------------------------------------------------------------------------------ TIFF and EXIF
+
+
+def test_tiff_tags_are_not_carried_as_exif_into_png():
+    image = Image.fromarray(rng_pixels((40, 48, 3)))
+    info = {271: "ScanCo", 272: "S-1", 306: "2024:01:02 03:04:05"}
+    loaded = read_image(pil_bytes(image, "TIFF", tiffinfo=info))
+    assert loaded.source_format == "TIFF"
+    exif = Image.Exif()
+    exif.load(loaded.exif)
+    assert {tag: exif[tag] for tag in info} == info
+    assert not {256, 257, 258, 259, 262, 273, 277, 278, 279, 284} & set(exif)  # no layout tags of the TIFF
+
+    with Image.open(io.BytesIO(encode_image(loaded.pixels, "PNG", exif=loaded.exif))) as out:
+        written = out.getexif()
+        assert written[271] == "ScanCo" and 256 not in written and 273 not in written
+
+
+@pytest.mark.parametrize("source", ["TIFF", "JPEG"])
+def test_tiff_output_keeps_the_descriptive_exif(source):
+    exif = Image.Exif()
+    exif[271], exif[272], exif[33432] = "Make", "Model", "someone"
+    exif.get_ifd(0x8769)[0x829A] = 0.01  # exposure time, in the EXIF sub-directory: libtiff cannot write it
+    image = Image.fromarray(rng_pixels((20, 24, 3)))
+    loaded = read_image(pil_bytes(image, source, exif=exif.tobytes()))
+
+    data = encode_image(loaded.pixels, "TIFF", exif=loaded.exif, dpi=(300, 300))
+
+    with Image.open(io.BytesIO(data)) as out:
+        tags = out.getexif()
+        assert (tags[271], tags[272], tags[33432]) == ("Make", "Model", "someone")
+        assert out.info["dpi"] == (300, 300)
+        np.testing.assert_array_equal(np.asarray(out), loaded.pixels)

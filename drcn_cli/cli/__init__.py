@@ -13,13 +13,13 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import bench, download, train, upscale
+from . import bench, download, export, train, upscale
 
 app = typer.Typer(
     name="drcn",
     help="Image super-resolution with the Deeply-Recursive Convolutional Network (Kim et al., CVPR 2016).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -44,15 +44,43 @@ app.command("upscale")(upscale.upscale)
 app.command("train")(train.train)
 app.command("bench")(bench.bench)
 app.command("download-weights")(download.download_weights)
+app.command("export")(export.export)
+
+
+EXIT_INTERRUPTED = 130
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the parts of a command that handle it themselves (as Ctrl-C). Not a KeyboardInterrupt,
+    which Typer would turn into a silent exit 130, nor an Exception, which library code might catch."""
+
+
+def _sigterm_raises_terminated(signum, frame):
+    raise _Terminated
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Run `drcn`; a usage error (unknown option, value out of range) is one plain line on stderr, exit 2."""
+    """Run `drcn`; a usage error (unknown option, value out of range) is one plain line on stderr, exit 2.
+
+    SIGTERM (kill) is caught from the start, so a run killed while it starts up (loading torch or the model)
+    also ends with one line, `interrupted`, and exit code 130, as one killed later does (commands turn it into
+    Ctrl-C where they clean up after themselves).
+    """
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_raises_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         code = app(args=args, prog_name="drcn", standalone_mode=False)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        code = 1
+    except (_Terminated, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    except typer.Abort as exc:
+        interrupted = isinstance(exc.__cause__, KeyboardInterrupt)  # Click turns Ctrl-C into Abort
+        typer.echo("interrupted" if interrupted else "aborted", err=True)
+        code = EXIT_INTERRUPTED if interrupted else 1
     except Exception as exc:
         # Click's exceptions (vendored inside Typer since 0.26, a separate package before) are not public API:
         # recognise them by their interface rather than by a private import.
@@ -63,4 +91,7 @@ def main(args: Sequence[str] | None = None) -> None:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
             typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)

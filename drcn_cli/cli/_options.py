@@ -25,7 +25,8 @@ class Precision(str, Enum):
 
 ModelName = Annotated[
     str | None,
-    typer.Option("-m", "--model", help="Model name (bundled or downloadable; see drcn download-weights).",
+    typer.Option("-m", "-n", "--model", help="Model name (bundled or downloadable; see drcn download-weights); -n as "
+                 "in Real-ESRGAN's tools.",
                  rich_help_panel=MODEL_PANEL),
 ]
 WeightsPath = Annotated[
@@ -39,7 +40,11 @@ Device = Annotated[
 ]
 PrecisionChoice = Annotated[
     Precision,
-    typer.Option("--precision", help="auto = fp32 on CPU, bf16 (or fp16) on CUDA.", rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--precision",
+        help="auto = bf16 on a CPU with bf16 units (AMX, AVX512-BF16) and on CUDA (else fp16), fp32 on other CPUs.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 Threads = Annotated[
     int | None,
@@ -51,3 +56,14 @@ SelfEnsemble = Annotated[
     typer.Option("-x", "--self-ensemble", help="Average the network over the 8 flips and rotations of the input: "
                  "8x slower, a little sharper (EDSR's self-ensemble).", rich_help_panel=MODEL_PANEL),
 ]
+
+# The smallest --tile accepted (besides 0 = auto): every tile also computes the network's receptive radius
+# (20 px for D=16) of context on each side, so tiny tiles multiply the work (--tile 1: about 1600x).
+MIN_TILE = 32
+
+
+def tile_problem(tile: int) -> str | None:
+    """What is wrong with a --tile between 1 and MIN_TILE - 1 (a usage error), else None."""
+    if 0 < tile < MIN_TILE:
+        return f"--tile {tile} is too small: give 0 (auto) or at least {MIN_TILE}"
+    return None

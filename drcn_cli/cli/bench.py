@@ -28,6 +28,7 @@ from ._options import (
     SelfEnsemble,
     Threads,
     WeightsPath,
+    tile_problem,
 )
 
 _DATA = "Data"
@@ -152,8 +153,8 @@ def bench(
     device: Device = "auto",
     precision: PrecisionChoice = Precision.auto,
     tile: Annotated[
-        int, typer.Option("-t", "--tile", min=0, help="Tile side in pixels; 0 = from the free memory.",
-                          rich_help_panel=_MODEL),
+        int, typer.Option("-t", "--tile", min=0, help="Tile side in pixels: 0 = from the free memory, else at "
+                          "least 32.", rich_help_panel=_MODEL),
     ] = 0,
     threads: Threads = None,
     save_images: Annotated[
@@ -189,6 +190,13 @@ def bench(
 
     Exit code: 0 done, 1 a dataset, image or weights problem, 2 usage error.
     """
+    if (problem := tile_problem(tile)) is not None:
+        raise _usage(problem)
+    if model is not None:
+        from ..registry import KNOWN_WEIGHTS
+
+        if model not in KNOWN_WEIGHTS:
+            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
     datasets_spec = list(dataset or ["Set5"])
     scales = list(dict.fromkeys(scale or [2, 3, 4]))
     if model is not None and weights is not None:

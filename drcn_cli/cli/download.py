@@ -112,8 +112,9 @@ def download_weights(
 @contextmanager
 def _progress(console: Console, name: str, quiet: bool) -> Iterator[Callable[[int, int | None], None]]:
     """A byte-count callback for the hub client: a transient rich bar on stderr, or nothing with --quiet (the
-    client's own tqdm bar is replaced either way)."""
-    if quiet:
+    client's own tqdm bar is replaced either way). Off a terminal there is no bar: a transient rich bar would
+    still leave a blank line in a log."""
+    if quiet or not console.is_terminal:
         yield lambda done, total: None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn

@@ -8,6 +8,8 @@ checkpoint folder) and the exported weights. Under torchrun only rank 0 shows an
 from __future__ import annotations
 
 import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +25,31 @@ EXIT_INTERRUPTED = 130
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     return typer.Exit(code)
+
+
+@contextmanager
+def _stop_on_signals(stop_asked: list[int], reporter: Any):
+    """Ctrl-C or SIGTERM: the first asks the run to stop after the current step and write a checkpoint (the
+    library polls ``stop_asked``); a second one interrupts at once (KeyboardInterrupt)."""
+
+    def handler(signum, frame):
+        if stop_asked:
+            raise KeyboardInterrupt
+        stop_asked.append(signum)
+        if reporter is not None:
+            reporter.console.print("stopping after this step to write a checkpoint (again to stop at once)",
+                                   markup=False)
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _is_path(value: str) -> bool:
@@ -312,7 +339,10 @@ def train(
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option("--precision", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16.", rich_help_panel=_RUN),
+        typer.Option(
+            "--precision", help="auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32, bf16.",
+            rich_help_panel=_RUN,
+        ),
     ] = None,
     threads: Annotated[
         int | None,
@@ -402,8 +432,10 @@ def train(
         from rich.console import Console
 
         reporter = _RichReporter(Console(stderr=True))
+    stop_asked: list[int] = []
     try:
-        result = run_training(cfg, reporter)
+        with _stop_on_signals(stop_asked, reporter if show else None):
+            result = run_training(cfg, reporter, should_stop=lambda: bool(stop_asked))
     except (DataError, CheckpointError, WeightsError) as exc:
         raise _fail(str(exc)) from None
     except ValueError as exc:  # an option value the library refused
@@ -411,11 +443,21 @@ def train(
     except (TrainingError, OSError) as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; the last checkpoint is in {cfg.checkpoint_dir}", err=True)
+        folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        if folder is not None and (folder / "state.json").is_file():
+            typer.echo(f"interrupted; the last checkpoint is in {folder}: continue with drcn train --resume {folder}",
+                       err=True)
+        else:
+            typer.echo("interrupted before the first checkpoint: nothing to resume from", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if show:
             reporter.close()
+    if stop_asked and not result.finished:
+        if main_process:
+            typer.echo(f"interrupted at step {result.step} of {cfg.steps}; checkpoint written: continue with "
+                       f"drcn train --resume {result.checkpoint}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
     if not show:
         return
     best = f", best val PSNR {result.best_psnr:.3f} dB at step {result.best_step}" if result.best_psnr else ""

@@ -8,6 +8,7 @@ the image itself (the JSON lines then go to stderr so they cannot corrupt it).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from ._options import (
     SelfEnsemble,
     Threads,
     WeightsPath,
+    tile_problem,
 )
 
 DEFAULT_MAX_MPX = 100.0
@@ -76,6 +78,10 @@ class _RunOptions:
     overwrite: bool
     rank: int
     world: int
+    skip_existing: bool = False
+
+
+_SKIPPED = -1  # what save() returns when another process wrote the output meanwhile and --skip-existing
 
 
 @dataclass
@@ -94,6 +100,19 @@ def _usage(message: str) -> typer.Exit:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+def _mpx(pixels: int) -> str:
+    """Megapixels as they read best: 144.0 Mpx, 0.00768 Mpx (never a misleading 0.0)."""
+    value = pixels / 1e6
+    return f"{value:.1f} Mpx" if value >= 1 else f"{value:.3g} Mpx"
+
+
+def _shown(label: str | None) -> str | None:
+    """A path as one line of a log: control characters (a newline in a file name) escaped as \\n, \\x1b ..."""
+    if label is None or label.isprintable():
+        return label
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in label)
 
 
 def _reason(exc: BaseException) -> str:
@@ -166,13 +185,22 @@ def _describe_device(dev) -> str:
 
 def upscale(
     inputs: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
-            metavar="INPUT",
-            help="Image files, folders, globs ('photos/*.jpg'), or - to read one image from stdin.",
+            metavar="INPUT...",
+            help="Image files, folders, globs ('photos/*.jpg'), or - to read one image from stdin; or video files "
+            "(.mp4 .mkv .mov .webm .avi; needs PyAV: pip install av).",
             show_default=False,
         ),
-    ],
+    ] = None,
+    input_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-i", "--input",
+            help="An input given as an option, as in Real-ESRGAN's tools (repeatable); the same as an INPUT.",
+            rich_help_panel=_IO, show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -238,8 +266,9 @@ def upscale(
     self_ensemble: SelfEnsemble = False,
     tile: Annotated[
         int,
-        typer.Option("-t", "--tile", min=0, help="Tile side in pixels; 0 = from the free memory. Halved "
-                     "automatically on out-of-memory. Never changes the result (no seams).", rich_help_panel=_MODEL),
+        typer.Option("-t", "--tile", min=0, help="Tile side in pixels: 0 = from the free memory, else at least 32. "
+                     "Halved automatically on out-of-memory. Never changes the result (no seams).",
+                     rich_help_panel=_MODEL),
     ] = 0,
     device: Device = "auto",
     precision: PrecisionChoice = Precision.auto,
@@ -283,6 +312,9 @@ def upscale(
     console = Console(stderr=True, highlight=False, soft_wrap=True)
 
     # ---- options that cannot work together: usage errors (exit 2), before any image is read
+    inputs = [*(inputs or []), *(input_options or [])]
+    if not inputs:
+        raise _usage("no input: give image files, folders, globs or - for stdin, as arguments or with -i")
     if scale is None and width is None and height is None:
         raise _usage("give a scale (-s 2) or an output size (--width / --height)")
     if scale is not None and (width is not None or height is not None):
@@ -295,6 +327,15 @@ def upscale(
         raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
     from ..pipeline import MAX_SCALE
 
+    if (problem := tile_problem(tile)) is not None:
+        raise _usage(problem)
+    if suffix is not None and any(sep and sep in suffix for sep in ("/", os.sep, os.altsep)):
+        raise _usage(f"--suffix {suffix!r} contains a path separator: it would write outside the output folder")
+    if model is not None:
+        from ..registry import KNOWN_WEIGHTS
+
+        if model not in KNOWN_WEIGHTS:
+            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
     if scale is not None and not 1.0 <= scale <= MAX_SCALE:
         raise typer.BadParameter(f"{scale:g} is outside 1 to {MAX_SCALE:g}", param_hint="'-s' / '--scale'")
     try:
@@ -302,12 +343,30 @@ def upscale(
     except ValueError as exc:
         raise _usage(str(exc)) from None
 
+    options = _RunOptions(
+        scale=scale, width=width, height=height, model_name=model, weights=weights, method=method,
+        recursions=recursions, self_ensemble=self_ensemble, tile=tile, device=device, precision=precision.value,
+        threads=threads, io_threads=io_threads, max_pixels=int(max_pixels * 1e6) or None,
+        max_output_pixels=int(max_output_pixels * 1e6) or None, quality=quality, overwrite=overwrite,
+        rank=rank, world=world, skip_existing=skip_existing,
+    )
     sources, problems = expand_inputs(inputs, recursive)
+    # A bicubic run's default name differs from the network's, so the two can be compared side by side.
+    label = scale_label(scale, width, height) + ("_bicubic" if method is Method.bicubic else "")
+    from ..video import is_video_path
+
+    if any(source.path is not None and is_video_path(source.path) for source in sources):
+        from ._video import upscale_videos
+
+        code = upscale_videos(sources, problems, console, options, output=output, suffix=suffix,
+                              fmt=fmt.value if fmt is not None else None, skip_existing=skip_existing, label=label,
+                              quiet=quiet, json_lines=json_lines)
+        raise typer.Exit(code)
     plan = OutputPlan(
         output=output,
         suffix=suffix,
         fmt=fmt.value if fmt is not None else None,
-        scale_label=scale_label(scale, width, height),
+        scale_label=label,
         overwrite=overwrite,
         skip_existing=skip_existing,
     )
@@ -318,6 +377,9 @@ def upscale(
     to_stdout = any(job.output is None for job in jobs)
     if to_stdout and world > 1:
         raise _usage("stdout output cannot be shared between torchrun ranks")
+    if to_stdout and sys.stdout is None:  # started with stdout closed (>&-)
+        typer.echo("error: stdout is closed: give -o FILE", err=True)
+        raise typer.Exit(1)
     if to_stdout and sys.stdout.isatty():
         raise _usage("refusing to write image data to a terminal: redirect stdout or give -o FILE")
     jobs = shard(jobs, rank, world)
@@ -326,7 +388,10 @@ def upscale(
 
     report = _Reporter(console, quiet=quiet, json_lines=json_lines, json_to_stderr=to_stdout, world=world, rank=rank)
     for problem in problems:
-        report.failed_input(problem.input, problem.reason)
+        reason = problem.reason
+        if problem.input.lower() in ("true", "false", "yes", "no", "on", "off") and "no such" in reason:
+            reason += " (flags such as -r take no value: drop it)"  # e.g. `-r true`
+        report.failed_input(problem.input, reason)
     runnable = [job for job in jobs if job.error is None and not job.skip]
     for job in jobs:
         if job.error is not None:
@@ -335,27 +400,81 @@ def upscale(
             report.skipped(job)
 
     if runnable:
-        options = _RunOptions(
-            scale=scale, width=width, height=height, model_name=model, weights=weights, method=method,
-            recursions=recursions, self_ensemble=self_ensemble, tile=tile, device=device, precision=precision.value,
-            threads=threads, io_threads=io_threads, max_pixels=int(max_pixels * 1e6) or None,
-            max_output_pixels=int(max_output_pixels * 1e6) or None, quality=quality, overwrite=overwrite,
-            rank=rank, world=world,
-        )
         _run(runnable, console, report, options)
     report.summary()
     raise typer.Exit(1 if report.failures else 0)
 
 
-def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
-    """Load the model once and run every job; sets report's counts. Exits 1 on a model error, 130 on Ctrl-C."""
+def _read_stdin() -> bytes:
+    """All of stdin, as bytes; ImageReadError (one line) when it is closed or unreadable."""
+    from ..imageio import ImageReadError
+
+    if sys.stdin is None:  # started with stdin closed (<&-)
+        raise ImageReadError("stdin is closed")
+    try:
+        return typer.get_binary_stream("stdin").read()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ImageReadError(f"cannot read stdin ({_one_line(getattr(exc, 'strerror', None) or exc)})") from None
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write the image to stdout, all of it, or raise ImageWriteError: a reader that went away (broken pipe), a
+    full disk, a short write. A regular file behind stdout is fsync'd, so a full disk shows here, not later."""
+    import stat
+
+    from ..imageio import ImageWriteError
+
+    stream = typer.get_binary_stream("stdout")
+    try:
+        written = stream.write(data)
+        if written is not None and written != len(data):
+            _silence_stdout()
+            raise ImageWriteError(f"cannot write to stdout: only {written} of {len(data)} bytes were taken")
+        stream.flush()
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None  # not a real file (a test runner's buffer)
+        if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):  # a file system that cannot sync
+                    raise
+    except BrokenPipeError:
+        _silence_stdout()
+        raise ImageWriteError("cannot write to stdout: the reading end of the pipe was closed") from None
+    except ImageWriteError:
+        raise
+    except OSError as exc:
+        _silence_stdout()
+        reason = "disk full" if exc.errno == errno.ENOSPC else _one_line(exc.strerror or exc)
+        raise ImageWriteError(f"cannot write to stdout: {reason}") from None
+
+
+def _silence_stdout() -> None:
+    """After a failed write to stdout, point its descriptor at /dev/null: what is still buffered would fail
+    again when Python exits and print a traceback-like warning after our one error line."""
+    try:
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def _prepare(console, report, opts: _RunOptions, count: str):
+    """Device, precision and model (loaded once), announced in one line with ``count`` ("3 image(s)").
+    Returns (network or None for bicubic, InferenceSettings). Exits 1 on a model error, 2 on a bad device."""
     from .. import registry
-    from ..batch import run_pipelined
-    from ..color import array_to_tensor, tensor_to_array
     from ..device import precision_reason, resolve_device, resolve_precision, set_threads
     from ..hub import HubError
-    from ..imageio import ImageWriteError, encode_image, read_image, write_image
-    from ..pipeline import InferenceSettings, load_model, target_size, upscale_tensor
+    from ..pipeline import InferenceSettings, load_model
     from ..weights import WeightsError
 
     try:
@@ -389,23 +508,31 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
     rank_text = f"rank {opts.rank}/{opts.world}: " if opts.world > 1 else ""
     reason = precision_reason(opts.precision, precision, dev)
     precision_text = f"{precision} ({reason})" if reason else precision
-    report.info(
-        f"{rank_text}{len(jobs)} image(s) on {_describe_device(dev)}, {precision_text}, {model_text}, {tile_text}"
-    )
+    report.info(f"{rank_text}{count} on {_describe_device(dev)}, {precision_text}, {model_text}, {tile_text}")
+    return network, settings
+
+
+def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
+    """Load the model once and run every job; sets report's counts. Exits 1 on a model error, 130 on Ctrl-C."""
+    from ..batch import JobOutcome, run_pipelined
+    from ..color import array_to_tensor, tensor_to_array
+    from ..imageio import OutputExistsError, encode_image, read_image, write_image
+    from ..pipeline import target_size, upscale_tensor
+
+    network, settings = _prepare(console, report, opts, f"{len(jobs)} image(s)")
 
     scale, width, height = opts.scale, opts.width, opts.height
     max_pixels, max_output_pixels = opts.max_pixels, opts.max_output_pixels
 
     def load(job):
         source = job.source.path
-        data = typer.get_binary_stream("stdin").read() if source is None else source
-        return read_image(data, max_pixels)
+        return read_image(_read_stdin() if source is None else source, max_pixels)
 
     def process(job, loaded):
         size = target_size(loaded.height, loaded.width, scale, width, height)
         if max_output_pixels and size[0] * size[1] > max_output_pixels:
             raise ValueError(
-                f"output {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.1f} Mpx is over "
+                f"output {size[1]}x{size[0]} = {_mpx(size[0] * size[1])} is over "
                 f"--max-output-pixels {max_output_pixels / 1e6:g} Mpx"
             )
         report.start(job, loaded, size)
@@ -420,23 +547,46 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
                     dpi=result.loaded.dpi)
         if job.output is None:
             data = encode_image(result.pixels, job.fmt, **meta)
-            stream = typer.get_binary_stream("stdout")
-            stream.write(data)
-            stream.flush()
+            _write_stdout(data)
             return len(data)
-        if not opts.overwrite and job.output.exists():
-            raise ImageWriteError(f"output {job.output} appeared meanwhile (use --overwrite or --skip-existing)")
-        return write_image(job.output, result.pixels, job.fmt, **meta)
+        try:
+            return write_image(job.output, result.pixels, job.fmt, overwrite=opts.overwrite, **meta)
+        except OutputExistsError as exc:
+            if opts.skip_existing:  # another process wrote it meanwhile: as if it had been there at the start
+                return _SKIPPED
+            raise OutputExistsError(f"{exc} (use --overwrite or --skip-existing)") from None
+
+    # Images whose write finished but is not reported yet: on an interrupt, the writes already handed over are
+    # completed (atomically), and must then be counted and get their --json line too.
+    unreported: dict[int, tuple[Any, _Upscaled, int]] = {}
+
+    def save_and_note(job, result: _Upscaled):
+        size = save(job, result)
+        unreported[id(job)] = (job, result, size)
+        return size
 
     with report.progress(len(jobs)), _sigterm_as_interrupt(), _no_pillow_pixel_limit():
+        outcomes = run_pipelined(jobs, load, process, save_and_note, read_ahead=opts.io_threads,
+                                 writers=opts.io_threads)
         try:
-            for outcome in run_pipelined(jobs, load, process, save, read_ahead=opts.io_threads,
-                                         writers=opts.io_threads):
-                if outcome.ok:
+            for outcome in outcomes:
+                unreported.pop(id(outcome.job), None)
+                if outcome.ok and outcome.saved is _SKIPPED:
+                    report.skipped(outcome.job, planned=False)
+                elif outcome.ok:
                     report.done(outcome)
                 else:
                     report.failed(outcome, _reason(outcome.error))
         except KeyboardInterrupt:
+            try:
+                outcomes.close()  # waits for the writes already handed over (a no-op if it has ended)
+            except KeyboardInterrupt:
+                pass  # a second signal: stop waiting
+            for job, result, size in list(unreported.values()):
+                if size is _SKIPPED:
+                    report.skipped(job, planned=False)
+                else:
+                    report.done(JobOutcome(job, loaded=result.loaded, processed=result, saved=size))
             report.interrupted(len(jobs))
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -475,16 +625,20 @@ class _Reporter:
 
     def failed_input(self, label: str, reason: str) -> None:
         self.counts["failed"] += 1
-        self.console.print(f"error: {label}: {_one_line(reason)}", markup=False)
+        self.console.print(f"error: {_shown(label)}: {_one_line(reason)}", markup=False)
         self._json(input=label, output=None, status="failed", error=_one_line(reason), input_size=None,
                    output_size=None, seconds=0.0)
 
-    def skipped(self, job) -> None:
+    def skipped(self, job, planned: bool = True) -> None:
+        """An output that exists: found while planning, or (``planned`` False) written by another process
+        while this one upscaled the image."""
         self.counts["skipped"] += 1
-        if not self.quiet and not self.live:
-            self.console.print(f"skip {job.input_label}: {job.output_label} exists", markup=False)
+        if not self.quiet:
+            self.console.print(f"skip {_shown(job.input_label)}: {_shown(job.output_label)} exists", markup=False)
         self._json(input=job.input_label, output=job.output_label, status="skipped", error=None, input_size=None,
                    output_size=None, seconds=0.0)
+        if not planned:
+            self._advance()  # it was counted in the progress bar's total
 
     def done(self, outcome) -> None:
         self.counts["ok"] += 1
@@ -493,9 +647,9 @@ class _Reporter:
         in_size = [loaded.width, loaded.height]
         out_size = [int(result.pixels.shape[1]), int(result.pixels.shape[0])]
         seconds = round(sum(outcome.timings.values()), 4)
-        if not self.quiet and not self.live:
+        if not self.quiet:  # on a terminal too, above the bar: the user sees where each output went
             self.console.print(
-                f"ok {job.input_label} -> {job.output_label} ({in_size[0]}x{in_size[1]} -> "
+                f"ok {_shown(job.input_label)} -> {_shown(job.output_label)} ({in_size[0]}x{in_size[1]} -> "
                 f"{out_size[0]}x{out_size[1]}, {seconds:.2f} s)", markup=False,
             )
         self._json(input=job.input_label, output=job.output_label, status="ok", error=None, input_size=in_size,
@@ -505,7 +659,7 @@ class _Reporter:
     def failed(self, outcome, reason: str) -> None:
         self.counts["failed"] += 1
         job = outcome.job
-        self.console.print(f"error: {job.input_label}: {reason}", markup=False)
+        self.console.print(f"error: {_shown(job.input_label)}: {reason}", markup=False)
         loaded = outcome.loaded
         self._json(input=job.input_label, output=None, status="failed", error=reason,
                    input_size=[loaded.width, loaded.height] if loaded is not None else None, output_size=None,
@@ -550,7 +704,7 @@ class _Reporter:
     def start(self, job, loaded, size) -> None:
         self._shrunk = False
         if self._progress is not None:
-            name = f"{job.input_label} ({loaded.width}x{loaded.height} -> {size[1]}x{size[0]})"
+            name = f"{_shown(job.input_label)} ({loaded.width}x{loaded.height} -> {size[1]}x{size[0]})"
             self._progress.update(self._files, name=name)
             self._progress.update(self._tiles, visible=False, completed=0)
 

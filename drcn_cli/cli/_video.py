@@ -1,0 +1,172 @@
+"""`drcn upscale clip.mp4 ...`: videos, frame by frame through the same upscaler as images (drcn_cli.video).
+
+Called by `drcn upscale` when an input is a video file (by extension). Videos are not mixed with images in
+one run. Output names follow the image rules: `-o FILE` for one video (its extension chooses the container),
+`-o FOLDER` otherwise, else beside each input with the suffix (`clip_x2.mp4`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from .upscale import EXIT_INTERRUPTED, _one_line, _prepare, _Reporter, _RunOptions, _sigterm_as_interrupt, _usage
+
+
+@dataclass(frozen=True)
+class _VideoJob:
+    source: Path
+    output: Path
+    skip: bool = False
+    error: str | None = None
+
+    @property
+    def input_label(self) -> str:
+        return str(self.source)
+
+    @property
+    def output_label(self) -> str:
+        return str(self.output)
+
+
+def _plan(sources, output: str | None, suffix: str | None, label: str, skip_existing: bool, overwrite: bool):
+    """One _VideoJob per video; raises typer.Exit(2) for a combination that cannot work."""
+    from ..video import VIDEO_EXTENSIONS, is_video_path
+
+    if any(s.path is None for s in sources):
+        raise _usage("a video cannot be read from stdin: give its file name")
+    if not all(is_video_path(s.path) for s in sources):
+        raise _usage("videos and images cannot be mixed in one run: upscale them separately")
+    if output == "-":
+        raise _usage("a video cannot be written to stdout: give -o FILE")
+    if overwrite and skip_existing:
+        raise _usage("--overwrite and --skip-existing contradict each other: give one")
+    out = Path(output).expanduser() if output is not None else None
+    single_file = (
+        out is not None and len(sources) == 1 and not out.is_dir() and not str(output).endswith(("/", os.sep))
+        and out.suffix != ""
+    )
+    if single_file and out.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise _usage(f"cannot tell the video format from {out.name!r}: use {', '.join(sorted(VIDEO_EXTENSIONS))}")
+    jobs, taken = [], {}
+    for source in sources:
+        path = source.path
+        if single_file:
+            target = out
+        else:
+            beside = out is None or out.resolve() == path.parent.resolve()
+            name = f"{path.stem}{suffix if suffix is not None else (f'_{label}' if beside else '')}{path.suffix}"
+            target = (out if out is not None else path.parent) / name
+        key = target.resolve()
+        if key == path.resolve():
+            jobs.append(_VideoJob(path, target, error=f"output {target} is the input file: never overwritten "
+                                  "(give -o or --suffix)"))
+        elif key in taken:
+            jobs.append(_VideoJob(path, target, error=f"output {target} is also the output of {taken[key]}"))
+        elif target.exists() and skip_existing:
+            jobs.append(_VideoJob(path, target, skip=True))
+        elif target.exists() and not overwrite:
+            jobs.append(_VideoJob(path, target, error=f"output {target} exists (use --overwrite or --skip-existing)"))
+        else:
+            jobs.append(_VideoJob(path, target))
+        taken.setdefault(key, path)
+    return jobs
+
+
+def upscale_videos(sources, problems, console, opts: _RunOptions, *, output: str | None, suffix: str | None,
+                   fmt: str | None, skip_existing: bool, label: str, quiet: bool, json_lines: bool) -> int:
+    """Upscale every video in ``sources``; returns the exit code (0 all done or skipped, 1 a failure)."""
+    if fmt is not None:
+        raise _usage("--format is for images: a video's container follows -o's extension (or the input's)")
+    jobs = _plan(sources, output, suffix, label, skip_existing, opts.overwrite)[opts.rank::opts.world]
+    report = _Reporter(console, quiet=quiet, json_lines=json_lines, json_to_stderr=False, world=opts.world,
+                       rank=opts.rank)
+    for problem in problems if opts.rank == 0 else []:
+        report.failed_input(problem.input, problem.reason)
+    for job in jobs:
+        if job.error is not None:
+            report.failed_input(job.input_label, job.error)
+        elif job.skip:
+            report.skipped(job)
+    runnable = [job for job in jobs if job.error is None and not job.skip]
+    if runnable:
+        network, settings = _prepare(console, report, opts, f"{len(runnable)} video(s)")
+        with _sigterm_as_interrupt():
+            try:
+                for job in runnable:
+                    _one_video(job, network, settings, opts, report)
+            except KeyboardInterrupt:
+                console.print("interrupted: the video being written was removed, the finished ones are complete; "
+                              "run the same command with --skip-existing to go on", markup=False)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+    report.summary()
+    return 1 if report.failures else 0
+
+
+def _one_video(job: _VideoJob, network, settings, opts: _RunOptions, report: _Reporter) -> None:
+    from ..color import array_to_tensor, tensor_to_array
+    from ..pipeline import target_size, upscale_tensor
+    from ..video import VideoError, probe_video, upscale_video
+
+    started = time.perf_counter()
+    try:
+        info = probe_video(job.source)
+        size = target_size(info.height, info.width, opts.scale, opts.width, opts.height)
+        if opts.max_output_pixels and size[0] * size[1] > opts.max_output_pixels:
+            raise ValueError(f"frames of {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.1f} Mpx are over "
+                             f"--max-output-pixels {opts.max_output_pixels / 1e6:g} Mpx")
+
+        def upscale_frame(rgb):
+            tensor, fmt = array_to_tensor(rgb)
+            return tensor_to_array(upscale_tensor(tensor, size, network, settings, scale=opts.scale), fmt)
+
+        with _frame_progress(report, job, info.frames) as on_frame:
+            result = upscale_video(job.source, job.output, upscale_frame, size, overwrite=opts.overwrite,
+                                   read_ahead=opts.io_threads, on_frame=on_frame)
+    except (VideoError, ValueError, OSError) as exc:
+        reason = _one_line(getattr(exc, "strerror", None) or str(exc)) if isinstance(exc, OSError) else str(exc)
+        report.counts["failed"] += 1
+        report.console.print(f"error: {job.input_label}: {_one_line(reason)}", markup=False)
+        report._json(input=job.input_label, output=None, status="failed", error=_one_line(reason), input_size=None,
+                     output_size=None, seconds=round(time.perf_counter() - started, 4))
+        return
+    seconds = round(time.perf_counter() - started, 4)
+    report.counts["ok"] += 1
+    for dropped in result.dropped:
+        report.info(f"note: {job.input_label}: {dropped}: dropped")
+    report.info(f"ok {job.input_label} -> {job.output_label} ({info.width}x{info.height} -> {result.width}x"
+                f"{result.height}, {result.frames} frames, {result.audio_copied} audio stream(s) kept, "
+                f"{seconds:.2f} s)")
+    report._json(input=job.input_label, output=job.output_label, status="ok", error=None,
+                 input_size=[info.width, info.height], output_size=[result.width, result.height], seconds=seconds,
+                 bytes=result.bytes, frames=result.frames)
+
+
+class _frame_progress:
+    """A bar in frames with ETA on a terminal (nothing in a log or with --quiet); yields on_frame(done)."""
+
+    def __init__(self, report: _Reporter, job: _VideoJob, total: int | None) -> None:
+        self.report, self.job, self.total = report, job, total
+        self.progress = None
+
+    def __enter__(self):
+        if not self.report.live:
+            return lambda done: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn(self.job.input_label, markup=False), console=self.report.console, transient=True,
+            redirect_stdout=False,
+        )
+        self.progress.__enter__()
+        task = self.progress.add_task("frames", total=self.total)
+        return lambda done: self.progress.update(task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)

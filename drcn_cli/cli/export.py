@@ -1,0 +1,112 @@
+"""`drcn export`: a model to ONNX (dynamic batch, height and width), its input/output contract in the metadata.
+
+Thin: resolve the weights (drcn_cli.registry), load them (drcn_cli.weights), call drcn_cli.export.export_onnx,
+and say on stdout what was written.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._options import MODEL_PANEL as _MODEL
+from ._options import ModelName, WeightsPath
+
+
+class ExportPrecision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message} (see drcn export --help)", err=True)
+    return typer.Exit(2)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(1)
+
+
+def default_output(weights_path: Path, recursions: int | None, precision: str) -> Path:
+    """``<weights name>.onnx`` in the current folder, with ``_k8`` / ``_fp16`` when those were asked for."""
+    name = weights_path.stem
+    if recursions is not None:
+        name += f"_k{recursions}"
+    if precision != "fp32":
+        name += f"_{precision}"
+    return Path(f"{name}.onnx")
+
+
+def export(
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="The .onnx file to write; a folder (existing, or ending in /): the "
+                     "default name inside it. Default: <model>.onnx here, with _k<K> and _fp16 when asked for.",
+                     show_default=False),
+    ] = None,
+    model: ModelName = None,
+    weights: WeightsPath = None,
+    recursions: Annotated[
+        int | None,
+        typer.Option("-k", "--recursions", min=1, help="Export only the first K recursions: faster, a little "
+                     "softer. Default: all.", rich_help_panel=_MODEL),
+    ] = None,
+    precision: Annotated[
+        ExportPrecision,
+        typer.Option("--precision", help="fp32, or fp16 (weights, input and output in float16).",
+                     rich_help_panel=_MODEL),
+    ] = ExportPrecision.fp32,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress message on stderr.")] = False,
+) -> None:
+    """Export a model to ONNX, for ONNX Runtime, TensorRT, ncnn or OpenVINO: height, width and batch are free.
+
+    The graph is the network alone. Input y_bicubic: N x 1 x H x W, the Y channel (MATLAB rgb2ycbcr, in [0, 1]) of
+    the bicubic upsample to the output size. Output y_sr: the super-resolved Y, residual included, not clamped.
+    The contract is also in the model's metadata (drcn.*). Needs onnx and onnxscript (pip install onnx onnxscript).
+    """
+    if model is not None and weights is not None:
+        raise _usage("give either --model or --weights, not both")
+
+    from .. import registry
+    from ..export import ExportError, export_onnx
+    from ..hub import HubError
+    from ..imageio import ImageWriteError
+    from ..weights import WeightsError, load_weights
+
+    def info(message: str) -> None:
+        if not quiet:
+            typer.echo(message, err=True)
+
+    try:
+        path = Path(registry.resolve_weights(model, weights, on_download=info))
+        network, _metadata = load_weights(path)
+    except (registry.WeightsNotFoundError, registry.ChecksumError, HubError, WeightsError) as exc:
+        raise _fail(str(exc)) from None
+    trained = network.config.recursions
+    if recursions is not None and recursions > trained:
+        raise _usage(f"--recursions {recursions}: this model has {trained}")
+
+    name = default_output(path, recursions, precision.value)
+    if output is None:
+        target = name
+    elif output.endswith(("/", os.sep)) or Path(output).expanduser().is_dir():
+        target = Path(output).expanduser() / name  # write_bytes_atomic creates a missing folder
+    else:
+        target = Path(output).expanduser()
+    if target.exists() and not overwrite:  # before the work, not after it
+        raise _fail(f"output {target} exists (use --overwrite)")
+    info(f"exporting {path.name} (F={network.config.features}, {recursions or trained} of {trained} recursions, "
+         f"{precision.value}) to {target}")
+    try:
+        result = export_onnx(network, target, recursions=recursions, precision=precision.value,
+                             overwrite=overwrite, source=path.name)
+    except (ExportError, ImageWriteError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{result.path}: {result.size / 1e6:.2f} MB, opset {result.opset}, input y_bicubic "
+               f"(N x 1 x H x W {'float16' if result.precision == 'fp16' else 'float32'}), output y_sr")

@@ -1,0 +1,383 @@
+"""`drcn upscale` against hostile or unlucky conditions: broken pipes, full disks, closed streams, a second
+writer, truncated and non-regular inputs, TIFF metadata, absurd tiles. Each ends in a finished output or one
+`error:` line with a non-zero exit, and nothing half-written."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from drcn_cli import imageio
+from drcn_cli.cli import app
+
+runner = CliRunner()
+
+
+def rng_pixels(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def png_bytes(pixels=None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng_pixels((10, 12, 3)) if pixels is None else pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def run(*args, **kwargs):
+    return runner.invoke(app, ["upscale", *map(str, args)], **kwargs)
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def only_error(result) -> str:
+    """The one error line of a failed run (exit 1), with no traceback."""
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result.stderr)
+    assert "Traceback" not in result.output
+    return line
+
+
+# --------------------------------------------------------------------------------------------- stdout, stdin
+
+
+def _drcn(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from drcn_cli.cli import main; main()", "upscale", *args]
+
+
+@pytest.mark.skipif(sys.platform == "win32" or not os.path.exists("/dev/full"), reason="POSIX streams")
+def test_stdout_and_stdin_failures_are_one_error_line_in_a_real_process(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes(rng_pixels((120, 160, 3))))  # x4: about 650 kB of PNG, more than a pipe holds
+    bicubic = ["-s", "4", "--method", "bicubic"]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that went away before the first byte: every write is EPIPE
+    with open(source, "rb") as stdin, open("/dev/full", "wb") as full:
+        procs = {
+            "full disk": subprocess.Popen(_drcn("-", *bicubic), stdin=stdin, stdout=full, stderr=subprocess.PIPE),
+            "broken pipe": subprocess.Popen(_drcn(str(source), "-o", "-", *bicubic), stdout=write_end,
+                                            stderr=subprocess.PIPE),
+            "closed stdout": subprocess.Popen(["sh", "-c", 'exec "$@" >&-', "sh", *_drcn("-", *bicubic)],
+                                              stdin=stdin, stderr=subprocess.PIPE),
+            "closed stdin": subprocess.Popen(["sh", "-c", 'exec "$@" <&-', "sh",
+                                              *_drcn("-", "-o", str(tmp_path / "out.png"), *bicubic)],
+                                             stderr=subprocess.PIPE),
+        }
+    os.close(write_end)
+    expected = {
+        "full disk": "error: -: cannot write to stdout: disk full",
+        "broken pipe": f"error: {source}: cannot write to stdout",
+        "closed stdout": "error: stdout is closed",
+        "closed stdin": "error: -: stdin is closed",
+    }
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=120)
+        text = stderr.decode()
+        assert proc.returncode == 1, (name, text)
+        (line,) = error_lines(text)
+        assert line.startswith(expected[name]), (name, text)
+        assert "Traceback" not in text and "Exception ignored" not in text, (name, text)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_a_short_write_to_stdout_is_an_error(monkeypatch):
+    class Taking10Bytes(io.BytesIO):
+        def write(self, data):
+            return super().write(bytes(data[:10]))
+
+    sink = Taking10Bytes()
+    monkeypatch.setattr("typer.get_binary_stream", lambda name: sink if name == "stdout" else io.BytesIO(png_bytes()))
+    result = run("-", "-s", 2, "--method", "bicubic")
+    line = only_error(result)
+    assert "cannot write to stdout: only 10 of" in line
+
+
+# --------------------------------------------------------------------------------------------- two writers
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path, monkeypatch):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    target = tmp_path / "out.png"
+    real_fsync = os.fsync
+
+    def other_process_writes_first(fd):  # after the planning's existence check, before the final rename
+        if not target.exists():
+            target.write_bytes(b"the other process's output")
+        real_fsync(fd)
+
+    monkeypatch.setattr(imageio.os, "fsync", other_process_writes_first)
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", target)
+    line = only_error(result)
+    assert "appeared meanwhile" in line and "--overwrite" in line
+    assert target.read_bytes() == b"the other process's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]
+
+    target.unlink()  # the other process writes it again during the next run
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", target, "--skip-existing", "--json")
+    assert result.exit_code == 0, result.output  # with --skip-existing, as if it had been there at the start
+    assert json.loads(result.stdout)["status"] == "skipped" and "skip " in result.stderr
+    assert "1 image(s)" in result.stderr  # it was planned as work, not skipped from the start
+    assert target.read_bytes() == b"the other process's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]
+
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", target, "--overwrite")
+    assert result.exit_code == 0, result.output
+    with Image.open(target) as out:
+        assert out.size == (24, 20)
+
+
+_PAUSED_WRITER = """
+import os, sys, time
+ready, go = sys.argv[1], sys.argv[2]
+real_fsync = os.fsync
+def fsync_then_wait(fd):  # the temporary file is complete: pause before it gets its final name
+    real_fsync(fd)
+    open(ready, "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.02)
+os.fsync = fsync_then_wait
+from drcn_cli.cli import main
+main(sys.argv[3:])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX processes")
+def test_two_processes_writing_one_output_the_second_to_finish_keeps_its_hands_off(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    target = tmp_path / "out.png"
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    args = ["upscale", str(source), "-o", str(target), "--method", "bicubic"]
+    first = subprocess.Popen([sys.executable, "-c", _PAUSED_WRITER, str(ready), str(go), *args, "-s", "2"],
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for _ in range(3000):  # up to 60 s for torch to load on a busy machine
+            if ready.exists() or first.poll() is not None:
+                break
+            time.sleep(0.02)
+        assert ready.exists(), first.stderr.read() if first.poll() is not None else "never got to its write"
+        # The first has checked that out.png did not exist and written its temporary file. A second process
+        # (a different scale, so a different image) now writes out.png and finishes.
+        second = subprocess.run([sys.executable, "-c", "from drcn_cli.cli import main; main()", *args, "-s", "3"],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert second.returncode == 0, second.stderr
+        written = target.read_bytes()
+    finally:
+        go.touch()
+        _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 1, stderr
+    (line,) = error_lines(stderr)
+    assert "appeared meanwhile" in line and "--overwrite" in line
+    assert target.read_bytes() == written  # the second process's image, untouched
+    with Image.open(target) as out:
+        assert out.size == (36, 30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "in.png", "out.png", "ready"]
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def test_a_png_with_a_truncated_pixel_stream_is_an_error(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 9001))
+    (tmp_path / "liar.png").write_bytes(data + chunk(b"IEND", b""))
+    # (--max-output-pixels: should the check ever break, the test fails instead of upscaling 81 Mpx of black)
+    result = run(tmp_path / "liar.png", "-s", 2, "--method", "bicubic", "--max-output-pixels", 1)
+    line = only_error(result)
+    assert "truncated or corrupt image" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["liar.png"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_device_is_refused_and_the_batch_goes_on(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    result = run("/dev/zero", source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out")
+    line = only_error(result)
+    assert line.startswith("error: /dev/zero: not a regular file")
+    assert (tmp_path / "out" / "in.png").exists()
+
+
+# --------------------------------------------------------------------------------------------- TIFF
+
+
+def test_tiff_in_tiff_out_as_in_the_readme(tmp_path):
+    Image.new("RGB", (48, 40)).save(tmp_path / "a.tif")
+    result = run(tmp_path / "a.tif", "-s", 2, "--method", "bicubic")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "a_x2_bicubic.tif") as out:
+        assert out.format == "TIFF" and out.size == (96, 80)
+
+
+def test_jpeg_with_exif_to_tiff_keeps_the_camera_tags(tmp_path):
+    exif = Image.Exif()
+    exif[271], exif[272] = "Camera", "Model 1"
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal, in the EXIF sub-directory
+    Image.fromarray(rng_pixels((10, 12, 3))).save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    result = run(tmp_path / "photo.jpg", "-s", 2, "--method", "bicubic", "--format", "tiff")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "photo_x2_bicubic.tif") as out:
+        assert out.size == (24, 20)
+        assert out.getexif()[271] == "Camera" and out.getexif()[272] == "Model 1"
+
+
+def test_tiff_to_png_carries_no_tiff_layout_tags(tmp_path):
+    Image.fromarray(rng_pixels((40, 48, 3))).save(tmp_path / "scan.tif", tiffinfo={271: "Scanner"})
+    result = run(tmp_path / "scan.tif", "-s", 2, "--method", "bicubic", "-o", tmp_path / "scan.png")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "scan.png") as out:
+        exif = out.getexif()
+        assert exif.get(271) == "Scanner"
+        assert not {256, 257, 258, 273, 279} & set(exif), dict(exif)
+
+
+# --------------------------------------------------------------------------------------------- tiles
+
+
+def test_a_tile_below_the_floor_is_a_usage_error(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    result = run(source, "-s", 2, "-o", tmp_path / "out.png", "--method", "bicubic", "--tile", 1)
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result.stderr)
+    assert "--tile 1 is too small: give 0 (auto) or at least 32" in line
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_tile_at_the_floor_works(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    result = run(source, "-s", 2, "--method", "bicubic", "--tile", 32, "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------------------------- interruption
+
+
+def test_sigterm_while_starting_up_is_an_interrupt_with_exit_130(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from drcn_cli import registry
+    from drcn_cli.cli import main
+
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+
+    def killed_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before the next statement
+        pytest.fail("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(registry, "resolve_weights", killed_while_loading)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upscale", str(source), "-s", "2", "-o", str(tmp_path / "out.png")])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+def test_an_image_written_during_an_interrupt_is_counted_and_reported(tmp_path, monkeypatch):
+    from drcn_cli import pipeline
+
+    sources = [tmp_path / "in" / f"{i}.png" for i in range(3)]
+    sources[0].parent.mkdir()
+    for path in sources:
+        path.write_bytes(png_bytes())
+    real_upscale, real_write = pipeline.upscale_tensor, imageio.write_image
+    calls = []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as SIGTERM would, while the first image is still being written
+        return real_upscale(*args, **kwargs)
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.5)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "upscale_tensor", interrupted_on_the_second)
+    monkeypatch.setattr(imageio, "write_image", slow_write)
+    result = run(*sources, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out", "--json", "--io-threads", 1)
+
+    assert result.exit_code == 130, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png"]
+    records = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 1 and '"status": "ok"' in records[0] and "0.png" in records[0]
+    assert "interrupted after 1 of 3 image(s)" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------- unclear cases
+
+
+def test_unknown_model_is_a_usage_error(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    result = run(source, "-s", 2, "--model", "nonexistent", "-o", tmp_path / "out.png")
+    assert result.exit_code == 2, result.output
+    (line,) = error_lines(result.stderr)
+    assert "unknown model 'nonexistent'" in line and "drcn-lite" in line
+
+
+@pytest.mark.parametrize("suffix", ["/../../escaped", "_x2/sub"])
+def test_a_suffix_with_a_path_separator_is_refused(tmp_path, suffix):
+    source = tmp_path / "in" / "a.png"
+    source.parent.mkdir()
+    source.write_bytes(png_bytes())
+    result = run(source, "-s", 2, "--method", "bicubic", "--suffix", suffix)
+    assert result.exit_code == 2, result.output
+    assert "path separator" in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "in"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="newlines in file names")
+def test_a_newline_in_a_file_name_does_not_split_the_log_line(tmp_path):
+    good = tmp_path / "two\nlines.png"
+    good.write_bytes(png_bytes())
+    bad = tmp_path / "bad\nname.png"
+    bad.write_bytes(b"not an image")
+    result = run(good, bad, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("ok ") and "two\\nlines.png" in line for line in lines), lines
+    assert any(line.startswith("error: ") and "bad\\nname.png: not an image" in line for line in lines), lines
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["input"] for r in records} == {str(good), str(bad)}  # JSON keeps the real names
+
+
+def test_tiny_pixel_limits_are_shown_with_their_digits(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes(rng_pixels((40, 48, 3))))
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out.png", "--max-output-pixels", "0.001")
+    line = only_error(result)
+    assert "output 96x80 = 0.00768 Mpx is over --max-output-pixels 0.001 Mpx" in line
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out.png", "--max-pixels", "0.001")
+    assert "48x40 = 0.00192 Mpx is over --max-pixels 0.001 Mpx" in only_error(result)
+
+
+def test_a_recursive_glob_keeps_same_named_files_of_different_folders_apart(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "shots" / sub).mkdir(parents=True)
+        (tmp_path / "shots" / sub / "x.png").write_bytes(png_bytes())
+    out = tmp_path / "out"
+    result = run(f"{tmp_path}/shots/**/*.png", "-r", "-s", 2, "--method", "bicubic", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a/x.png", "b/x.png"]
