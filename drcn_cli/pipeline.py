@@ -248,6 +248,8 @@ def upscale_tensor(
     if model is not None:
         luma = color if channels <= 2 else rgb_to_ycbcr(color)
         y = super_resolve_y(model, luma[None, :1], settings, on_tile, on_shrink)[0]
+        if not torch.isfinite(y).all():
+            raise WeightsError("the network's output is NaN or infinite: the weights are broken")
         color = y if channels <= 2 else ycbcr_to_rgb(torch.cat([y, luma[1:]]))
     return torch.cat([color, alpha]).clamp_(0.0, 1.0)
 

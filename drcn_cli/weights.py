@@ -103,8 +103,15 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
         raise WeightsError(f"not DRCN weights ({detail})")
     from .model import DRCNConfig
 
-    features, in_channels, k, k2 = state["embed1.weight"].shape
-    recursions = state["ensemble_logits"].shape[0]
+    # F and the kernel size come from the shared recursive conv, the core of the network, so that a layer of
+    # another shape is the one named in the error.
+    recursive, logits = state["recursive.weight"], state["ensemble_logits"]
+    if recursive.dim() != 4 or logits.dim() != 1:
+        raise WeightsError(f"not DRCN weights (recursive.weight has shape {tuple(recursive.shape)})")
+    features, in_channels, k, k2 = recursive.shape
+    recursions = logits.shape[0]
+    if features != in_channels or k != k2 or k % 2 == 0 or recursions < 1:
+        raise WeightsError(f"not DRCN weights (recursive.weight has shape {tuple(recursive.shape)})")
     config = DRCNConfig(features=int(features), recursions=int(recursions), kernel_size=int(k))
     shapes = {
         "embed1.weight": (features, 1, k, k),
@@ -119,8 +126,6 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
         "recon2.bias": (1,),
         "ensemble_logits": (recursions,),
     }
-    if in_channels != 1 or k != k2 or k % 2 == 0 or recursions < 1:
-        raise WeightsError(f"not DRCN weights (embed1.weight has shape {tuple(state['embed1.weight'].shape)})")
     for key, shape in shapes.items():
         if tuple(state[key].shape) != shape:
             raise WeightsError(

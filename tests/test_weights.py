@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -133,3 +134,25 @@ def test_weights_with_nan_or_inf_are_refused(tmp_path, bad):
     save_file(state, str(path))
     with pytest.raises(WeightsError, match="NaN or infinite"):
         load_weights(path)
+
+
+@pytest.mark.parametrize("key", ["embed1.weight", "embed2.weight", "recon1.weight", "recon2.weight"])
+def test_a_layer_of_the_wrong_shape_is_the_one_named(tmp_path, key):
+    state = {k: v.clone() for k, v in random_model(features=8).state_dict().items()}
+    state[key] = torch.zeros(state[key].shape[0] + 4, *state[key].shape[1:])
+    path = tmp_path / "wrong.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match=f"{key} has shape"):
+        load_weights(path)
+
+
+def test_finite_weights_whose_output_is_not_finite_are_an_error():
+    from drcn_cli.pipeline import upscale_image
+
+    model = random_model()
+    with torch.no_grad():
+        model.recon2.weight.fill_(3e38)  # finite, but the sum over the kernel overflows
+        model.recon1.bias.fill_(10.0)
+    image = np.full((8, 8, 3), 128, dtype=np.uint8)
+    with pytest.raises(WeightsError, match="NaN or infinite"):
+        upscale_image(image, 2, weights=model, device="cpu", precision="fp32")
