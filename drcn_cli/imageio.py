@@ -49,6 +49,7 @@ __all__ = [
     "apply_orientation",
     "encode_image",
     "format_from_path",
+    "max_file_bytes",
     "normalize_format",
     "read_image",
     "write_bytes_atomic",
@@ -351,6 +352,20 @@ def _load_strictly(image) -> None:
         image.load()
 
 
+def max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest file that can hold an image of at most ``max_pixels`` pixels (None: no limit): 16-bit RGBA
+    stored raw is 8 bytes a pixel; 64 MiB more covers metadata, thumbnails and incompressible data."""
+    return max_pixels * 8 + (64 << 20) if max_pixels else None
+
+
+def _check_file_size(size: int, max_pixels: int | None) -> None:
+    limit = max_file_bytes(max_pixels)
+    if limit is not None and size > limit:
+        raise ImageReadError(
+            f"{size / 2**20:,.0f} MiB is more than an image within the pixel limit ({_mpx(max_pixels)}) can take"
+        )
+
+
 def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> LoadedImage:
     """Decode an image file (a path, or its bytes), upright, with its ICC profile and EXIF.
 
@@ -363,6 +378,7 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
 
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+        _check_file_size(len(data), max_pixels)
     else:
         path = Path(source)
         try:
@@ -372,6 +388,7 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
             if not stat.S_ISREG(kind):
                 # A device (/dev/zero), a pipe or a socket could be endless, or block: only files are read.
                 raise ImageReadError("not a regular file (a device, pipe or socket); use - to read stdin")
+            _check_file_size(path.stat().st_size, max_pixels)
             data = path.read_bytes()
         except FileNotFoundError:
             raise ImageReadError("no such file") from None

@@ -381,3 +381,15 @@ def test_a_recursive_glob_keeps_same_named_files_of_different_folders_apart(tmp_
     result = run(f"{tmp_path}/shots/**/*.png", "-r", "-s", 2, "--method", "bicubic", "-o", out)
     assert result.exit_code == 0, result.output
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["a/x.png", "b/x.png"]
+
+
+def test_an_endless_stdin_is_read_only_as_far_as_the_pixel_limit_allows(tmp_path):
+    # --max-pixels 0.001 (1,000 pixels) bounds what any image file can take to 64 MiB and a little: /dev/zero
+    # behind stdin is read that far, then refused in one line, instead of growing until the kernel kills it.
+    with open("/dev/zero", "rb") as zeros:
+        done = subprocess.run(_drcn("-", "-s", "2", "--method", "bicubic", "--max-pixels", "0.001", "-o",
+                                    str(tmp_path / "out.png")), stdin=zeros, capture_output=True, timeout=60)
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 1
+    assert any("more than an image within the pixel limit" in line for line in lines), lines
+    assert list(tmp_path.iterdir()) == []

@@ -403,3 +403,17 @@ def test_tiff_output_keeps_the_descriptive_exif(source):
         assert (tags[271], tags[272], tags[33432]) == ("Make", "Model", "someone")
         assert out.info["dpi"] == (300, 300)
         np.testing.assert_array_equal(np.asarray(out), loaded.pixels)
+
+
+def test_a_file_larger_than_any_image_within_the_pixel_limit_is_refused_unread(tmp_path):
+    from drcn_cli.imageio import max_file_bytes
+
+    path = tmp_path / "huge.png"
+    with open(path, "wb") as f:  # sparse: 70 MiB on paper, nothing on disk
+        f.truncate(70 << 20)
+    assert max_file_bytes(1000) < path.stat().st_size
+    with pytest.raises(ImageReadError, match="more than an image within the pixel limit"):
+        read_image(path, max_pixels=1000)
+    with pytest.raises(ImageReadError, match="more than an image within the pixel limit"):
+        read_image(b"\0" * (max_file_bytes(10) + 1), max_pixels=10)
+    assert max_file_bytes(None) is None and max_file_bytes(0) is None

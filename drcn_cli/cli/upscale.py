@@ -405,14 +405,17 @@ def upscale(
     raise typer.Exit(1 if report.failures else 0)
 
 
-def _read_stdin() -> bytes:
-    """All of stdin, as bytes; ImageReadError (one line) when it is closed or unreadable."""
-    from ..imageio import ImageReadError
+def _read_stdin(max_pixels: int | None = None) -> bytes:
+    """All of stdin, as bytes, but never more than an image within ``max_pixels`` can take (a stream can be
+    endless: `cat /dev/zero |`); ImageReadError (one line) when it is closed, unreadable or too long."""
+    from ..imageio import ImageReadError, max_file_bytes
 
     if sys.stdin is None:  # started with stdin closed (<&-)
         raise ImageReadError("stdin is closed")
+    limit = max_file_bytes(max_pixels)
     try:
-        return typer.get_binary_stream("stdin").read()
+        # One byte over the limit is enough for read_image to refuse the stream.
+        return typer.get_binary_stream("stdin").read(-1 if limit is None else limit + 1)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ImageReadError(f"cannot read stdin ({_one_line(getattr(exc, 'strerror', None) or exc)})") from None
 
@@ -526,7 +529,7 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
 
     def load(job):
         source = job.source.path
-        return read_image(_read_stdin() if source is None else source, max_pixels)
+        return read_image(_read_stdin(max_pixels) if source is None else source, max_pixels)
 
     def process(job, loaded):
         size = target_size(loaded.height, loaded.width, scale, width, height)
