@@ -393,3 +393,26 @@ def test_an_endless_stdin_is_read_only_as_far_as_the_pixel_limit_allows(tmp_path
     assert done.returncode == 1
     assert any("more than an image within the pixel limit" in line for line in lines), lines
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused_by_upscale_and_bench(tmp_path, bad):
+    from safetensors.torch import save_file
+
+    from drcn_cli.model import DRCN, DRCNConfig
+
+    state = {k: v.clone() for k, v in DRCN(DRCNConfig(features=8, recursions=3)).state_dict().items()}
+    state["recon2.bias"][0] = bad
+    weights = tmp_path / "broken.safetensors"
+    save_file(state, str(weights))
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    line = only_error(run(source, "-s", "2", "-o", tmp_path / "out.png", "--weights", weights))
+    assert "NaN or infinite" in line and not (tmp_path / "out.png").exists()
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(rng_pixels((48, 48, 3))).save(hr / "a.png")
+    bench = runner.invoke(app, ["bench", "-d", str(hr), "-s", "2", "--weights", str(weights), "-q"])
+    assert bench.exit_code == 1 and "nan" not in bench.stdout.lower(), bench.output
+    (bench_line,) = error_lines(bench.stderr)
+    assert "NaN or infinite" in bench_line
