@@ -22,7 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .imageio import FORMAT_EXTENSIONS, format_from_path, normalize_format
+from . import errors
+from .imageio import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, format_from_path, normalize_format
+from .processes import processes
 
 __all__ = [
     "INPUT_EXTENSIONS",
@@ -39,11 +41,7 @@ __all__ = [
     "shard",
 ]
 
-# Files taken from folders and globs: what Pillow reads well. A file named on the command line is tried
-# whatever its extension.
-INPUT_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".tga", ".ppm", ".pgm"}
-)
+INPUT_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)  # files taken from folders and globs (imageio.IMAGE_EXTENSIONS)
 STDIO = "-"
 
 
@@ -115,7 +113,7 @@ class OutputPlan:
     skip_existing: bool = False
 
 
-class UsageError(ValueError):
+class UsageError(errors.UsageError):
     """A combination of inputs and options that cannot work; the message says which."""
 
 
@@ -409,19 +407,12 @@ def _check_target(job: Job, plan: OutputPlan, taken: dict[Path, str], inputs: se
 
 
 def distributed_rank(environ: dict[str, str] | None = None) -> tuple[int, int]:
-    """(rank, world size) from torchrun's RANK and WORLD_SIZE; (0, 1) outside torchrun.
+    """(rank, world size) from torchrun's RANK and WORLD_SIZE (drcn_cli.processes); (0, 1) outside torchrun.
 
-    Raises ValueError when they are set but not a valid pair.
+    Raises ConfigError (a ValueError) when they are set but not a valid pair.
     """
-    env = os.environ if environ is None else environ
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-    except ValueError:
-        raise ValueError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env.get('WORLD_SIZE')!r} are not integers") from None
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world}")
-    return rank, world
+    procs = processes(environ)
+    return procs.rank, procs.world
 
 
 def shard(jobs: list[Job], rank: int, world_size: int) -> list[Job]:

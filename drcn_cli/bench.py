@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .data import downscale
 from .datasets import Dataset, DatasetError, load_image
-from .metrics import SSIM_WINDOW, luma_8bit, mod_crop, psnr, quantize_8bit, ssim
-from .pipeline import InferenceSettings, super_resolve_y, upscale_tensor
+from .errors import DrcnError
+from .metrics import SSIM_WINDOW, quantize_8bit, score_y
+from .pipeline import InferenceSettings, ReadyModel, super_resolve_y, upscale_tensor
 from .published import PublishedResult, published
-from .resize import imresize
 
 if TYPE_CHECKING:
     from .model import DRCN
@@ -62,11 +63,11 @@ __all__ = [
 ]
 
 
-class BenchError(ValueError):
+class BenchError(DrcnError, ValueError):
     """Input the protocol cannot measure: an image too small for the scale, a bad recursion depth."""
 
 
-class MissingExtraError(RuntimeError):
+class MissingExtraError(DrcnError, RuntimeError):
     """An optional dependency (an extra of the drcn package) is not installed."""
 
 
@@ -98,13 +99,15 @@ def degrade(hr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
             f"image of {width}x{height} pixels is too small for x{scale} "
             f"(needs at least {min_image_side(scale)} pixels per side)"
         )
-    hr = mod_crop(hr, scale)
-    lr = imresize(hr, size=(hr.shape[-2] // scale, hr.shape[-1] // scale))
-    return hr, quantize_8bit(lr)
+    return downscale(hr, scale)  # the one degradation (data.downscale): for an integer scale, MATLAB's modcrop
 
 
 def super_resolve(
-    lr: torch.Tensor, scale: int, model: DRCN | None, settings: InferenceSettings, recursions: int | None = None
+    lr: torch.Tensor,
+    scale: int,
+    model: ReadyModel | DRCN | None,
+    settings: InferenceSettings,
+    recursions: int | None = None,
 ) -> torch.Tensor:
     """lr (C, h, w) in [0, 1], C = 1 or 3 -> (C, h*s, w*s) on 8-bit levels, on ``settings.device``.
 
@@ -119,13 +122,14 @@ def super_resolve(
 
 def score_image(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> Score:
     """PSNR/SSIM on 8-bit Y with ``scale`` border pixels cropped. sr, hr: (C, H, W) on 8-bit levels in [0, 1]."""
-    y_sr, y_hr = luma_8bit(sr), luma_8bit(hr)
-    return Score(psnr(y_sr, y_hr, border=scale), ssim(y_sr, y_hr, border=scale))
+    return Score(*score_y(sr, hr, border=scale))
 
 
-def _model_device(model: DRCN | None) -> torch.device:
+def _model_device(model: ReadyModel | DRCN | None) -> torch.device:
     if model is None:
         return torch.device("cpu")
+    if isinstance(model, ReadyModel):
+        return model.device
     return next(model.parameters()).device
 
 
@@ -133,7 +137,7 @@ def _model_device(model: DRCN | None) -> torch.device:
 def evaluate_images(
     images: Sequence[torch.Tensor | str | Path],
     scale: int,
-    model: DRCN | None = None,
+    model: ReadyModel | DRCN | None = None,
     settings: InferenceSettings | None = None,
 ) -> Score:
     """Mean PSNR/SSIM of ``model`` (None: bicubic) over HR ``images`` at integer ``scale``, by the paper's protocol.
@@ -142,8 +146,8 @@ def evaluate_images(
         images: HR images, as (C, H, W) float tensors in [0, 1] on 8-bit levels (C = 1 or 3; see
             :func:`drcn_cli.datasets.load_image`) or as paths to image files.
         scale: 2, 3, 4 ...
-        model: a DRCN on ``settings.device`` (its train/eval mode is left as it is; nothing is recorded for
-            autograd, so it can be called between training steps).
+        model: a ReadyModel (drcn_cli.loader.open_model), or a DRCN on ``settings.device`` (its train/eval mode
+            is left as it is; nothing is recorded for autograd, so it can be called between training steps).
         settings: device, precision, tile and recursions; default: the model's device, fp32, automatic tiles,
             all recursions.
 
@@ -296,7 +300,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _warm_up(model: DRCN | None, settings: InferenceSettings) -> None:
+def _warm_up(model: ReadyModel | DRCN | None, settings: InferenceSettings) -> None:
     """One small forward pass, so that CUDA start-up and kernel selection stay out of the timed region."""
     if model is None:
         return
@@ -306,7 +310,11 @@ def _warm_up(model: DRCN | None, settings: InferenceSettings) -> None:
 
 
 def _timed_upscale(
-    lr: torch.Tensor, scale: int, model: DRCN | None, settings: InferenceSettings, recursions: int | None = None
+    lr: torch.Tensor,
+    scale: int,
+    model: ReadyModel | DRCN | None,
+    settings: InferenceSettings,
+    recursions: int | None = None,
 ) -> tuple[torch.Tensor, float]:
     """:func:`super_resolve` with the device synchronised around it; returns (SR on the CPU, seconds)."""
     _sync(settings.device)
@@ -346,7 +354,7 @@ def _mean(values: Sequence[float]) -> float:
 def run_bench(
     datasets: Sequence[Dataset],
     scales: Sequence[int],
-    model: DRCN | None,
+    model: ReadyModel | DRCN | None,
     settings: InferenceSettings,
     recursions: Sequence[int | None] = (None,),
     save_dir: str | Path | None = None,

@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .color import array_to_tensor, pil_to_array, rgb_to_ycbcr
+from .color import array_to_tensor, rgb_to_ycbcr
+from .errors import DrcnError
+from .imageio import IMAGE_EXTENSIONS, ImageReadError, read_image
+from .metrics import quantize_8bit
 from .resize import imresize, output_size
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "TrainImage",
     "build_patch_bank",
     "degrade",
+    "downscale",
     "fingerprint",
     "list_images",
     "load_images",
@@ -52,12 +56,12 @@ __all__ = [
     "save_pack",
 ]
 
-IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the one list of image extensions (imageio)
 DEFAULT_DOWNSCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 PACK_FORMAT = "drcn-train-pack/1"
 
 
-class DataError(ValueError):
+class DataError(DrcnError, ValueError):
     """Training or validation data that cannot be used (missing, unreadable, empty, too small)."""
 
 
@@ -73,9 +77,7 @@ class TrainImage:
         return self.y.float() / 255.0
 
 
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round [0, 1] values to the nearest of the 256 levels of an 8-bit image (clipped), staying float."""
-    return torch.floor(x.clamp(0.0, 1.0) * 255.0 + 0.5) / 255.0
+quantize = quantize_8bit  # [0, 1] -> the nearest of the 256 levels k/255, clipped: one rounding everywhere
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -92,18 +94,15 @@ def list_images(folder: str | Path) -> list[Path]:
 def load_image8(path: str | Path) -> torch.Tensor:
     """An image file as (C, H, W) float32 on 8-bit levels (k/255): C = 3 for colour, 1 for grey.
 
-    Alpha is dropped; 16-bit images are rounded to 8 bits (training and benchmarks work on 8-bit images).
+    Read upright (its EXIF orientation applied), as `drcn upscale` and `drcn bench` read it: the one reader of
+    training, validation and benchmark images. Alpha is dropped; 16-bit images are rounded to 8 bits (training
+    and benchmarks work on 8-bit images). Raises DataError.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            array, _mode = pil_to_array(image)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
-    tensor, _fmt = array_to_tensor(array)
+        loaded = read_image(path)
+    except ImageReadError as exc:
+        raise DataError(f"{path}: {exc}") from None  # the reason as `drcn upscale` gives it
+    tensor, _fmt = array_to_tensor(loaded.pixels)
     return quantize(tensor[:3] if tensor.shape[0] >= 3 else tensor[:1])
 
 
@@ -187,20 +186,26 @@ def mod_crop_size(height: int, width: int, scale: float) -> tuple[tuple[int, int
     return hr, lr
 
 
-def degrade(hr: torch.Tensor, scale: float, quantize_lr: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """hr (..., H, W) float in [0, 1] -> (network input, HR target), both (..., H', W') after the mod-crop.
+def downscale(hr: torch.Tensor, scale: float, quantize_lr: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one degradation of training, validation and `drcn bench`: hr (..., H, W) float in [0, 1] ->
+    (HR mod-cropped, LR), with LR = MATLAB's imresize of the crop to its exact LR size (:func:`mod_crop_size`),
+    rounded to 8 bits as an image file is (unless ``quantize_lr`` is False).
 
-    LR = imresize(hr, 1/scale) (rounded to 8 bits unless ``quantize_lr`` is False), input = bicubic of LR
-    back to the cropped HR size. Raises DataError when the LR image would be empty.
+    Raises DataError when the LR image would be empty.
     """
     (hh, ww), (lh, lw) = mod_crop_size(hr.shape[-2], hr.shape[-1], scale)
     if lh < 1 or lw < 1:
         raise DataError(f"an image of {hr.shape[-1]}x{hr.shape[-2]} is too small for scale {scale:g}")
     target = hr[..., :hh, :ww]
     lr = imresize(target, size=(lh, lw))
-    if quantize_lr:
-        lr = quantize(lr)
-    return imresize(lr, size=(hh, ww)), target
+    return target, quantize(lr) if quantize_lr else lr
+
+
+def degrade(hr: torch.Tensor, scale: float, quantize_lr: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """hr (..., H, W) float in [0, 1] -> (network input, HR target), both (..., H', W') after the mod-crop:
+    the input is the bicubic of :func:`downscale`'s LR back to the cropped HR size."""
+    target, lr = downscale(hr, scale, quantize_lr)
+    return imresize(lr, size=(target.shape[-2], target.shape[-1])), target
 
 
 @dataclass

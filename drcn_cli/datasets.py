@@ -30,6 +30,10 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from .errors import EXIT_USAGE, DrcnError
+from .imageio import IMAGE_EXTENSIONS
+from .registry import drcn_home
+
 __all__ = [
     "BENCHMARKS",
     "IMAGE_SUFFIXES",
@@ -46,7 +50,7 @@ __all__ = [
     "resolve_dataset",
 ]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)  # the one list of image extensions (imageio)
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,14 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
-class DatasetError(RuntimeError):
+class DatasetError(DrcnError, RuntimeError):
     """A dataset that cannot be had or read: missing or empty folder, unreadable image, failed download."""
 
 
 class UnknownDatasetError(DatasetError, ValueError):
-    """A name that is neither a known benchmark nor a folder."""
+    """A name that is neither a known benchmark nor a folder (a usage error)."""
+
+    exit_code = EXIT_USAGE
 
 
 class ArchiveError(DatasetError):
@@ -106,16 +112,9 @@ class Dataset:
     benchmark: Benchmark | None = None
 
 
-def _drcn_home() -> Path:
-    if home := os.environ.get("DRCN_HOME"):
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "drcn"
-
-
 def dataset_cache_dir() -> Path:
-    """``$DRCN_HOME/datasets`` (not created here)."""
-    return _drcn_home() / "datasets"
+    """``$DRCN_HOME/datasets`` (not created here; see :func:`drcn_cli.registry.drcn_home`)."""
+    return drcn_home() / "datasets"
 
 
 def find_benchmark(name: str) -> Benchmark | None:
@@ -139,7 +138,7 @@ def list_images(folder: str | os.PathLike) -> tuple[Path, ...]:
         p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
     )
     if not images:
-        raise DatasetError(f"{folder}: no images in this folder (PNG, JPEG, BMP, TIFF or WebP files)")
+        raise DatasetError(f"{folder}: no images in this folder ({' '.join(IMAGE_EXTENSIONS)} files)")
     return tuple(images)
 
 
@@ -148,17 +147,12 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
 
     Alpha is dropped; 16-bit images are rounded to 8 bits (the benchmarks are 8-bit). Raises DatasetError.
     """
-    from .color import array_to_tensor
-    from .imageio import ImageReadError, read_image
-    from .metrics import quantize_8bit
+    from .data import DataError, load_image8
 
     try:
-        loaded = read_image(path)
-    except ImageReadError as exc:
-        raise DatasetError(f"{path}: {exc}") from None
-    tensor, _fmt = array_to_tensor(loaded.pixels)
-    colour = tensor[:1] if tensor.shape[0] <= 2 else tensor[:3]
-    return quantize_8bit(colour).contiguous()
+        return load_image8(path).contiguous()  # the one reader of training, validation and benchmark images
+    except DataError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = [
     "PRECISIONS",
     "autocast_dtype",
@@ -31,13 +33,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
+        raise ConfigError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+        raise ConfigError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' asked for, but MPS is not available here")
+        raise ConfigError("device 'mps' asked for, but MPS is not available here")
     return device
 
 
@@ -54,7 +56,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     score within 0.01 dB of it on Set5 and Set14 (docs/speed.md); without such units bf16 is emulated, slower.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (use one of {', '.join(PRECISIONS)})")
+        raise ConfigError(f"unknown precision {precision!r} (use one of {', '.join(PRECISIONS)})")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -62,7 +64,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16"
         return "fp32"
     if device.type == "cpu" and precision == "fp16":
-        raise ValueError("fp16 is not supported on the CPU (use fp32 or bf16)")
+        raise ConfigError("fp16 is not supported on the CPU (use fp32 or bf16)")
     return precision
 
 
@@ -93,7 +95,7 @@ def set_threads(threads: int | None) -> None:
     """Set torch's CPU thread count; None or 0 leaves torch's default."""
     if threads:
         if threads < 0:
-            raise ValueError(f"threads must be >= 0, got {threads}")
+            raise ConfigError(f"threads must be >= 0, got {threads}")
         torch.set_num_threads(threads)
 
 

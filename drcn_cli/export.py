@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import DrcnError
 from .model import DRCN
 
 __all__ = [
@@ -48,7 +49,7 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 _ONNX_TYPES = {"fp32": "float32", "fp16": "float16"}
 
 
-class ExportError(RuntimeError):
+class ExportError(DrcnError, RuntimeError):
     """The export could not be done: the exporter packages are missing, or the exporter failed."""
 
 

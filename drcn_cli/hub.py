@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import DrcnError
+
 __all__ = [
     "HubError",
     "ProgressCallback",
@@ -33,7 +35,7 @@ ProgressCallback = Callable[[int, int | None], None]
 """Called as bytes arrive: ``(bytes received so far, total bytes or None when unknown)``."""
 
 
-class HubError(RuntimeError):
+class HubError(DrcnError, RuntimeError):
     """A file could not be had from the hub (offline, missing, server error); the message says what to do."""
 
 

@@ -39,8 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DrcnError
+
 __all__ = [
     "FORMAT_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
     "ImageFormatError",
     "ImageReadError",
     "ImageWriteError",
@@ -55,6 +58,12 @@ __all__ = [
     "write_bytes_atomic",
     "write_image",
 ]
+
+# Image files taken from folders and globs, by every command (upscale inputs, benchmark and training folders):
+# what Pillow reads well. A file named on the command line is tried whatever its extension.
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".tga", ".ppm", ".pgm",
+)  # fmt: skip
 
 # Output formats and the extensions that select them; the first one is used for new names.
 FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -88,11 +97,11 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 _METADATA_ERRORS = (OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError, struct.error)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DrcnError, ValueError):
     """A file that cannot be read as an image; the message is the reason, without the file name."""
 
 
-class ImageWriteError(OSError):
+class ImageWriteError(DrcnError, OSError):
     """An image that could not be written (folder missing or unwritable, disk full ...); nothing was left behind."""
 
 
@@ -100,7 +109,7 @@ class OutputExistsError(ImageWriteError):
     """The output file appeared while it was being written, and replacing it was not asked for; it is untouched."""
 
 
-class ImageFormatError(ValueError):
+class ImageFormatError(DrcnError, ValueError):
     """Pixels that the chosen output format cannot hold (alpha in JPEG, too large for WebP), or an unknown format."""
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SSIM_WINDOW", "crop_border", "luma_8bit", "mod_crop", "psnr", "quantize_8bit", "ssim"]
+__all__ = ["SSIM_WINDOW", "crop_border", "luma_8bit", "mod_crop", "psnr", "quantize_8bit", "score_y", "ssim"]
 
 SSIM_WINDOW = 11  # side of the Gaussian window
 _SSIM_SIGMA = 1.5
@@ -80,6 +80,13 @@ def luma_8bit(image: Any) -> np.ndarray:
         return np.floor(values[0] * 255.0 + 0.5)
     r, g, b = values * 255.0
     return np.floor(16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0 + 0.5)
+
+
+def score_y(sr: Any, hr: Any, border: int) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of the benchmark protocol, shared by `drcn bench` and training validation: MATLAB's 8-bit
+    Y of both (C, H, W) images on 8-bit levels, ``border`` pixels cropped from each side."""
+    y_sr, y_hr = luma_8bit(sr), luma_8bit(hr)
+    return psnr(y_sr, y_hr, border=border), ssim(y_sr, y_hr, border=border)
 
 
 def _as_float64(image: Any) -> np.ndarray:

@@ -9,30 +9,29 @@ Grey images (1 channel, or 2 with alpha) go through the network as they are, wit
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .color import array_to_pil, array_to_tensor, pil_to_array, rgb_to_ycbcr, tensor_to_array, ycbcr_to_rgb
-from .device import autocast_dtype, memory_budget, resolve_device, resolve_precision, set_threads
+from .device import autocast_dtype, resolve_device, resolve_precision, set_threads
 from .device import memory_format as preferred_memory_format
+from .loader import InferenceSettings, ReadyModel, auto_tile, compute_dtype, open_model, prepare_for_inference
 from .model import DRCN
 from .resize import imresize, output_size
-from .tiling import auto_tile_size, run_tiled_adaptive
-from .weights import DEFAULT_MODELS, WeightsError, bundled_weights, load_weights
+from .tiling import run_tiled_adaptive
+from .weights import WeightsError
 
 __all__ = [
     "MAX_SCALE",
     "InferenceSettings",
+    "ReadyModel",
     "load_model",
+    "open_model",
     "prepare_for_inference",
     "super_resolve_y",
     "target_size",
@@ -41,21 +40,6 @@ __all__ = [
 ]
 
 MAX_SCALE = 32.0
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How the network runs: resolved device and precision, tile side (0 = auto), recursions (None = all).
-
-    ``self_ensemble``: average the network's outputs over the 8 flips and 90-degree rotations of its input
-    (Lim et al.'s "self-ensemble", EDSR+, CVPRW 2017): 8 times the work for a slightly better estimate.
-    """
-
-    device: torch.device
-    precision: str = "fp32"
-    tile: int = 0
-    recursions: int | None = None
-    self_ensemble: bool = False
 
 
 def target_size(
@@ -84,77 +68,13 @@ def target_size(
     return out_height, out_width
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime_ns: int, device: str, precision: str) -> DRCN:
-    model, _metadata = load_weights(path)
-    return prepare_for_inference(model, torch.device(device), precision)
-
-
-def _native_dtype(device: torch.device, precision: str) -> torch.dtype:
-    # On the CPU, bf16 weights cast once beat autocast, which casts them at every call and cannot use oneDNN's
-    # fused conv+ReLU; CUDA keeps autocast.
-    return torch.bfloat16 if device.type == "cpu" and precision == "bf16" else torch.float32
-
-
-def prepare_for_inference(model: DRCN, device: torch.device, precision: str = "fp32") -> DRCN:
-    """A copy of ``model`` ready to run: in eval mode on ``device``, in the faster memory layout there, with its
-    conv weights in the compute dtype where the precision runs natively (bf16 on the CPU). The caller's
-    module is left as it was."""
-    ready = copy.deepcopy(model).to(device=device, memory_format=preferred_memory_format(device)).eval()
-    dtype = _native_dtype(device, precision)
-    for module in ready.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            module.to(dtype)
-    return ready
-
-
 def load_model(weights: str | os.PathLike | DRCN | None, device: torch.device, precision: str = "fp32") -> DRCN:
-    """A DRCN ready for inference (prepare_for_inference) from a path, a bundled model name (default: the first
-    of DEFAULT_MODELS bundled), or an instance.
-
-    Files are cached by path, modification time, device and precision, so a batch loads them once.
-    """
-    if isinstance(weights, DRCN):
-        return prepare_for_inference(weights, device, precision)
-    if weights is None:
-        path = next(filter(None, map(bundled_weights, DEFAULT_MODELS)), None)
-        if path is None:
-            raise WeightsError("no bundled weights found; run `drcn download-weights` or pass weights=PATH")
-    elif Path(weights).suffix == "" and not Path(weights).exists():
-        path = bundled_weights(str(weights))
-        if path is None:
-            raise WeightsError(f"model {weights!r} is not bundled; run `drcn download-weights {weights}`")
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"{path}: no such weights file")
-    path = Path(path).resolve()
-    return _load_cached(str(path), path.stat().st_mtime_ns, str(device), precision)
-
-
-def _bytes_per_pixel(model: DRCN, precision: str) -> int:
-    # Live at once per pixel: the recursion state, the conv output, the reconstruction hidden map (F channels
-    # each) plus fp32 input/output/accumulator; x1.5 for allocator slack and conv workspaces.
-    element = 2 if precision in ("fp16", "bf16") else 4
-    return int(1.5 * (3 * model.config.features * element + 16))
-
-
-# On the CPU a tile whose F-channel map fits in about this many bytes runs from the caches: with AMX, a
-# 1024x1024 output in 384-pixel tiles took 1.62 s against 2.63 s in one piece (bf16, docs/speed.md), the
-# recomputed overlap included. The floor of 256 keeps that overlap (20 px a side) under 1.35x the work.
-_CPU_TILE_MAP_BYTES = 24 << 20
-
-
-def _cache_tile_cap(model: DRCN, settings: InferenceSettings) -> int:
-    if settings.device.type != "cpu":
-        return 4096
-    element = 2 if settings.precision == "bf16" else 4
-    side = int(math.sqrt(_CPU_TILE_MAP_BYTES / (model.config.features * element))) - 2 * model.config.receptive_radius
-    return max(256, side // 8 * 8)
+    """The prepared network of :func:`drcn_cli.loader.open_model` (for callers that want the module alone)."""
+    return open_model(weights, device, precision).network
 
 
 def super_resolve_y(
-    model: DRCN,
+    model: ReadyModel | DRCN,
     y: torch.Tensor,
     settings: InferenceSettings,
     on_tile: Callable[[int, int], None] | None = None,
@@ -162,15 +82,16 @@ def super_resolve_y(
 ) -> torch.Tensor:
     """Run the network on bicubic-upsampled luminance y (N, 1, H, W) float32 in [0, 1].
 
-    Returns (N, 1, H, W) float32 on y's device, not clamped. The model must be on settings.device.
+    Returns (N, 1, H, W) float32 on y's device, not clamped. The model must be on settings.device: a
+    :class:`ReadyModel`, or a bare DRCN (one not prepared for the precision runs under autocast).
     """
+    if isinstance(model, ReadyModel):
+        model = model.network
     device = settings.device
     overlap = model.config.receptive_radius
-    tile = settings.tile or auto_tile_size(
-        _bytes_per_pixel(model, settings.precision), memory_budget(device), overlap, _cache_tile_cap(model, settings)
-    )
+    tile = settings.tile or auto_tile(model.config, device, settings.precision)
     # A model prepared for this precision computes in its own dtype; any other model runs under autocast.
-    compute = _native_dtype(device, settings.precision)
+    compute = compute_dtype(device, settings.precision)
     prepared = compute != torch.float32 and model.embed1.weight.dtype == compute
     amp = None if prepared else autocast_dtype(settings.precision)
     memory_format = preferred_memory_format(device)
@@ -223,7 +144,7 @@ def _dihedral_inverse(x: torch.Tensor, rotations: int, flip: bool) -> torch.Tens
 def upscale_tensor(
     image: torch.Tensor,
     size: tuple[int, int],
-    model: DRCN | None,
+    model: ReadyModel | DRCN | None,
     settings: InferenceSettings,
     scale: float | None = None,
     on_tile: Callable[[int, int], None] | None = None,
@@ -275,7 +196,8 @@ def upscale_image(
         image: PIL.Image, or a numpy array (H, W) / (H, W, C) with C = 1..4 channels in RGB(A) order,
             uint8, uint16 or float in [0, 1].
         scale: a factor >= 1 (2, 2.5, 3 ...); or give ``width`` and/or ``height`` of the output.
-        weights: a .safetensors path, a bundled model name, or a DRCN; default: the bundled default model.
+        weights: a .safetensors path, a model name (bundled, cached or downloaded, sha256-verified), or a DRCN
+            (copied: the caller's module is left as it is); default: the default model (see drcn_cli.loader).
         device: 'auto' (CUDA, MPS, CPU), or a torch device string.
         precision: 'auto' (bf16 on a CPU with native bf16 units or on CUDA, fp32 on other CPUs), 'fp32',
             'fp16' (CUDA only) or 'bf16'.
@@ -297,9 +219,12 @@ def upscale_image(
         array = image
     tensor, fmt = array_to_tensor(array)
     size = target_size(tensor.shape[1], tensor.shape[2], scale, width, height)
-    dev = resolve_device(device)
-    settings = InferenceSettings(dev, resolve_precision(precision, dev), tile, recursions, self_ensemble)
-    model = load_model(weights, dev, settings.precision) if method == "drcn" else None
+    model = open_model(weights, device, precision) if method == "drcn" else None
+    if model is None:
+        dev = resolve_device(device)
+        settings = InferenceSettings(dev, resolve_precision(precision, dev), tile, recursions)
+    else:
+        settings = model.settings(tile, recursions, self_ensemble)
     out = upscale_tensor(tensor, size, model, settings, scale=scale)
     result = tensor_to_array(out, fmt)
     return array_to_pil(result, mode) if is_pil else result

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import hub
+from .errors import DrcnError
 from .weights import DEFAULT_MODELS, bundled_weights
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "REPO_ID_ENV",
     "ChecksumError",
     "KnownWeights",
+    "Located",
     "WeightsNotFoundError",
     "WeightsStatus",
     "bundled_path",
@@ -52,8 +54,10 @@ __all__ = [
     "entry_source",
     "known_weights",
     "list_weights",
+    "locate_weights",
     "resolve_weights",
     "sha256_file",
+    "split_source",
     "verify_file",
 ]
 
@@ -118,13 +122,13 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
 }
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(DrcnError, RuntimeError):
     """No usable file for a model: unknown name, missing path, not available offline, hub failure.
 
     The message says what to run."""
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(DrcnError, RuntimeError):
     """A file's sha256 (or size) does not match the table, or the table has no checksum to check against."""
 
 
@@ -294,6 +298,92 @@ def download_weights(
     return path
 
 
+def split_source(value: str | os.PathLike | None) -> tuple[str | None, Path | None]:
+    """Where a name or a path is accepted (``weights=``, ``--init``): ``(name, None)`` or ``(None, path)``.
+
+    A path object is a path; so is a string naming an existing file, or with a suffix (``.safetensors``) or a
+    folder separator. Any other string is a model name (``drcn-lite``); None is (None, None), the default model.
+    """
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        return None, Path(value)
+    path = Path(value)
+    if path.is_file() or path.suffix or os.sep in value or "/" in value:
+        return None, path
+    return value, None
+
+
+@dataclass(frozen=True)
+class Located:
+    """A weights file and where it came from: ``path`` (given by the caller), ``bundled``, ``cached`` or
+    ``downloaded``."""
+
+    path: Path
+    origin: str
+
+
+def locate_weights(
+    name: str | None = None,
+    path: str | os.PathLike | None = None,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    force: bool = False,
+    on_download: Callable[[str], None] | None = None,
+    on_stale: Callable[[ChecksumError], None] | None = None,
+    on_progress: hub.ProgressCallback | None = None,
+) -> Located:
+    """The one resolve order: ``path`` if given, else model ``name`` (default :func:`default_model_name`) from
+    the bundled files, the hub cache (verified), or a download (verified; ``on_download(message)`` first).
+
+    ``force`` skips the bundled and cached copies and downloads afresh. A cached copy that fails its checksum is
+    removed (``on_stale(error)`` is told) and downloaded again. Raises as :func:`resolve_weights`.
+    """
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{path}: no such weights file")
+        return Located(path, "path")
+    name = name or default_model_name()
+    entry = known_weights(name)
+    options = {"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir}
+    if force:
+        return Located(download_weights(name, force=True, on_progress=on_progress, **options), "downloaded")
+    if (bundled := bundled_path(name)) is not None:
+        return Located(bundled, "bundled")
+    stale = ""
+    try:
+        if (cached := cached_weights(name, **options)) is not None:
+            return Located(cached, "cached")
+    except ChecksumError as exc:
+        if not download:
+            raise
+        if on_stale is not None:
+            on_stale(exc)
+        stale = "its cached copy failed the checksum and was removed; "
+    _require_checksum(entry)
+    if not download:
+        raise WeightsNotFoundError(
+            f"{name}: not bundled and not in the cache {hub.hub_cache_dir(cache_dir)}; "
+            f"run `drcn download-weights {name}`, or pass --weights PATH"
+        )
+    if hub.offline_mode():
+        raise WeightsNotFoundError(
+            f"{name}: not bundled and not in the cache {hub.hub_cache_dir(cache_dir)}, and HF_HUB_OFFLINE=1 "
+            f"forbids downloading; run `drcn download-weights {name}` with network access, or pass --weights PATH"
+        )
+    repo, rev = _source(entry, repo_id, revision)
+    if on_download is not None:
+        on_download(
+            f"{name}: {stale or 'not bundled or cached; '}downloading {entry.filename} "
+            f"({_format_size(entry.size)}) from {repo}@{rev} into {hub.hub_cache_dir(cache_dir)}"
+        )
+    return Located(download_weights(name, on_progress=on_progress, **options), "downloaded")
+
+
 def resolve_weights(
     name: str | None = None,
     path: str | os.PathLike | None = None,
@@ -314,41 +404,16 @@ def resolve_weights(
         ChecksumError: no checksum recorded for a model that must be downloaded; a downloaded file does not
             match (removed from the cache). A cached copy that does not match is removed and downloaded again.
     """
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"{path}: no such weights file")
-        return path
-    name = name or default_model_name()
-    entry = known_weights(name)
-    if (bundled := bundled_path(name)) is not None:
-        return bundled
-    stale = ""
-    try:
-        if (cached := cached_weights(name, repo_id=repo_id, revision=revision, cache_dir=cache_dir)) is not None:
-            return cached
-    except ChecksumError:
-        if not download:
-            raise
-        stale = "its cached copy failed the checksum and was removed; "
-    _require_checksum(entry)
-    if not download:
-        raise WeightsNotFoundError(
-            f"{name}: not bundled and not in the cache {hub.hub_cache_dir(cache_dir)}; "
-            f"run `drcn download-weights {name}`, or pass --weights PATH"
-        )
-    if hub.offline_mode():
-        raise WeightsNotFoundError(
-            f"{name}: not bundled and not in the cache {hub.hub_cache_dir(cache_dir)}, and HF_HUB_OFFLINE=1 "
-            f"forbids downloading; run `drcn download-weights {name}` with network access, or pass --weights PATH"
-        )
-    repo, rev = _source(entry, repo_id, revision)
-    if on_download is not None:
-        on_download(
-            f"{name}: {stale or 'not bundled or cached; '}downloading {entry.filename} "
-            f"({_format_size(entry.size)}) from {repo}@{rev} into {hub.hub_cache_dir(cache_dir)}"
-        )
-    return download_weights(name, repo_id=repo_id, revision=revision, cache_dir=cache_dir, on_progress=on_progress)
+    return locate_weights(
+        name,
+        path,
+        repo_id=repo_id,
+        revision=revision,
+        cache_dir=cache_dir,
+        download=download,
+        on_download=on_download,
+        on_progress=on_progress,
+    ).path
 
 
 # -- listing ----------------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DrcnError
+
 __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoError",
@@ -54,7 +56,7 @@ VIDEO_CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
 VIDEO_EXTENSIONS = frozenset(VIDEO_CODECS)
 
 
-class VideoError(ValueError):
+class VideoError(DrcnError, ValueError):
     """A video that cannot be read (not a video, corrupt, truncated, no video stream) or written; one line that
     does not repeat the source's name (the caller reports it with the file)."""
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import DrcnError
+
 if TYPE_CHECKING:  # torch is imported where tensors are handled, so finding files stays instant
     import torch
 
@@ -50,8 +52,8 @@ def _bundled_dir() -> Path:
 BUNDLED_DIR = _bundled_dir()
 
 
-class WeightsError(ValueError):
-    """A weights file that cannot be read or does not describe a DRCN."""
+class WeightsError(DrcnError, ValueError):
+    """A weights file that cannot be read or does not describe a DRCN (or whose network gives NaN)."""
 
 
 def bundled_weights(name: str) -> Path | None:

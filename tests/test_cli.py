@@ -108,3 +108,15 @@ def test_shell_completion_is_on(capsys, monkeypatch):
     monkeypatch.setenv("COMP_CWORD", "2")
     code, out, _ = _run_main([], capsys)
     assert code == 0 and out.split() == ["--recursive", "--recursions"]
+
+
+def test_every_progress_bar_is_built_the_same_way():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from drcn_cli.cli._progress import progress_bar
+
+    kinds = [type(c) for c in progress_bar(Console(), TextColumn("x"), elapsed=True).columns]
+    assert kinds == [TextColumn, BarColumn, MofNCompleteColumn, TimeElapsedColumn, TextColumn, TimeRemainingColumn,
+                     TextColumn]  # fmt: skip
+    assert [type(c) for c in progress_bar(Console(), count=False, eta=False).columns] == [TextColumn, BarColumn]

@@ -255,3 +255,33 @@ def test_unknown_model_and_tiny_tile_are_usage_errors(tmp_path):
     tiny = run("-d", str(tmp_path), "--method", "bicubic", "--tile", "8")
     assert tiny.exit_code == 2, tiny.output
     assert "--tile 8 is too small" in tiny.stderr and "at least 32" in tiny.stderr
+
+
+def test_bench_and_upscale_run_the_same_prepared_model(tmp_path, weights_file, monkeypatch):
+    """Both commands get their network from loader.open_model, and the pipeline runs that ReadyModel as it came
+    (channels_last on the CPU), so bench times what upscale runs."""
+    from drcn_cli import loader, pipeline
+
+    opened, ran = [], []
+    real_open, real_run = loader.open_model, pipeline.super_resolve_y
+
+    def spy_open(*args, **kwargs):
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    def spy_run(model, *args, **kwargs):
+        ran.append(model)
+        return real_run(model, *args, **kwargs)
+
+    monkeypatch.setattr(loader, "open_model", spy_open)
+    monkeypatch.setattr(pipeline, "super_resolve_y", spy_run)
+    folder = make_images(tmp_path / "mine", sizes=((40, 36),))
+    assert run("--weights", weights_file, "--dataset", folder, "-s", 2, "-q", "--device", "cpu").exit_code == 0
+    upscaled = CliRunner().invoke(app, ["upscale", str(folder / "im0.png"), "-s", "2", "-o", str(tmp_path / "o.png"),
+                                        "--weights", str(weights_file), "-q", "--device", "cpu"])
+    assert upscaled.exit_code == 0, upscaled.output
+
+    assert len(opened) == 2 and opened[0].network is opened[1].network  # one cached, prepared copy
+    assert all(isinstance(model, loader.ReadyModel) for model in ran)  # warm-up, bench and upscale
+    assert {id(model.network) for model in ran} == {id(opened[0].network)}
+    assert opened[0].network.embed2.weight.is_contiguous(memory_format=torch.channels_last)

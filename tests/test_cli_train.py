@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from conftest import write_training_images
@@ -203,7 +204,7 @@ def _save_rng(value):
 def _rng_python_out_of_range():
     import torch
 
-    from drcn_cli.train import _rng_state
+    from drcn_cli.checkpoint import rng_state as _rng_state
 
     state = _rng_state()
     state["python"] = torch.full((625,), 2**40, dtype=torch.int64)
@@ -322,3 +323,55 @@ def test_a_second_signal_interrupts_at_once_and_says_there_is_no_checkpoint(fold
                      "--steps", 50, *TINY)  # fmt: skip
     assert result.exit_code == 130, result.output
     assert "interrupted before the first checkpoint: nothing to resume from" in result.output
+
+
+# -- options declared once: choices, recipe files ----------------------------------------------------------------
+
+
+def _capture_config(monkeypatch):
+    """Replace the training itself by one that records the TrainConfig it is given."""
+    from drcn_cli import train as lib
+
+    seen = []
+
+    def fake_train(cfg, reporter=None, should_stop=None):
+        seen.append(cfg)
+        return lib.TrainResult(cfg.steps, True, 0.0, None, None, None, None, 0.0)
+
+    monkeypatch.setattr(lib, "train", fake_train)
+    return seen
+
+
+@pytest.mark.parametrize(("option", "bad", "choices"), [
+    ("--optimizer", "lbfgs", "adam"), ("--schedule", "step", "cosine"), ("--loss", "huber", "l1"),
+    ("--precision", "fp16", "bf16"),
+])  # fmt: skip
+def test_a_bad_choice_is_a_usage_error_listing_the_choices(tmp_path, option, bad, choices):
+    result = _invoke("--data", tmp_path, "--out", tmp_path / "w.safetensors", option, bad, "--quiet")
+    assert result.exit_code == 2 and bad in result.stderr and choices in result.stderr
+
+
+def test_a_recipe_file_gives_the_options_and_the_command_line_wins(tmp_path, monkeypatch):
+    seen = _capture_config(monkeypatch)
+    recipe = tmp_path / "lite.toml"
+    recipe.write_text(f'data = ["{tmp_path}"]\nout = "{tmp_path / "w.safetensors"}"\nfeatures = 64\nlr = 3e-4\n'
+                      'scales = [2, 3]\noptimizer = "adamw"\nsteps = 500\n')  # fmt: skip
+    result = _invoke("--config", recipe, "--steps", 9, "--quiet")
+    assert result.exit_code == 0, result.output
+    (cfg,) = seen
+    assert (cfg.features, cfg.lr, cfg.scales, cfg.optimizer) == (64, 3e-4, (2.0, 3.0), "adamw")  # from the file
+    assert cfg.steps == 9 and cfg.data == (str(tmp_path),)  # the command line wins; lists become tuples
+    assert cfg.checkpoint_dir == str(Path(".checkpoints") / "w")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("learning_rate = 0.1", "unknown option 'learning_rate'"),
+    ("steps = 'many'", "'steps' should be a whole number"),
+    ("steps = [", "not a TOML recipe"),
+])  # fmt: skip
+def test_a_bad_recipe_is_one_line_exit_2(tmp_path, text, expected):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text + "\n")
+    result = _invoke("--config", recipe, "--data", tmp_path, "--out", tmp_path / "w.safetensors", "--quiet")
+    assert result.exit_code == 2 and expected in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

@@ -5,6 +5,7 @@ from PIL import Image
 
 from drcn_cli.model import DRCN, DRCNConfig
 from drcn_cli.pipeline import InferenceSettings, super_resolve_y, target_size, upscale_image
+from drcn_cli.registry import WeightsNotFoundError
 from drcn_cli.resize import imresize
 from drcn_cli.weights import WeightsError, save_weights
 
@@ -152,10 +153,13 @@ def test_weights_from_a_file(model, tmp_path):
     save_weights(model, path)
     image = rng_image((6, 6, 3))
     assert np.array_equal(upscale_image(image, 2, weights=path), upscale_image(image, 2, weights=model))
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsNotFoundError, match="no such weights file"):
         upscale_image(image, 2, weights=tmp_path / "missing.safetensors")
-    with pytest.raises(WeightsError, match="not bundled"):
+    with pytest.raises(WeightsNotFoundError, match="unknown model 'no-such-model'"):  # the registry's order
         upscale_image(image, 2, weights="no-such-model")
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights")
+    with pytest.raises(WeightsError, match="junk.safetensors"):
+        upscale_image(image, 2, weights=tmp_path / "junk.safetensors")
 
 
 def test_bad_arguments(model):

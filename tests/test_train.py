@@ -230,7 +230,7 @@ def test_checkpoint_round_trip_with_split_files_and_rng(tmp_path):
         for name, value in entries.items():
             assert torch.equal(loaded.optimizer[index][name], value)
     assert all(torch.equal(loaded.model[k], v) for k, v in model.state_dict().items())
-    from drcn_cli.train import _restore_rng
+    from drcn_cli.checkpoint import restore_rng as _restore_rng
 
     _restore_rng(loaded.rng)
     again = (torch.rand(3), np.random.rand(3), random.random())

@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from . import bench, download, export, train, upscale
+from ._errors import EXIT_INTERRUPTED, print_error, reported
 
 app = typer.Typer(
     name="drcn",
@@ -40,14 +41,12 @@ def root(
     """Image super-resolution with the Deeply-Recursive Convolutional Network (Kim et al., CVPR 2016)."""
 
 
-app.command("upscale")(upscale.upscale)
-app.command("train")(train.train)
-app.command("bench")(bench.bench)
-app.command("download-weights")(download.download_weights)
-app.command("export")(export.export)
-
-
-EXIT_INTERRUPTED = 130
+# Each command through `reported`: the one place where drcn's own errors become a line and an exit code.
+app.command("upscale")(reported("upscale")(upscale.upscale))
+app.command("train")(reported("train")(train.train))
+app.command("bench")(reported("bench")(bench.bench))
+app.command("download-weights")(reported("download-weights")(download.download_weights))
+app.command("export")(reported("export")(export.export))
 
 
 class _Terminated(BaseException):
@@ -89,8 +88,7 @@ def main(args: Sequence[str] | None = None) -> None:
         code = exc.exit_code
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
             ctx = getattr(exc, "ctx", None)
-            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            print_error(exc.format_message(), f" (see {ctx.command_path} --help)" if ctx is not None else "")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -156,11 +156,12 @@ class _frame_progress:
     def __enter__(self):
         if not self.report.live:
             return lambda done: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import TextColumn
 
-        self.progress = Progress(
-            TextColumn("frames"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn(self.job.input_label, markup=False), console=self.report.console, transient=True,
+        from ._progress import progress_bar
+
+        self.progress = progress_bar(
+            self.report.console, TextColumn(self.job.input_label, markup=False), label="frames", transient=True,
             redirect_stdout=False,
         )
         self.progress.__enter__()

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ._errors import fail, usage
 from ._options import MODEL_PANEL as _MODEL
 from ._options import (
     Device,
@@ -37,13 +38,7 @@ _OUTPUT = "Output"
 
 
 def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message} (see drcn bench --help)", err=True)
-    return typer.Exit(2)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(1)
+    return usage(message, "bench")
 
 
 def _pair(psnr: float, ssim: float, digits: int = 3) -> str:
@@ -190,28 +185,9 @@ def bench(
 
     Exit code: 0 done, 1 a dataset, image or weights problem, 2 usage error.
     """
-    if (problem := tile_problem(tile)) is not None:
-        raise _usage(problem)
-    if model is not None:
-        from ..registry import KNOWN_WEIGHTS
-
-        if model not in KNOWN_WEIGHTS:
-            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
+    _check_options(method, model, weights, recursions, self_ensemble, plot, tile)
     datasets_spec = list(dataset or ["Set5"])
     scales = list(dict.fromkeys(scale or [2, 3, 4]))
-    if model is not None and weights is not None:
-        raise _usage("give either --model or --weights, not both")
-    if method is Method.bicubic and (
-        model is not None or weights is not None or recursions is not None or self_ensemble
-    ):
-        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
-    if method is Method.bicubic and plot is not None:
-        raise _usage("--plot draws PSNR against recursion depth, which needs --method drcn")
-    if plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise _fail("--plot needs matplotlib: pip install 'drcn[plot]'") from None
 
     from rich.console import Console
 
@@ -224,111 +200,123 @@ def bench(
     import torch
 
     from .. import bench as lib
-    from ..datasets import DatasetError, UnknownDatasetError, resolve_dataset
+    from ..datasets import resolve_dataset
     from ..device import resolve_device, resolve_precision, set_threads
-    from ..hub import HubError
-    from ..imageio import ImageWriteError
     from ..pipeline import InferenceSettings
 
-    try:
-        set_threads(threads)
-        dev = resolve_device(device)
-        prec = resolve_precision(precision.value, dev)
-    except ValueError as exc:
-        raise _usage(str(exc)) from None
+    # Errors of drcn's own (a device that is not there: usage; a dataset, the weights: failure) are reported
+    # by the command's wrapper (cli._errors.reported); only the OS's own are turned into a line here.
+    set_threads(threads)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision.value, dev)
 
     sets = []
     for spec in datasets_spec:
         try:
             sets.append(resolve_dataset(spec, data_dir, download=download, on_download=info))
-        except UnknownDatasetError as exc:
-            raise _usage(str(exc)) from None
-        except (DatasetError, HubError, OSError) as exc:
-            raise _fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(exc) from None
 
-    network = None
-    label = "MATLAB bicubic"
-    depths: tuple[int | None, ...] = (None,)
+    network, label, depths = None, "MATLAB bicubic", (None,)
     if method is Method.drcn:
-        from .. import registry
-        from ..pipeline import load_model
-        from ..weights import WeightsError
+        from ..loader import open_model
 
-        try:
-            path = registry.resolve_weights(model, weights, on_download=info)
-            network = load_model(path, dev, prec)
-        except (registry.WeightsNotFoundError, registry.ChecksumError, HubError, WeightsError) as exc:
-            raise _fail(str(exc)) from None
-        cfg = network.config
-        label = f"DRCN {Path(path).name} (F={cfg.features}, D={cfg.recursions})"
-        if self_ensemble:
-            label += " with self-ensemble x8 (the paper's numbers have none)"
-        spec = recursions if recursions is not None else ("all" if plot is not None else None)
-        if spec is not None:
-            try:
-                depths = lib.parse_recursions(spec, cfg.recursions)
-            except lib.BenchError as exc:
-                raise _usage(str(exc)) from None
-        if plot is not None and len(depths) < 2:
-            raise _usage("--plot needs two or more recursion depths (e.g. --recursions 1..16)")
+        network = open_model(weights or model, dev, prec, on_download=info)
+        label, depths = _network_label(network, self_ensemble), _depths(network, recursions, plot)
 
     settings = InferenceSettings(dev, prec, tile, self_ensemble=self_ensemble)
     try:
         with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
             report = lib.run_bench(sets, scales, network, settings, depths, save_images, advance)
-    except (lib.BenchError, DatasetError, ImageWriteError) as exc:
-        raise _fail(str(exc)) from None
     except torch.OutOfMemoryError:
-        raise _fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
+        raise fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
 
     out = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
     out.print(_results_table(report, label))
     out.print(_timing_line(report.timing), markup=False)
 
+    model_text = label if network is not None else None
     try:
-        if json_file is not None:
-            data = {
-                "datasets": [{"name": s.name, "root": str(s.root), "source": s.source} for s in sets],
-                "scales": scales,
-                "model": label if network is not None else None,
-                "self_ensemble": self_ensemble,
-                **lib.report_to_dict(report),
-            }
-            _write_text(json_file, json.dumps(data, indent=2) + "\n")
-        if csv_file is not None:
-            _write_text(csv_file, _csv_text(lib.per_image_rows(report)))
-        if plot is not None:
-            lib.plot_recursion_sweep(report, plot)
-            info(f"plot written to {plot}")
-    except (ImageWriteError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    except (lib.BenchError, lib.MissingExtraError) as exc:
-        raise _fail(str(exc)) from None
+        _write_reports(report, sets, scales, model_text, self_ensemble, json_file, csv_file, plot, info)
+    except OSError as exc:
+        raise fail(exc) from None
+
+
+def _write_reports(report: Any, sets: list[Any], scales: list[int], model: str | None, self_ensemble: bool,
+                   json_file: Path | None, csv_file: Path | None, plot: Path | None,
+                   info: Callable[[str], None]) -> None:
+    """The --json, --csv and --plot files asked for."""
+    from .. import bench as lib
+
+    if json_file is not None:
+        data = {
+            "datasets": [{"name": s.name, "root": str(s.root), "source": s.source} for s in sets],
+            "scales": scales,
+            "model": model,
+            "self_ensemble": self_ensemble,
+            **lib.report_to_dict(report),
+        }
+        _write_text(json_file, json.dumps(data, indent=2) + "\n")
+    if csv_file is not None:
+        _write_text(csv_file, _csv_text(lib.per_image_rows(report)))
+    if plot is not None:
+        lib.plot_recursion_sweep(report, plot)
+        info(f"plot written to {plot}")
+
+
+def _check_options(method: Method, model: str | None, weights: Path | None, recursions: str | None,
+                   self_ensemble: bool, plot: Path | None, tile: int) -> None:
+    """Usage errors (exit 2) of option combinations, before any work."""
+    if (problem := tile_problem(tile)) is not None:
+        raise _usage(problem)
+    if model is not None:
+        from ..registry import KNOWN_WEIGHTS
+
+        if model not in KNOWN_WEIGHTS:
+            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
+    if model is not None and weights is not None:
+        raise _usage("give either --model or --weights, not both")
+    if method is Method.bicubic and (
+        model is not None or weights is not None or recursions is not None or self_ensemble
+    ):
+        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
+    if method is Method.bicubic and plot is not None:
+        raise _usage("--plot draws PSNR against recursion depth, which needs --method drcn")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise fail("--plot needs matplotlib: pip install 'drcn[plot]'") from None
+
+
+def _network_label(network: Any, self_ensemble: bool) -> str:
+    cfg = network.config
+    label = f"DRCN {network.source.name} (F={cfg.features}, D={cfg.recursions})"
+    return label + (" with self-ensemble x8 (the paper's numbers have none)" if self_ensemble else "")
+
+
+def _depths(network: Any, recursions: str | None, plot: Path | None) -> tuple[int | None, ...]:
+    """The recursion depths to measure: --recursions, all of them for a --plot, else the model's own."""
+    from .. import bench as lib
+
+    spec = recursions if recursions is not None else ("all" if plot is not None else None)
+    depths: tuple[int | None, ...] = (None,)
+    if spec is not None:
+        try:
+            depths = lib.parse_recursions(spec, network.config.recursions)
+        except lib.BenchError as exc:
+            raise _usage(str(exc)) from None
+    if plot is not None and len(depths) < 2:
+        raise _usage("--plot needs two or more recursion depths (e.g. --recursions 1..16)")
+    return depths
 
 
 @contextmanager
 def _progress(console: Any, quiet: bool, total: int) -> Iterator[Callable[[Any], None]]:
     """A rich progress bar on stderr (dataset, image N/M, elapsed, ETA); yields the run_bench callback."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from ._progress import progress_bar
 
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-        transient=True,
-    )
+    progress = progress_bar(console, elapsed=True, disable=quiet or not console.is_terminal, transient=True)
     with progress:
         task = progress.add_task("starting", total=total)
 

@@ -9,11 +9,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..errors import DrcnError
+from ._errors import EXIT_FAILURE, EXIT_USAGE, fail, print_error
+
 if TYPE_CHECKING:
     from rich.console import Console
 
     from ..registry import WeightsStatus
 
+_ORIGIN_TEXT = {
+    "bundled": "bundled, nothing to download",
+    "cached": "already cached, sha256 verified",
+    "downloaded": "downloaded, sha256 verified",
+}
 _STATUS_STYLE = {"bundled": "green", "cached": "green", "available": "yellow", "unpublished": "red"}
 
 
@@ -66,20 +74,14 @@ def download_weights(
     if list_models:
         if names or all_models:
             raise typer.BadParameter("--list takes no model names and no --all", param_hint="--list")
-        try:
-            rows = registry.list_weights(repo_id=repo_id, revision=revision, cache_dir=cache_dir)
-        except registry.WeightsNotFoundError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        _print_table(Console(), rows)
+        _print_table(Console(), registry.list_weights(repo_id=repo_id, revision=revision, cache_dir=cache_dir))
         return
     if names and all_models:
         raise typer.BadParameter("give model names or --all, not both", param_hint="--all")
     unknown = [name for name in names or () if name not in registry.KNOWN_WEIGHTS]
     if unknown:
         known = ", ".join(sorted(registry.KNOWN_WEIGHTS))
-        typer.echo(f"error: unknown model {', '.join(map(repr, unknown))}; known models: {known}", err=True)
-        raise typer.Exit(2)
+        raise fail(f"unknown model {', '.join(map(repr, unknown))}; known models: {known}", EXIT_USAGE)
     targets = list(registry.KNOWN_WEIGHTS) if all_models else list(dict.fromkeys(names or ()))
     targets = targets or [registry.default_model_name()]
 
@@ -88,25 +90,21 @@ def download_weights(
     failed = False
     for name in targets:
         try:
-            if not force and (bundled := registry.bundled_path(name)) is not None:
-                typer.echo(f"{name}: {bundled} (bundled, nothing to download)")
-                continue
-            if not force:
-                try:
-                    if (cached := registry.cached_weights(name, **options)) is not None:
-                        typer.echo(f"{name}: {cached} (already cached, sha256 verified)")
-                        continue
-                except registry.ChecksumError as exc:
-                    err.print(f"warning: {exc}", markup=False, highlight=False)
             with _progress(err, name, quiet) as on_progress:
-                path = registry.download_weights(name, force=force, on_progress=on_progress, **options)
-        except (registry.WeightsNotFoundError, registry.ChecksumError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+                located = registry.locate_weights(
+                    name,
+                    force=force,
+                    on_stale=lambda exc: err.print(f"warning: {exc}", markup=False, highlight=False),
+                    on_progress=on_progress,
+                    **options,
+                )
+        except DrcnError as exc:  # reported, and the other models are still fetched
+            print_error(exc)
             failed = True
             continue
-        typer.echo(f"{name}: {path} (downloaded, sha256 verified)")
+        typer.echo(f"{name}: {located.path} ({_ORIGIN_TEXT[located.origin]})")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @contextmanager
@@ -117,16 +115,11 @@ def _progress(console: Console, name: str, quiet: bool) -> Iterator[Callable[[in
     if quiet or not console.is_terminal:
         yield lambda done, total: None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import DownloadColumn, TransferSpeedColumn
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    from ._progress import progress_bar
+
+    with progress_bar(console, DownloadColumn(), TransferSpeedColumn(), count=False, eta=False, transient=True) as bar:
         task = bar.add_task(name, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ._errors import fail, usage
 from ._options import MODEL_PANEL as _MODEL
 from ._options import ModelName, WeightsPath
 
@@ -23,13 +24,7 @@ class ExportPrecision(str, Enum):
 
 
 def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message} (see drcn export --help)", err=True)
-    return typer.Exit(2)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(1)
+    return usage(message, "export")
 
 
 def default_output(weights_path: Path, recursions: int | None, precision: str) -> Path:
@@ -74,20 +69,17 @@ def export(
         raise _usage("give either --model or --weights, not both")
 
     from .. import registry
-    from ..export import ExportError, export_onnx
-    from ..hub import HubError
-    from ..imageio import ImageWriteError
-    from ..weights import WeightsError, load_weights
+    from ..export import export_onnx
+    from ..weights import load_weights
 
     def info(message: str) -> None:
         if not quiet:
             typer.echo(message, err=True)
 
-    try:
-        path = Path(registry.resolve_weights(model, weights, on_download=info))
-        network, _metadata = load_weights(path)
-    except (registry.WeightsNotFoundError, registry.ChecksumError, HubError, WeightsError) as exc:
-        raise _fail(str(exc)) from None
+    # The exporter wants the plain fp32 module, not one prepared to run here (drcn_cli.loader); drcn's own errors
+    # (weights not found, not DRCN weights, the exporter failing) are reported by the command's wrapper.
+    path = Path(registry.resolve_weights(model, weights, on_download=info))
+    network, _metadata = load_weights(path)
     trained = network.config.recursions
     if recursions is not None and recursions > trained:
         raise _usage(f"--recursions {recursions}: this model has {trained}")
@@ -100,13 +92,10 @@ def export(
     else:
         target = Path(output).expanduser()
     if target.exists() and not overwrite:  # before the work, not after it
-        raise _fail(f"output {target} exists (use --overwrite)")
+        raise fail(f"output {target} exists (use --overwrite)")
     info(f"exporting {path.name} (F={network.config.features}, {recursions or trained} of {trained} recursions, "
          f"{precision.value}) to {target}")
-    try:
-        result = export_onnx(network, target, recursions=recursions, precision=precision.value,
-                             overwrite=overwrite, source=path.name)
-    except (ExportError, ImageWriteError) as exc:
-        raise _fail(str(exc)) from None
+    result = export_onnx(network, target, recursions=recursions, precision=precision.value,
+                         overwrite=overwrite, source=path.name)
     typer.echo(f"{result.path}: {result.size / 1e6:.2f} MB, opset {result.opset}, input y_bicubic "
                f"(N x 1 x H x W {'float16' if result.precision == 'fp16' else 'float32'}), output y_sr")

@@ -7,24 +7,21 @@ checkpoint folder) and the exported weights. Under torchrun only rank 0 shows an
 
 from __future__ import annotations
 
-import os
 import signal
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ..train_config import LOSSES, OPTIMIZERS, SCHEDULES
+from ._errors import EXIT_INTERRUPTED, fail
+
 _DATA = "Data"
 _MODEL = "Model and recipe"
 _RUN = "Run"
 
-EXIT_INTERRUPTED = 130
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(code)
 
 
 @contextmanager
@@ -52,43 +49,77 @@ def _stop_on_signals(stop_asked: list[int], reporter: Any):
             signal.signal(sig, old)
 
 
-def _is_path(value: str) -> bool:
-    return Path(value).is_file() or value.endswith(".safetensors") or os.sep in value or "/" in value
+Optimizer = Enum("Optimizer", [(name, name) for name in OPTIMIZERS], type=str)
+Schedule = Enum("Schedule", [(name, name) for name in SCHEDULES], type=str)
+Loss = Enum("Loss", [(name, name) for name in LOSSES], type=str)
+TrainPrecision = Enum("TrainPrecision", [(name, name) for name in ("auto", "fp32", "bf16")], type=str)
+
+# Parameters of the command that are not TrainConfig fields, and those named differently there.
+_NOT_CONFIG = frozenset({"config", "resume", "quiet"})
+_FIELD_NAMES = {"scale": "scales", "downscale": "downscales"}
+
+
+def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields of the options given (on the command line, then in the --config recipe): paths
+    as strings, lists as tuples, choices as their values, --time-limit in seconds, --init resolved to a file."""
+    options: dict[str, Any] = {}
+    for name, value in flags.items():
+        if name in _NOT_CONFIG or value is None or value is False:
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, list):
+            value = tuple(str(v) if isinstance(v, Path) else v for v in value)
+        elif isinstance(value, Path):
+            value = str(value)
+        options[_FIELD_NAMES.get(name, name)] = value
+    if "time_limit" in options:
+        options["time_limit"] *= 60.0
+    if flags["config"] is not None:
+        from ..train_config import read_recipe
+
+        options = read_recipe(flags["config"]) | options
+    if options.get("init"):
+        options["init"] = str(_resolve_init(options["init"]))
+    return options
+
+
+def _config(options: dict[str, Any], resume: Path | None) -> Any:
+    """The run's TrainConfig: a resumed run's stored one with ``options`` applied, or a new one from them."""
+    from ..train import TrainConfig, init_architecture, resume_config
+
+    if resume is not None:
+        options.setdefault("checkpoint_dir", str(resume))
+        return resume_config(resume, options)
+    pack = options.get("pack")
+    if not options.get("data") and not (pack and Path(pack).is_file()):
+        raise typer.BadParameter("give at least one --data folder (or an existing --pack)", param_hint="--data")
+    if not options.get("out"):
+        raise typer.BadParameter("where to write the trained weights", param_hint="--out")
+    if options.get("init") and ("features" not in options or "recursions" not in options):
+        arch = init_architecture(options["init"])
+        options.setdefault("features", arch.features)
+        options.setdefault("recursions", arch.recursions)
+    options.setdefault("checkpoint_dir", str(Path(".checkpoints") / Path(options["out"]).stem))
+    return TrainConfig(**options)
 
 
 def _resolve_init(value: str) -> Path:
-    from ..registry import ChecksumError, WeightsNotFoundError, resolve_weights
+    from ..registry import resolve_weights, split_source
 
-    try:
-        return resolve_weights(path=value) if _is_path(value) else resolve_weights(value)
-    except (WeightsNotFoundError, ChecksumError) as exc:
-        raise _fail(str(exc)) from None
+    return resolve_weights(*split_source(value))
 
 
 class _RichReporter:
     """Renders the library's progress: a bar with step, loss, lr, alpha, validation PSNR and ETA."""
 
     def __init__(self, console: Any) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
+
+        from ._progress import progress_bar
 
         self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=console,
-        )
+        self.progress = progress_bar(console, TextColumn("{task.fields[info]}"), elapsed=True)
         self.prepare_task = None
         self.train_task = None
         self.val_text = "val -"
@@ -140,6 +171,17 @@ class _RichReporter:
 
 
 def train(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            exists=True,
+            dir_okay=False,
+            help="A TOML recipe: TrainConfig fields (lr = 3e-4, scales = [2, 3, 4], time_limit in seconds ...); "
+            "options given on the command line win.",
+            rich_help_panel=_RUN,
+        ),
+    ] = None,
     data: Annotated[
         list[Path] | None,
         typer.Option(
@@ -252,7 +294,7 @@ def train(
         ),
     ] = None,
     schedule: Annotated[
-        str | None,
+        Schedule | None,
         typer.Option(
             "--schedule", help="cosine or constant, after the warmup (default: cosine).", rich_help_panel=_MODEL
         ),
@@ -264,11 +306,11 @@ def train(
         ),
     ] = None,
     optimizer: Annotated[
-        str | None,
+        Optimizer | None,
         typer.Option("--optimizer", help="adam, adamw or sgd (momentum 0.9) (default: adam).", rich_help_panel=_MODEL),
     ] = None,
     loss: Annotated[
-        str | None,
+        Loss | None,
         typer.Option(
             "--loss", help="l1 (mean absolute error) or l2 (the paper's MSE) (default: l1).", rich_help_panel=_MODEL
         ),
@@ -338,7 +380,7 @@ def train(
         str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto).", rich_help_panel=_RUN)
     ] = None,
     precision: Annotated[
-        str | None,
+        TrainPrecision | None,
         typer.Option(
             "--precision", help="auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32, bf16.",
             rich_help_panel=_RUN,
@@ -362,70 +404,16 @@ def train(
 
     torchrun --nproc-per-node N -m drcn_cli train ... trains on N GPUs (DistributedDataParallel).
     """
-    from ..data import DataError
-    from ..train import CheckpointError, TrainConfig, TrainingError, init_architecture, resume_config
+    flags = dict(locals())  # every parameter as given: the options are declared once, in the signature above
     from ..train import train as run_training
-    from ..weights import WeightsError
 
     if time_limit is not None and time_limit <= 0:
         raise typer.BadParameter("must be positive", param_hint="--time-limit")
-    init_path = _resolve_init(init) if init else None
-    options: dict[str, Any] = {
-        "data": tuple(str(p) for p in data) if data else None,
-        "val": str(val) if val else None,
-        "pack": str(pack) if pack else None,
-        "scales": tuple(scale) if scale else None,
-        "downscales": tuple(downscale) if downscale else None,
-        "patch_size": patch_size,
-        "stride": stride,
-        "out": str(out) if out else None,
-        "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-        "init": str(init_path) if init_path else None,
-        "features": features,
-        "recursions": recursions,
-        "batch_size": batch_size,
-        "steps": steps,
-        "lr": lr,
-        "lr_min": lr_min,
-        "schedule": schedule,
-        "warmup": warmup,
-        "optimizer": optimizer,
-        "loss": loss,
-        "weight_decay": weight_decay,
-        "grad_clip": grad_clip,
-        "alpha_decay": alpha_decay,
-        "seed": seed,
-        "val_every": val_every,
-        "checkpoint_every": checkpoint_every,
-        "log_every": log_every,
-        "time_limit": time_limit * 60.0 if time_limit is not None else None,
-        "stop_at": stop_at,
-        "device": device,
-        "precision": precision,
-        "threads": threads,
-        "overwrite": overwrite or None,
-    }
-    try:
-        if resume is not None:
-            if options["checkpoint_dir"] is None:
-                options["checkpoint_dir"] = str(resume)
-            cfg = resume_config(resume, options)
-        else:
-            if not data and not (pack and pack.is_file()):
-                raise typer.BadParameter("give at least one --data folder (or an existing --pack)", param_hint="--data")
-            if out is None:
-                raise typer.BadParameter("where to write the trained weights", param_hint="--out")
-            if init_path is not None and (features is None or recursions is None):
-                arch = init_architecture(init_path)
-                options["features"] = features or arch.features
-                options["recursions"] = recursions or arch.recursions
-            if options["checkpoint_dir"] is None:
-                options["checkpoint_dir"] = str(Path(".checkpoints") / out.stem)
-            cfg = TrainConfig(**{key: value for key, value in options.items() if value is not None})
-    except (CheckpointError, WeightsError, DataError) as exc:
-        raise _fail(str(exc)) from None
+    cfg = _config(_given_options(flags), resume)
 
-    main_process = os.environ.get("RANK", "0") == "0"
+    from ..processes import processes
+
+    main_process = processes().main
     show = main_process and not quiet
     reporter: Any = None
     if show:
@@ -433,15 +421,13 @@ def train(
 
         reporter = _RichReporter(Console(stderr=True))
     stop_asked: list[int] = []
+    # drcn's own errors (bad data, a checkpoint that does not fit, a refused option: ConfigError, exit 2) are
+    # reported by the command's wrapper (cli._errors.reported); any other exception is a bug, with its traceback.
     try:
         with _stop_on_signals(stop_asked, reporter if show else None):
             result = run_training(cfg, reporter, should_stop=lambda: bool(stop_asked))
-    except (DataError, CheckpointError, WeightsError) as exc:
-        raise _fail(str(exc)) from None
-    except ValueError as exc:  # an option value the library refused
-        raise _fail(str(exc), 2) from None
-    except (TrainingError, OSError) as exc:
-        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(exc) from None
     except KeyboardInterrupt:
         folder = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
         if folder is not None and (folder / "state.json").is_file():

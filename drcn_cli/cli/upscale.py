@@ -22,6 +22,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import DrcnError
+from ._errors import EXIT_INTERRUPTED, fail, one_line, usage
 from ._options import MODEL_PANEL as _MODEL
 from ._options import (
     Device,
@@ -37,7 +39,6 @@ from ._options import (
 
 DEFAULT_MAX_MPX = 100.0
 DEFAULT_MAX_OUTPUT_MPX = 1000.0
-EXIT_INTERRUPTED = 130
 
 _IO = "Input and output"
 _SIZE = "Size"
@@ -94,12 +95,10 @@ class _Upscaled:
 
 def _usage(message: str) -> typer.Exit:
     """Print a usage error as one line and return the exit (code 2) for the caller to raise."""
-    typer.echo(f"error: {message} (see drcn upscale --help)", err=True)
-    return typer.Exit(2)
+    return usage(message, "upscale")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+_one_line = one_line
 
 
 def _mpx(pixels: int) -> str:
@@ -119,11 +118,9 @@ def _reason(exc: BaseException) -> str:
     """The one-line reason for a failed file: our own errors as they are, anything else with its type."""
     import torch
 
-    from ..imageio import ImageFormatError, ImageReadError, ImageWriteError
-
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return "out of memory even with the smallest tile: try --device cpu, or free memory on the device"
-    if isinstance(exc, (ImageReadError, ImageWriteError, ImageFormatError, ValueError)):
+    if isinstance(exc, (DrcnError, ValueError)):
         return _one_line(str(exc))
     if isinstance(exc, OSError):
         return _one_line(exc.strerror or str(exc))
@@ -167,8 +164,9 @@ def _device_for_rank(device: str, world: int) -> str:
     import torch
 
     if device == "auto" and world > 1 and torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return f"cuda:{local % torch.cuda.device_count()}"
+        from ..processes import processes
+
+        return f"cuda:{processes().local_rank % torch.cuda.device_count()}"
     return device
 
 
@@ -307,41 +305,13 @@ def upscale(
     """
     from rich.console import Console
 
-    from ..batch import OutputPlan, UsageError, distributed_rank, expand_inputs, plan_jobs, scale_label, shard
+    from ..batch import OutputPlan, distributed_rank, expand_inputs, plan_jobs, scale_label, shard
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-    # ---- options that cannot work together: usage errors (exit 2), before any image is read
     inputs = [*(inputs or []), *(input_options or [])]
-    if not inputs:
-        raise _usage("no input: give image files, folders, globs or - for stdin, as arguments or with -i")
-    if scale is None and width is None and height is None:
-        raise _usage("give a scale (-s 2) or an output size (--width / --height)")
-    if scale is not None and (width is not None or height is not None):
-        raise _usage("give either -s/--scale or --width/--height, not both")
-    if model is not None and weights is not None:
-        raise _usage("give either --model or --weights, not both")
-    if method is Method.bicubic and (
-        model is not None or weights is not None or recursions is not None or self_ensemble
-    ):
-        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
-    from ..pipeline import MAX_SCALE
-
-    if (problem := tile_problem(tile)) is not None:
-        raise _usage(problem)
-    if suffix is not None and any(sep and sep in suffix for sep in ("/", os.sep, os.altsep)):
-        raise _usage(f"--suffix {suffix!r} contains a path separator: it would write outside the output folder")
-    if model is not None:
-        from ..registry import KNOWN_WEIGHTS
-
-        if model not in KNOWN_WEIGHTS:
-            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
-    if scale is not None and not 1.0 <= scale <= MAX_SCALE:
-        raise typer.BadParameter(f"{scale:g} is outside 1 to {MAX_SCALE:g}", param_hint="'-s' / '--scale'")
-    try:
-        rank, world = distributed_rank()
-    except ValueError as exc:
-        raise _usage(str(exc)) from None
+    _check_options(inputs, scale, width, height, model, weights, method, recursions, self_ensemble, tile, suffix)
+    rank, world = distributed_rank()  # RANK / WORLD_SIZE that do not fit: a ConfigError, exit 2
 
     options = _RunOptions(
         scale=scale, width=width, height=height, model_name=model, weights=weights, method=method,
@@ -370,39 +340,75 @@ def upscale(
         overwrite=overwrite,
         skip_existing=skip_existing,
     )
-    try:
-        jobs = plan_jobs(sources, plan)
-    except UsageError as exc:
-        raise _usage(str(exc)) from None
+    jobs = plan_jobs(sources, plan)  # a combination that cannot work: batch.UsageError, exit 2
     to_stdout = any(job.output is None for job in jobs)
-    if to_stdout and world > 1:
-        raise _usage("stdout output cannot be shared between torchrun ranks")
-    if to_stdout and sys.stdout is None:  # started with stdout closed (>&-)
-        typer.echo("error: stdout is closed: give -o FILE", err=True)
-        raise typer.Exit(1)
-    if to_stdout and sys.stdout.isatty():
-        raise _usage("refusing to write image data to a terminal: redirect stdout or give -o FILE")
+    _check_stdout(to_stdout, world)
     jobs = shard(jobs, rank, world)
     if rank != 0:
         problems = []  # rank 0 reports the inputs that gave nothing, once
 
     report = _Reporter(console, quiet=quiet, json_lines=json_lines, json_to_stderr=to_stdout, world=world, rank=rank)
+    runnable = _report_planned(report, problems, jobs)
+    if runnable:
+        _run(runnable, console, report, options)
+    report.summary()
+    raise typer.Exit(1 if report.failures else 0)
+
+
+def _check_options(inputs: list[str], scale: float | None, width: int | None, height: int | None,
+                   model: str | None, weights: Path | None, method: Method, recursions: int | None,
+                   self_ensemble: bool, tile: int, suffix: str | None) -> None:
+    """Options that cannot work together: usage errors (exit 2), before any image is read."""
+    if not inputs:
+        raise _usage("no input: give image files, folders, globs or - for stdin, as arguments or with -i")
+    if scale is None and width is None and height is None:
+        raise _usage("give a scale (-s 2) or an output size (--width / --height)")
+    if scale is not None and (width is not None or height is not None):
+        raise _usage("give either -s/--scale or --width/--height, not both")
+    if model is not None and weights is not None:
+        raise _usage("give either --model or --weights, not both")
+    if method is Method.bicubic and (
+        model is not None or weights is not None or recursions is not None or self_ensemble
+    ):
+        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
+    from ..pipeline import MAX_SCALE
+
+    if (problem := tile_problem(tile)) is not None:
+        raise _usage(problem)
+    if suffix is not None and any(sep and sep in suffix for sep in ("/", os.sep, os.altsep)):
+        raise _usage(f"--suffix {suffix!r} contains a path separator: it would write outside the output folder")
+    if model is not None:
+        from ..registry import KNOWN_WEIGHTS
+
+        if model not in KNOWN_WEIGHTS:
+            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
+    if scale is not None and not 1.0 <= scale <= MAX_SCALE:
+        raise typer.BadParameter(f"{scale:g} is outside 1 to {MAX_SCALE:g}", param_hint="'-s' / '--scale'")
+
+
+def _check_stdout(to_stdout: bool, world: int) -> None:
+    """Where image data cannot go to stdout: shared between ranks, closed, or a terminal."""
+    if to_stdout and world > 1:
+        raise _usage("stdout output cannot be shared between torchrun ranks")
+    if to_stdout and sys.stdout is None:  # started with stdout closed (>&-)
+        raise fail("stdout is closed: give -o FILE")
+    if to_stdout and sys.stdout.isatty():
+        raise _usage("refusing to write image data to a terminal: redirect stdout or give -o FILE")
+
+
+def _report_planned(report: _Reporter, problems: list, jobs: list) -> list:
+    """Report the inputs that gave nothing, the jobs refused and those skipped; returns the jobs to run."""
     for problem in problems:
         reason = problem.reason
         if problem.input.lower() in ("true", "false", "yes", "no", "on", "off") and "no such" in reason:
             reason += " (flags such as -r take no value: drop it)"  # e.g. `-r true`
         report.failed_input(problem.input, reason)
-    runnable = [job for job in jobs if job.error is None and not job.skip]
     for job in jobs:
         if job.error is not None:
             report.failed_input(job.input_label, job.error)
         elif job.skip:
             report.skipped(job)
-
-    if runnable:
-        _run(runnable, console, report, options)
-    report.summary()
-    raise typer.Exit(1 if report.failures else 0)
+    return [job for job in jobs if job.error is None and not job.skip]
 
 
 def _read_stdin(max_pixels: int | None = None) -> bytes:
@@ -474,36 +480,26 @@ def _silence_stdout() -> None:
 def _prepare(console, report, opts: _RunOptions, count: str):
     """Device, precision and model (loaded once), announced in one line with ``count`` ("3 image(s)").
     Returns (network or None for bicubic, InferenceSettings). Exits 1 on a model error, 2 on a bad device."""
-    from .. import registry
     from ..device import precision_reason, resolve_device, resolve_precision, set_threads
     from ..hub import HubError
-    from ..pipeline import InferenceSettings, load_model
-    from ..weights import WeightsError
+    from ..loader import InferenceSettings, open_model
+    from ..registry import ChecksumError, WeightsNotFoundError
 
-    try:
-        set_threads(opts.threads)
-        dev = resolve_device(_device_for_rank(opts.device, opts.world))
-        precision = resolve_precision(opts.precision, dev)
-    except ValueError as exc:
-        raise _usage(str(exc)) from None
+    set_threads(opts.threads)  # a device or precision that cannot work is a ConfigError: exit 2, reported above
+    dev = resolve_device(_device_for_rank(opts.device, opts.world))
+    precision = resolve_precision(opts.precision, dev)
 
     network = None
     model_text = "bicubic (no network)"
     if opts.method is Method.drcn:
         try:
-            path = Path(registry.resolve_weights(opts.model_name, opts.weights, on_download=report.info))
-            network = load_model(path, dev, precision)
-        except (registry.WeightsNotFoundError, registry.ChecksumError, HubError) as exc:
-            hint = "" if opts.weights else " (--method bicubic needs no weights)"
-            console.print(f"error: {_one_line(str(exc))}{hint}", markup=False)
-            raise typer.Exit(1) from None
-        except WeightsError as exc:
-            console.print(f"error: {_one_line(str(exc))}", markup=False)
-            raise typer.Exit(1) from None
+            network = open_model(opts.weights or opts.model_name, dev, precision, on_download=report.info)
+        except (WeightsNotFoundError, ChecksumError, HubError) as exc:  # no file to load: say there is a way out
+            raise fail(f"{exc}{'' if opts.weights else ' (--method bicubic needs no weights)'}") from None
         config = network.config
         if opts.recursions is not None and opts.recursions > config.recursions:
             raise _usage(f"--recursions {opts.recursions}: this model has {config.recursions}")
-        model_text = f"{path.name} (F={config.features}, D={config.recursions})"
+        model_text = f"{network.source.name} (F={config.features}, D={config.recursions})"
     settings = InferenceSettings(dev, precision, opts.tile, opts.recursions, opts.self_ensemble)
     tile_text = f"tile {opts.tile}" if opts.tile else "tile auto"
     if opts.self_ensemble and network is not None:
@@ -688,12 +684,12 @@ class _Reporter:
         if not self.live:
             yield
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import TextColumn
 
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), TextColumn("{task.fields[name]}", markup=False),
-            console=self.console, transient=True,
+        from ._progress import progress_bar
+
+        with progress_bar(
+            self.console, TextColumn("{task.fields[name]}", markup=False), transient=True,
             redirect_stdout=False,  # stdout carries --json lines or the image: never through the stderr console
         ) as progress:
             self._progress = progress

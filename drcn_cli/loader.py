@@ -1,0 +1,191 @@
+"""One way to get a model: a name, a path or a module -> :class:`ReadyModel`, the network ready to run.
+
+:func:`open_model` is the only door. Names go through the registry's resolve order (bundled -> hub cache ->
+download, each verified), paths are read as safetensors, a module is copied (the caller's stays as it was).
+What comes out holds everything a run needs to know about the network: its prepared copy, the device, the
+resolved precision, the memory layout, the receptive radius and the tile policy. ``upscale_image``,
+``drcn upscale``, ``drcn bench`` and training validation all run what this returns, so they time and score the
+same path.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import registry
+from .device import memory_budget, resolve_device, resolve_precision
+from .device import memory_format as preferred_memory_format
+from .model import DRCN, DRCNConfig
+from .tiling import auto_tile_size
+from .weights import load_weights
+
+__all__ = [
+    "InferenceSettings",
+    "ReadyModel",
+    "auto_tile",
+    "compute_dtype",
+    "open_model",
+    "prepare_for_inference",
+]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How the network runs: resolved device and precision, tile side (0 = auto), recursions (None = all).
+
+    ``self_ensemble``: average the network's outputs over the 8 flips and 90-degree rotations of its input
+    (Lim et al.'s "self-ensemble", EDSR+, CVPRW 2017): 8 times the work for a slightly better estimate.
+    """
+
+    device: torch.device
+    precision: str = "fp32"
+    tile: int = 0
+    recursions: int | None = None
+    self_ensemble: bool = False
+
+
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The dtype the prepared network's conv weights hold: bf16 for a CPU bf16 run, else fp32."""
+    # On the CPU, bf16 weights cast once beat autocast, which casts them at every call and cannot use oneDNN's
+    # fused conv+ReLU; CUDA keeps autocast.
+    return torch.bfloat16 if device.type == "cpu" and precision == "bf16" else torch.float32
+
+
+def prepare_for_inference(model: DRCN, device: torch.device, precision: str = "fp32") -> DRCN:
+    """A copy of ``model`` ready to run: in eval mode on ``device``, in the faster memory layout there, with its
+    conv weights in the compute dtype where the precision runs natively (bf16 on the CPU). The caller's
+    module is left as it was."""
+    ready = copy.deepcopy(model).to(device=device, memory_format=preferred_memory_format(device)).eval()
+    dtype = compute_dtype(device, precision)
+    for module in ready.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(dtype)
+    return ready
+
+
+# -- tile policy -------------------------------------------------------------------------------------------------
+
+# On the CPU a tile whose F-channel map fits in about this many bytes runs from the caches: with AMX, a
+# 1024x1024 output in 384-pixel tiles took 1.62 s against 2.63 s in one piece (bf16, docs/speed.md), the
+# recomputed overlap included. The floor of 256 keeps that overlap (20 px a side) under 1.35x the work.
+_CPU_TILE_MAP_BYTES = 24 << 20
+
+
+def _bytes_per_pixel(config: DRCNConfig, precision: str) -> int:
+    # Live at once per pixel: the recursion state, the conv output, the reconstruction hidden map (F channels
+    # each) plus fp32 input/output/accumulator; x1.5 for allocator slack and conv workspaces.
+    element = 2 if precision in ("fp16", "bf16") else 4
+    return int(1.5 * (3 * config.features * element + 16))
+
+
+def _cache_tile_cap(config: DRCNConfig, device: torch.device, precision: str) -> int:
+    if device.type != "cpu":
+        return 4096
+    element = 2 if precision == "bf16" else 4
+    side = int(math.sqrt(_CPU_TILE_MAP_BYTES / (config.features * element))) - 2 * config.receptive_radius
+    return max(256, side // 8 * 8)
+
+
+def auto_tile(config: DRCNConfig, device: torch.device, precision: str) -> int:
+    """The tile side (output pixels) for ``tile=0``: what the memory of ``device`` holds, capped on the CPU so
+    one tile's feature maps stay in the caches."""
+    return auto_tile_size(
+        _bytes_per_pixel(config, precision),
+        memory_budget(device),
+        config.receptive_radius,
+        _cache_tile_cap(config, device, precision),
+    )
+
+
+# -- the ready model -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadyModel:
+    """A network prepared to run (see :func:`prepare_for_inference`) and the facts a run needs about it.
+
+    ``network`` is drcn's own copy: never the caller's module. ``source`` is the weights file, or None for a
+    module passed in. ``precision`` is resolved (never 'auto').
+    """
+
+    network: DRCN
+    device: torch.device
+    precision: str
+    source: Path | None = None
+
+    @property
+    def config(self) -> DRCNConfig:
+        return self.network.config
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return preferred_memory_format(self.device)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels of context each output pixel depends on, on every side: the overlap tiles need."""
+        return self.network.config.receptive_radius
+
+    def tile_side(self, tile: int = 0) -> int:
+        """``tile`` if given, else the auto tile for this network, device and precision."""
+        return tile or auto_tile(self.config, self.device, self.precision)
+
+    def settings(self, tile: int = 0, recursions: int | None = None, self_ensemble: bool = False) -> InferenceSettings:
+        """The settings to run this network with (its device and precision)."""
+        return InferenceSettings(self.device, self.precision, tile, recursions, self_ensemble)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, device: str, precision: str) -> DRCN:
+    model, _metadata = load_weights(path)
+    return prepare_for_inference(model, torch.device(device), precision)
+
+
+def open_model(
+    weights: str | os.PathLike | DRCN | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    *,
+    download: bool = True,
+    on_download: Callable[[str], None] | None = None,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> ReadyModel:
+    """The model to run, from a module, a weights file, or a model name (None: the default model).
+
+    A name goes through the registry's resolve order: bundled, then the hub cache, then a download
+    (``download=False`` forbids it); every file from the hub is checked against its sha256. A string is a path
+    when it names a file, has a suffix or a folder separator (:func:`drcn_cli.registry.split_source`). Files are
+    cached by path, modification time, device and precision, so a batch loads them once.
+
+    Raises:
+        ValueError: an unknown device or an unsupported precision.
+        WeightsNotFoundError, ChecksumError: from the registry (the message says what to run).
+        WeightsError: a file that is not DRCN weights.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    resolved = resolve_precision(precision, dev)
+    if isinstance(weights, DRCN):
+        return ReadyModel(prepare_for_inference(weights, dev, resolved), dev, resolved)
+    name, path = registry.split_source(weights)
+    located = registry.resolve_weights(
+        name,
+        path,
+        download=download,
+        on_download=on_download,
+        repo_id=repo_id,
+        revision=revision,
+        cache_dir=cache_dir,
+    )
+    real = Path(located).resolve()  # the cache key; ``source`` keeps the name (hub cache files are links to blobs)
+    network = _load_cached(str(real), real.stat().st_mtime_ns, str(dev), resolved)
+    return ReadyModel(network, dev, resolved, Path(located))

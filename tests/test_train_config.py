@@ -1,0 +1,36 @@
+"""drcn_cli.train_config: the options of a run, checked once; recipe tables -> TrainConfig fields."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from drcn_cli.errors import ConfigError
+from drcn_cli.train_config import TrainConfig, check_config, recipe_options
+
+
+def test_recipe_tables_become_config_fields():
+    options = recipe_options({"scales": [2, 3.5], "batch-size": 16, "augment": False, "time_limit": 60}, "r.toml")
+    assert options == {"scales": (2.0, 3.5), "batch_size": 16, "augment": False, "time_limit": 60.0}
+    assert all(isinstance(v, float) for v in (*options["scales"], options["time_limit"]))
+    cfg = dataclasses.replace(TrainConfig(data=("d",)), **options)
+    check_config(cfg)  # a recipe's values make a config that works
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"nope": 1}, "unknown option 'nope'"),
+    ({"resume": "ck"}, "unknown option 'resume'"),  # where to resume from is the command line's, not a recipe's
+    ({"steps": 1.5}, "'steps' should be a whole number"),
+    ({"steps": True}, "'steps' should be a whole number"),
+    ({"augment": 1}, "'augment' should be true or false"),
+    ({"scales": [2, "x"]}, "'scales' should be a list of numbers"),
+])  # fmt: skip
+def test_bad_recipe_values_are_config_errors_naming_the_file(values, expected):
+    with pytest.raises(ConfigError, match=f"^r.toml: {expected}"):
+        recipe_options(values, "r.toml")
+
+
+def test_a_config_that_cannot_work_is_a_config_error():
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        check_config(TrainConfig(data=("d",), optimizer="lbfgs"))
