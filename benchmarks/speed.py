@@ -7,8 +7,10 @@ For every model (the shipped weights; `--random F` adds an F-filter model with r
 values) and precision, and every square output side, it times:
 
 - network: `super_resolve_y`, the path `drcn upscale` takes (the model prepared by `load_model`, auto tiles);
-- floor:   the model's conv FLOPs at that size over the rate of one F->F 3x3 conv on a map of the same side,
-           measured in the same run, best of NCHW and channels_last; ratio = network / floor;
+- floor:   the model's conv FLOPs at that size over the peak rate of one F->F 3x3 conv, measured in the same
+           run: the best over NCHW and channels_last and over maps of 128², 256², 512² and each output side
+           (small maps run from the caches; large ones are bound by memory); ratio = network / floor. The
+           rate on a map of the output's own side is printed beside it, for comparison;
 - whole:   `upscale_image` of an RGB image to that size (bicubic, colour, network); ratio to the network.
 
 Then, with the default model and precision: `drcn upscale docs/samples/pattern.png -s 3` as a command, less
@@ -113,11 +115,16 @@ def network_rows(name: str, source, args, device: torch.device) -> None:
         config = model.config
         settings = InferenceSettings(device, precision)
         print(f"\n{name} (F={config.features}, D={config.recursions}), {precision}:")
-        print(f"{'output':>10} {'network s':>10} {'floor s':>8} {'ratio':>6} {'conv GFLOP/s':>13} "
+        rates = {side: conv_rate(device, precision, config.features, side, args.repeats)
+                 for side in sorted({128, 256, 512, *args.sizes})}
+        peak_side, (peak, peak_layout) = max(rates.items(), key=lambda item: item[1][0])
+        print(f"peak {config.features}->{config.features} 3x3 conv rate: {peak / 1e9:,.0f} GFLOP/s "
+              f"({peak_layout}, {peak_side}x{peak_side} map)")
+        print(f"{'output':>10} {'network s':>10} {'floor s':>8} {'ratio':>6} {'conv GFLOP/s here':>18} "
               f"{'whole s':>8} {'whole/net':>9}")
         for side in args.sizes:
-            rate, layout = conv_rate(device, precision, config.features, side, args.repeats)
-            floor = conv_flops_per_pixel(config) * side * side / rate
+            rate, layout = rates[side]
+            floor = conv_flops_per_pixel(config) * side * side / peak
             y = torch.rand(1, 1, side, side, device=device)
             network = timed(lambda y=y, m=model, s=settings: super_resolve_y(m, y, s), device, args.repeats)
             image = np.random.default_rng(0).integers(0, 256, (side // 2, side // 2, 3), dtype=np.uint8)
@@ -127,7 +134,7 @@ def network_rows(name: str, source, args, device: torch.device) -> None:
                 device, args.repeats,
             )  # fmt: skip
             print(f"{side:>4}x{side:<5} {network:>10.3f} {floor:>8.3f} {network / floor:>6.2f} "
-                  f"{rate / 1e9:>8.0f} {layout} {whole:>8.3f} {whole / network:>9.2f}", flush=True)
+                  f"{rate / 1e9:>13.0f} {layout} {whole:>8.3f} {whole / network:>9.2f}", flush=True)
 
 
 def ablation(source, device: torch.device, repeats: int, side: int = 512) -> None:

@@ -39,14 +39,19 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
-    tile_h = height if tile <= 0 else tile
-    tile_w = width if tile <= 0 else tile
+    rows = _spans(height, height if tile <= 0 else tile)
+    cols = _spans(width, width if tile <= 0 else tile)
+    # Every window has the same shape: the largest core plus its context, moved inwards at the image's edges
+    # (more context on one side changes nothing). A new input shape costs oneDNN a kernel build for each conv,
+    # which for a 1500x1440 output in tiles of a few shapes took longer than the network itself.
+    win_h = min(height, max(end - start for start, end in rows) + 2 * overlap)
+    win_w = min(width, max(end - start for start, end in cols) + 2 * overlap)
     tiles = []
-    for top, bottom in _spans(height, tile_h):
-        for left, right in _spans(width, tile_w):
-            window = (max(0, top - overlap), min(height, bottom + overlap),
-                      max(0, left - overlap), min(width, right + overlap))
-            tiles.append(Tile((top, bottom, left, right), window))
+    for top, bottom in rows:
+        wt = min(max(0, top - overlap), height - win_h)
+        for left, right in cols:
+            wl = min(max(0, left - overlap), width - win_w)
+            tiles.append(Tile((top, bottom, left, right), (wt, wt + win_h, wl, wl + win_w)))
     return tiles
 
 
