@@ -45,7 +45,7 @@ python benchmarks/cuda_checks.py --device "$DEVICE" $QUICK --json "$OUT/checks.j
 log "speed row"
 python benchmarks/speed.py --device "$DEVICE" --repeats 3 --no-end-to-end "${SPEED_ARGS[@]}" | tee "$OUT/speed.txt"
 
-log "training F=$FEATURES${INIT:+ from $INIT} for $TRAIN_MINUTES min"
+log "training F=$FEATURES${INIT:+ from $INIT}: ${TRAIN_ARGS[*]}"
 INIT_ARGS=()
 if [[ -n "$INIT" ]]; then INIT_ARGS=(--init "$INIT"); fi
 python -m drcn_cli train --pack .data/t291.npz --val .data/Set5 --device "$DEVICE" --features "$FEATURES" \
