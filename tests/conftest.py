@@ -19,6 +19,20 @@ def write_training_images(folder: Path, count: int = 3, size: int = 48, seed: in
     return folder
 
 
+def random_drcn(features: int = 8, recursions: int = 3, seed: int = 0, spread: float = 0.05):
+    """A small DRCN, its initial weights shaken by ``spread``, in eval mode: for tests where weights do not matter."""
+    import torch
+
+    from drcn_cli.model import DRCN, DRCNConfig
+
+    torch.manual_seed(seed)
+    net = DRCN(DRCNConfig(features=features, recursions=recursions))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(spread * torch.randn_like(p))
+    return net.eval()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Every test on one torch thread: the inputs are tiny, and on a 2-core machine running other jobs several

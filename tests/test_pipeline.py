@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import random_drcn
 from PIL import Image
 
-from drcn_cli.model import DRCN, DRCNConfig
+from drcn_cli.model import DRCN
 from drcn_cli.pipeline import InferenceSettings, super_resolve_y, target_size, upscale_image
 from drcn_cli.registry import WeightsNotFoundError
 from drcn_cli.resize import imresize
@@ -12,12 +13,7 @@ from drcn_cli.weights import WeightsError, save_weights
 
 @pytest.fixture(scope="module")
 def model() -> DRCN:
-    torch.manual_seed(0)
-    net = DRCN(DRCNConfig(features=8, recursions=3))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net.eval()
+    return random_drcn()
 
 
 def rng_image(shape, dtype=np.uint8, seed=0):

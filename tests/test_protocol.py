@@ -5,22 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_drcn
 from PIL import Image
 
 from drcn_cli.bench import evaluate_images
-from drcn_cli.model import DRCN, DRCNConfig
+from drcn_cli.model import DRCN
 from drcn_cli.pipeline import InferenceSettings
 from drcn_cli.train import prepare_validation, validate
 
 
 @pytest.fixture(scope="module")
 def model() -> DRCN:
-    torch.manual_seed(0)
-    net = DRCN(DRCNConfig(features=8, recursions=3))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net.eval()
+    return random_drcn()
 
 
 def save_rotated_photo(path, height=30, width=44):
