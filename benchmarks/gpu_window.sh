@@ -7,7 +7,8 @@
 #   DRY=1 OUT=/tmp/window bash benchmarks/gpu_window.sh    # the dry run on a CPU: tiny model, a few steps
 #
 # Settings (environment): TRAIN_MINUTES (default 6), STEPS (the schedule's length, default 30000),
-# INIT (weights to start from, default state/drcn.safetensors when it exists), BATCH (default 64).
+# INIT (weights to start from, default state/drcn.safetensors when it exists; INIT=drcn-lite starts from the
+# bundled drcn-lite widened to F=256, the same function), BATCH (default 64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.

@@ -134,6 +134,31 @@ def _conv_relu(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
     return F.relu(conv(h))
 
 
+@torch.no_grad()
+def widen(model: DRCN, features: int) -> DRCN:
+    """A new DRCN with ``features`` filters that computes exactly what ``model`` computes (a head start for the
+    full model from drcn-lite).
+
+    The old channels keep their weights. Each new channel gets fresh incoming weights, initialised as
+    :meth:`DRCN.reset_parameters` does (He; identity for the recursive conv), and zero outgoing weights into
+    the old channels and the output: it runs, so gradients reach its outgoing weights, but it changes nothing
+    until training moves them. Raises ValueError if ``features`` is smaller than the model's.
+    """
+    old = model.config
+    if features < old.features:
+        raise ValueError(f"cannot widen F={old.features} to fewer filters ({features})")
+    wide = DRCN(DRCNConfig(features, old.recursions, old.kernel_size))  # fresh: the new channels' incoming weights
+    f = old.features
+    for name in ("embed1", "embed2", "recursive", "recon1", "recon2"):
+        small, big = getattr(model, name), getattr(wide, name)
+        rows = min(f, big.out_channels)  # recon2 has one output
+        big.weight[:rows, : small.in_channels] = small.weight
+        big.weight[:rows, small.in_channels :] = 0.0  # new channels do not reach the old ones
+        big.bias[:rows] = small.bias
+    wide.ensemble_logits.copy_(model.ensemble_logits)
+    return wide.to(next(model.parameters()).device)
+
+
 def conv_weight_count(model: DRCN) -> int:
     """Conv kernel weights only (no biases, no ensemble weights): 1,774,080 for F=256, D=16."""
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))

@@ -73,7 +73,7 @@ from .device import autocast_dtype, resolve_device, resolve_precision, set_threa
 from .device import memory_format as preferred_memory_format
 from .errors import ConfigError, DrcnError
 from .metrics import SSIM_WINDOW, score_y
-from .model import DRCN, DRCNConfig
+from .model import DRCN, DRCNConfig, widen
 from .pipeline import InferenceSettings, open_model, upscale_tensor
 from .processes import Processes, all_mean, any_process, barrier, join, leave, processes
 from .train_config import RECIPE_FIELDS, TrainConfig, check_config
@@ -533,11 +533,15 @@ def _prepare_data(
     elif cfg.init:  # a resumed run has its weights; the init file need not travel with it
         init_model, init_meta = load_weights(cfg.init)
         init_steps = _steps_behind(init_meta)
-        if (init_model.config.features, init_model.config.recursions) != (cfg.features, cfg.recursions):
+        small = init_model.config
+        if small.recursions != cfg.recursions or small.features > cfg.features:
             raise WeightsError(
-                f"{cfg.init}: weights are F={init_model.config.features}, D={init_model.config.recursions}, "
+                f"{cfg.init}: weights are F={small.features}, D={small.recursions}, "
                 f"but the run trains F={cfg.features}, D={cfg.recursions}"
             )
+        if small.features < cfg.features:  # a head start: the same function, with room to grow
+            torch.manual_seed(cfg.seed)
+            init_model = widen(init_model, cfg.features)
         init_state = init_model.state_dict()
     bank: PatchBank = build_patch_bank(
         images, cfg.scales, cfg.patch_size, cfg.stride, cfg.downscales,

@@ -114,3 +114,24 @@ def test_bf16_conv_weights_compute_in_bf16_and_return_float32():
         out = model(x)
     assert out.dtype == torch.float32
     assert 0 < (out - reference).abs().max() < 0.02
+
+
+def test_widen_keeps_the_function_and_lets_the_new_channels_learn():
+    from drcn_cli.model import widen
+
+    small = tiny(seed=2, features=6, recursions=4)
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.manual_seed(5)
+    wide = widen(small, 10)
+    assert wide.config.features == 10 and wide.config.recursions == 4
+    x = torch.rand(2, 1, 13, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(wide.forward_all(x)[1], small.forward_all(x)[1], rtol=0, atol=1e-6)
+    # The new channels carry a signal, and the loss reaches the weights that lead out of them.
+    _, final = wide.forward_all(x)
+    final.square().mean().backward()
+    assert wide.recon2.weight.grad[:, 6:].abs().sum() > 0
+    with pytest.raises(ValueError, match="fewer filters"):
+        widen(wide, 6)

@@ -314,6 +314,20 @@ def test_init_starts_from_the_given_weights(data_dir, tmp_path):
 
 
 
+def test_init_from_a_narrower_model_widens_it_keeping_its_function(data_dir, tmp_path):
+    torch.manual_seed(3)
+    start = DRCN(DRCNConfig(features=4, recursions=3))
+    save_weights(start, tmp_path / "narrow.safetensors")
+    cfg = _config(data_dir, tmp_path, init=str(tmp_path / "narrow.safetensors"), lr=1e-9, lr_min=1e-9, steps=1)
+    train(cfg)
+    wide = DRCN(DRCNConfig(features=8, recursions=3))
+    wide.load_state_dict(_weights(tmp_path / "ckpt"))
+    assert torch.allclose(wide.recursive.weight[:4, :4], start.recursive.weight, atol=1e-6)
+    x = torch.rand(1, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(wide.forward_all(x)[1], start.forward_all(x)[1], rtol=0, atol=1e-5)
+
+
 def test_exported_weights_count_the_steps_behind_their_init(data_dir, tmp_path):
     save_weights(DRCN(DRCNConfig(features=8, recursions=3)), tmp_path / "start.safetensors", {"training_steps": "7"})
     out = tmp_path / "next.safetensors"

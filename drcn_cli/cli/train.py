@@ -259,7 +259,10 @@ def train(
     init: Annotated[
         str | None,
         typer.Option(
-            "--init", help="Start from these weights: a model name or a .safetensors path.", rich_help_panel=_MODEL
+            "--init",
+            help="Start from these weights: a model name or a .safetensors path (a narrower model, e.g. drcn-lite "
+            "for -F 256, is widened without changing what it computes).",
+            rich_help_panel=_MODEL,
         ),
     ] = None,
     features: Annotated[
