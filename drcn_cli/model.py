@@ -98,13 +98,15 @@ class DRCN(nn.Module):
         """Inference. x: (N, 1, H, W) float, the bicubic-upsampled Y in [0, 1]; returns (N, 1, H, W) in x's dtype,
         unclamped.
 
-        The convolutions run in the dtype of the conv weights (cast them to bf16 for a bf16 inference without
-        autocast); the skip connection and the weighted sum stay in x's dtype. Since the ensemble weights sum
+        Each convolution runs in the dtype of its weights (cast them to bf16 for a bf16 inference without
+        autocast; embed1 may stay fp32, so the input keeps its precision); the skip connection and the weighted
+        sum stay in x's dtype. Since the ensemble weights sum
         to one, sum_d w_d (x + r_d) = x + sum_d w_d r_d: memory holds one residual, not k predictions.
         """
         k = self._check_recursions(recursions)
         w = self.ensemble_weights(k)
-        h = _conv_relu(self.embed2, _conv_relu(self.embed1, x.to(self.embed1.weight.dtype)))
+        h = _conv_relu(self.embed1, x.to(self.embed1.weight.dtype)).to(self.embed2.weight.dtype)
+        h = _conv_relu(self.embed2, h)
         residual = torch.zeros_like(x)
         for d in range(k):
             h = _conv_relu(self.recursive, h)

@@ -92,7 +92,7 @@ def super_resolve_y(
     tile = settings.tile or auto_tile(model.config, device, settings.precision)
     # A model prepared for this precision computes in its own dtype; any other model runs under autocast.
     compute = compute_dtype(device, settings.precision)
-    prepared = compute != torch.float32 and model.embed1.weight.dtype == compute
+    prepared = compute != torch.float32 and model.recursive.weight.dtype == compute
     amp = None if prepared else autocast_dtype(settings.precision)
     memory_format = preferred_memory_format(device)
 

@@ -112,8 +112,8 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="5a2a8d1bde9dc5f53a9df20de3078603b0390ddad58cdcbab1486fa4f4306695",
-            size=449948,
+            sha256="d78f5331de0a89f5d067755dc7ca367e0c3013e3c7d2a4d2eacb9ecde7f68606",
+            size=449876,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
