@@ -151,7 +151,7 @@ def ablation(source, device: torch.device, repeats: int, side: int = 512) -> Non
                 torch.set_num_threads(threads)
             model = model.to(memory_format=layout)
             x = y.contiguous(memory_format=layout)
-            amp = precision == "bf16" and model.embed1.weight.dtype == torch.float32
+            amp = precision == "bf16" and model.recursive.weight.dtype == torch.float32
 
             def forward() -> None:
                 with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
