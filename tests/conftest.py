@@ -52,3 +52,17 @@ def cpu_without_native_bf16(monkeypatch):
     from drcn_cli import device
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    """A tiny DRCN (F=8, D=3, initial weights) saved as safetensors: for CLI tests where weights don't matter."""
+    import torch
+
+    from drcn_cli.model import DRCN, DRCNConfig
+    from drcn_cli.weights import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
+    return str(path)

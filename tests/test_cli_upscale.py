@@ -7,25 +7,14 @@ import signal
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from drcn_cli import imageio, pipeline, registry
 from drcn_cli.cli import app
 from drcn_cli.cli import upscale as upscale_cli
-from drcn_cli.model import DRCN, DRCNConfig
-from drcn_cli.weights import save_weights
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
-    return str(path)
 
 
 def rng_pixels(shape, dtype=np.uint8, seed=0):

@@ -6,25 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from drcn_cli.cli import app
-from drcn_cli.model import DRCN, DRCNConfig
-from drcn_cli.weights import save_weights
 
 pytest.importorskip("av")
 from tinyvideo import describe, make_clip  # noqa: E402 (needs av)
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
-    return str(path)
 
 
 def run(*args, **kwargs):
