@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from drcn_cli.device import resolve_device
-from drcn_cli.pipeline import InferenceSettings, load_model, super_resolve_y, upscale_image
+from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y, upscale_image
 
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "samples" / "pattern.png"
 
@@ -50,7 +50,7 @@ def check_precisions(weights: str, device: torch.device, image: np.ndarray) -> l
 
 
 def check_tiling(weights: str, device: torch.device, side: int) -> list[dict]:
-    model = load_model(weights, device, "fp32")
+    model = open_model(weights, device, "fp32").network
     y = torch.rand(1, 1, side, side - 40, generator=torch.Generator().manual_seed(0)).to(device)
     whole = super_resolve_y(model, y, InferenceSettings(device, "fp32", tile=4096))
     tiled = super_resolve_y(model, y, InferenceSettings(device, "fp32", tile=64))
@@ -79,7 +79,7 @@ def check_tiling(weights: str, device: torch.device, side: int) -> list[dict]:
 def check_layout(weights: str, device: torch.device) -> list[dict]:
     rows = []
     for precision in ("fp32", "bf16"):
-        model = load_model(weights, device, precision)
+        model = open_model(weights, device, precision).network
         weight = model.recursive.weight
         channels_last = weight.is_contiguous(memory_format=torch.channels_last)
         rows.append({"check": f"prepared model layout, {precision}", "ok": channels_last,

@@ -6,7 +6,7 @@
 For every model (the shipped weights; `--random F` adds an F-filter model with random weights, free of tiny
 values) and precision, and every square output side, it times:
 
-- network: `super_resolve_y`, the path `drcn upscale` takes (the model prepared by `load_model`, auto tiles);
+- network: `super_resolve_y`, the path `drcn upscale` takes (the model as `open_model` prepares it, auto tiles);
 - floor:   the model's conv FLOPs at that size over the peak rate of one F->F 3x3 conv, measured in the same
            run: the best over NCHW and channels_last and over maps of 128², 256², 512² and each output side
            (small maps run from the caches; large ones are bound by memory); ratio = network / floor. The
@@ -40,7 +40,7 @@ from PIL import Image
 from drcn_cli import model as model_module
 from drcn_cli.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads
 from drcn_cli.model import DRCN, DRCNConfig, conv_flops_per_pixel
-from drcn_cli.pipeline import InferenceSettings, load_model, prepare_for_inference, super_resolve_y, upscale_image
+from drcn_cli.pipeline import InferenceSettings, open_model, prepare_for_inference, super_resolve_y, upscale_image
 from drcn_cli.weights import BUNDLED_DIR, flush_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def random_model(features: int) -> DRCN:
 
 def network_rows(name: str, source, args, device: torch.device) -> None:
     for precision in args.precisions:
-        model = load_model(source, device, precision)
+        model = open_model(source, device, precision).network
         config = model.config
         settings = InferenceSettings(device, precision)
         print(f"\n{name} (F={config.features}, D={config.recursions}), {precision}:")
@@ -139,7 +139,7 @@ def network_rows(name: str, source, args, device: torch.device) -> None:
 
 def ablation(source, device: torch.device, repeats: int, side: int = 512) -> None:
     """The network at side², with one speed setting changed at a time (what each one is worth here)."""
-    base = load_model(source, device, "fp32")
+    base = open_model(source, device, "fp32").network
     y = torch.rand(1, 1, side, side, device=device)
     fused = model_module._fused_conv_relu_applies
 

@@ -30,7 +30,6 @@ __all__ = [
     "MAX_SCALE",
     "InferenceSettings",
     "ReadyModel",
-    "load_model",
     "open_model",
     "prepare_for_inference",
     "super_resolve_y",
@@ -66,11 +65,6 @@ def target_size(
     if out_height > height * MAX_SCALE or out_width > width * MAX_SCALE:
         raise ValueError(f"output size {out_width}x{out_height} is more than {MAX_SCALE:g}x the input")
     return out_height, out_width
-
-
-def load_model(weights: str | os.PathLike | DRCN | None, device: torch.device, precision: str = "fp32") -> DRCN:
-    """The prepared network of :func:`drcn_cli.loader.open_model` (for callers that want the module alone)."""
-    return open_model(weights, device, precision).network
 
 
 def super_resolve_y(
