@@ -1,21 +1,5 @@
-"""The paper's evaluation protocol, and a benchmark runner that returns results (it prints nothing).
-
-Protocol (one HR image, integer scale s), as Table 1 of the DRCN paper, which used "the public evaluation code
-used in [10]" (Huang et al.'s SelfExSR benchmark code):
-
-    HR (8-bit) --mod-crop to a multiple of s--> HR'
-    LR  = MATLAB-bicubic downscale of HR' by 1/s, rounded to 8 bits   (the LR images are stored as PNG files)
-    SR  = the upscaler's output from LR, rounded to 8 bits             (the SR images are stored as PNG files)
-          bicubic: MATLAB-bicubic upscale of LR;
-          DRCN:    the network on the Y of that upscale, Cb/Cr from the upscale (what ``drcn upscale`` does)
-    PSNR and SSIM between Y(SR) and Y(HR'), s pixels cropped from each border (:mod:`drcn_cli.metrics`),
-    Y = MATLAB rgb2ycbcr of the 8-bit RGB image, itself 8-bit; a one-channel image is measured on its grey values
-
-Why these choices: with Set5 and Set14 they reproduce the paper's bicubic row best among the variants we
-measured (all within 0.017 dB and 0.0004 SSIM). Measuring Y in float without rounding moves Set5 up by
-0.011-0.022 dB and SSIM by up to 0.0009; resizing Y alone instead of RGB moves Set14's x4 SSIM down by
-0.0008; passing the grey ``bridge`` through rgb2ycbcr moves Set14 up by 0.08-0.09 dB.
-The downscale runs in float32 on the CPU; the upscale runs on the inference device, as ``drcn upscale`` runs it.
+"""`drcn bench`'s runner: every image of some datasets at every scale and recursion depth, scored by the paper's
+protocol (:mod:`drcn_cli.protocol`) and timed, with the published numbers beside the means. It prints nothing.
 """
 
 from __future__ import annotations
@@ -31,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .data import downscale
 from .datasets import Dataset, DatasetError, load_image
 from .errors import DrcnError
-from .metrics import SSIM_WINDOW, quantize_8bit, score_y
-from .pipeline import InferenceSettings, ReadyModel, super_resolve_y, upscale_tensor
+from .pipeline import InferenceSettings, ReadyModel, super_resolve_y
+from .protocol import BenchError, Sample, check_size, make_sample, score_image, super_resolve
 from .published import PublishedResult, published
 
 if TYPE_CHECKING:
@@ -47,124 +30,18 @@ __all__ = [
     "BenchReport",
     "ImageResult",
     "MissingExtraError",
-    "Score",
     "SetResult",
     "Timing",
-    "degrade",
-    "evaluate_images",
-    "min_image_side",
     "parse_recursions",
     "per_image_rows",
     "plot_recursion_sweep",
     "report_to_dict",
     "run_bench",
-    "score_image",
-    "super_resolve",
 ]
-
-
-class BenchError(DrcnError, ValueError):
-    """Input the protocol cannot measure: an image too small for the scale, a bad recursion depth."""
 
 
 class MissingExtraError(DrcnError, RuntimeError):
     """An optional dependency (an extra of the drcn package) is not installed."""
-
-
-@dataclass(frozen=True)
-class Score:
-    """PSNR in dB and SSIM of an image, or their means over a set."""
-
-    psnr: float
-    ssim: float
-
-
-# -------------------------------------------------------------------------------------------------- protocol
-
-
-def min_image_side(scale: int) -> int:
-    """The smallest HR side the protocol can measure at ``scale``: an 11x11 SSIM window after the border crop."""
-    return SSIM_WINDOW + 2 * scale
-
-
-def degrade(hr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """hr (C, H, W) in [0, 1] on 8-bit levels -> (HR mod-cropped to a multiple of ``scale``, LR rounded to 8 bits).
-
-    The LR is MATLAB's ``imresize(hr, 1/scale, 'bicubic')``; its size is given exactly, (H/s, W/s), so a
-    factor such as 1/3 cannot round the output size up. Raises BenchError when the image is too small.
-    """
-    height, width = hr.shape[-2:]
-    if min(height, width) < min_image_side(scale):
-        raise BenchError(
-            f"image of {width}x{height} pixels is too small for x{scale} "
-            f"(needs at least {min_image_side(scale)} pixels per side)"
-        )
-    return downscale(hr, scale)  # the one degradation (data.downscale): for an integer scale, MATLAB's modcrop
-
-
-def super_resolve(
-    lr: torch.Tensor,
-    scale: int,
-    model: ReadyModel | DRCN | None,
-    settings: InferenceSettings,
-    recursions: int | None = None,
-) -> torch.Tensor:
-    """lr (C, h, w) in [0, 1], C = 1 or 3 -> (C, h*s, w*s) on 8-bit levels, on ``settings.device``.
-
-    ``model`` None is MATLAB bicubic; otherwise the pipeline that ``drcn upscale`` runs (Y through the network,
-    Cb/Cr bicubic), with ``recursions`` (None: the settings' value) of the model's recursions.
-    """
-    if recursions is not None:
-        settings = dataclasses.replace(settings, recursions=recursions)
-    size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
-    return quantize_8bit(upscale_tensor(lr, size, model, settings, scale=float(scale)))
-
-
-def score_image(sr: torch.Tensor, hr: torch.Tensor, scale: int) -> Score:
-    """PSNR/SSIM on 8-bit Y with ``scale`` border pixels cropped. sr, hr: (C, H, W) on 8-bit levels in [0, 1]."""
-    return Score(*score_y(sr, hr, border=scale))
-
-
-def _model_device(model: ReadyModel | DRCN | None) -> torch.device:
-    if model is None:
-        return torch.device("cpu")
-    if isinstance(model, ReadyModel):
-        return model.device
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def evaluate_images(
-    images: Sequence[torch.Tensor | str | Path],
-    scale: int,
-    model: ReadyModel | DRCN | None = None,
-    settings: InferenceSettings | None = None,
-) -> Score:
-    """Mean PSNR/SSIM of ``model`` (None: bicubic) over HR ``images`` at integer ``scale``, by the paper's protocol.
-
-    Args:
-        images: HR images, as (C, H, W) float tensors in [0, 1] on 8-bit levels (C = 1 or 3; see
-            :func:`drcn_cli.datasets.load_image`) or as paths to image files.
-        scale: 2, 3, 4 ...
-        model: a ReadyModel (drcn_cli.loader.open_model), or a DRCN on ``settings.device`` (its train/eval mode
-            is left as it is; nothing is recorded for autograd, so it can be called between training steps).
-        settings: device, precision, tile and recursions; default: the model's device, fp32, automatic tiles,
-            all recursions.
-
-    Returns:
-        Score with the mean PSNR (dB) and mean SSIM over the images.
-    """
-    if not images:
-        raise BenchError("no images to evaluate")
-    if settings is None:
-        settings = InferenceSettings(_model_device(model))
-    scores = []
-    for image in images:
-        hr = image if isinstance(image, torch.Tensor) else load_image(image)
-        hr, lr = degrade(hr, scale)
-        sr = super_resolve(lr.to(settings.device), scale, model, settings)
-        scores.append(score_image(sr.cpu(), hr.cpu(), scale))
-    return Score(sum(s.psnr for s in scores) / len(scores), sum(s.ssim for s in scores) / len(scores))
 
 
 # ---------------------------------------------------------------------------------------------------- runner
@@ -280,7 +157,6 @@ def _check_sizes(datasets: Sequence[Dataset], scales: Sequence[int]) -> None:
     """Read every image's header before any work, so that a bad file fails at once, not an hour in."""
     from PIL import Image, UnidentifiedImageError
 
-    need = min_image_side(max(scales))
     for dataset in datasets:
         for path in dataset.images:
             try:
@@ -288,11 +164,11 @@ def _check_sizes(datasets: Sequence[Dataset], scales: Sequence[int]) -> None:
                     width, height = image.size
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 raise DatasetError(f"{path}: not a readable image ({exc})") from None
-            if min(width, height) < need:
-                raise BenchError(
-                    f"{path}: image of {width}x{height} pixels is too small for x{max(scales)} "
-                    f"(needs at least {need} pixels per side)"
-                )
+            for scale in scales:
+                try:
+                    check_size(width, height, scale)
+                except BenchError as exc:
+                    raise BenchError(f"{path}: {exc}") from None
 
 
 def _sync(device: torch.device) -> None:
@@ -350,6 +226,63 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
+def _depths(model: ReadyModel | DRCN | None, recursions: Sequence[int | None]) -> tuple[int | None, ...]:
+    """The recursion depths to measure (bicubic has one); BenchError for a depth the model lacks."""
+    if model is None:
+        return (None,)
+    bad = [k for k in recursions if k is not None and not 1 <= k <= model.config.recursions]
+    if bad:
+        raise BenchError(f"recursions {bad[0]} out of range: this model has 1..{model.config.recursions}")
+    return tuple(recursions)
+
+
+@dataclass
+class _Tally:
+    """Upscaling time and output size summed over a run, for its Timing."""
+
+    seconds: float = 0.0
+    pixels: int = 0
+    upscales: int = 0
+
+    def add(self, sr: torch.Tensor, seconds: float) -> None:
+        self.seconds += seconds
+        self.pixels += sr.shape[-2] * sr.shape[-1]
+        self.upscales += 1
+
+
+def _measure(
+    dataset: str,
+    path: Path,
+    sample: Sample,
+    model: ReadyModel | DRCN | None,
+    settings: InferenceSettings,
+    depths: Sequence[int | None],
+    tally: _Tally,
+    save_root: Path | None,
+) -> list[ImageResult]:
+    """One sample, bicubic and at every depth (bicubic alone when ``model`` is None): a result per depth."""
+    lr, scale = sample.lr.to(settings.device), int(sample.scale)
+    bicubic, bicubic_seconds = _timed_upscale(lr, scale, None, settings)
+    bicubic_score = score_image(bicubic, sample.hr, scale)
+    results = []
+    for depth in depths:
+        if model is None:
+            sr, elapsed, score = bicubic, bicubic_seconds, bicubic_score
+        else:
+            sr, elapsed = _timed_upscale(lr, scale, model, settings, depth)
+            score = score_image(sr, sample.hr, scale)
+        tally.add(sr, elapsed)
+        height, width = sample.hr.shape[-2:]
+        results.append(
+            ImageResult(dataset, path.stem, scale, depth, width, height, score.psnr, score.ssim,
+                        bicubic_score.psnr, bicubic_score.ssim, seconds=elapsed)
+        )  # fmt: skip
+        if save_root is not None:
+            suffix = f"_r{depth}" if len(depths) > 1 else ""
+            _save(sr, save_root / dataset / f"x{scale}" / f"{path.stem}{suffix}.png")
+    return results
+
+
 @torch.no_grad()
 def run_bench(
     datasets: Sequence[Dataset],
@@ -372,70 +305,37 @@ def run_bench(
         raise BenchError("nothing to measure: give at least one dataset and one scale")
     if any(int(s) != s or s < 2 for s in scales):
         raise BenchError(f"scales must be integers >= 2, got {list(scales)}")
-    depths = tuple(recursions) if model is not None else (None,)
-    if model is not None:
-        bad = [k for k in depths if k is not None and not 1 <= k <= model.config.recursions]
-        if bad:
-            raise BenchError(f"recursions {bad[0]} out of range: this model has 1..{model.config.recursions}")
+    depths = _depths(model, recursions)
     _check_sizes(datasets, scales)
-    method = "bicubic" if model is None else "drcn"
-    device = settings.device
     save_root = Path(save_dir) if save_dir is not None else None
-
     _warm_up(model, settings)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if settings.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(settings.device)
     results: list[ImageResult] = []
-    total = sum(len(d.images) for d in datasets)
-    done = 0
-    upscale_seconds = 0.0
-    output_pixels = 0
-    upscales = 0
+    tally = _Tally()
+    total, done = sum(len(d.images) for d in datasets), 0
     for dataset in datasets:
         for index, path in enumerate(dataset.images, start=1):
             image = load_image(path)
             for scale in scales:
-                try:
-                    hr, lr = degrade(image, scale)
-                except BenchError as exc:
-                    raise BenchError(f"{path}: {exc}") from None
-                lr = lr.to(device)
-                bicubic, bicubic_seconds = _timed_upscale(lr, scale, None, settings)
-                bicubic_score = score_image(bicubic, hr, scale)
-                for depth in depths:
-                    if model is None:
-                        sr, elapsed, score = bicubic, bicubic_seconds, bicubic_score
-                    else:
-                        sr, elapsed = _timed_upscale(lr, scale, model, settings, depth)
-                        score = score_image(sr, hr, scale)
-                    upscale_seconds += elapsed
-                    output_pixels += sr.shape[-2] * sr.shape[-1]
-                    upscales += 1
-                    results.append(
-                        ImageResult(
-                            dataset=dataset.name,
-                            image=path.stem,
-                            scale=scale,
-                            recursions=depth,
-                            width=hr.shape[-1],
-                            height=hr.shape[-2],
-                            psnr=score.psnr,
-                            ssim=score.ssim,
-                            bicubic_psnr=bicubic_score.psnr,
-                            bicubic_ssim=bicubic_score.ssim,
-                            seconds=elapsed,
-                        )
-                    )
-                    if save_root is not None:
-                        suffix = f"_r{depth}" if len(depths) > 1 else ""
-                        _save(sr, save_root / dataset.name / f"x{scale}" / f"{path.stem}{suffix}.png")
+                sample = _sample(image, scale, path)
+                results += _measure(dataset.name, path, sample, model, settings, depths, tally, save_root)
             done += 1
             if on_progress is not None:
                 on_progress(BenchProgress(dataset.name, path.stem, index, len(dataset.images), done, total))
-
-    peak, peak_kind = _peak_memory(device)
-    timing = Timing(upscales, upscale_seconds, output_pixels / 1e6, str(device), settings.precision, peak, peak_kind)
+    peak, peak_kind = _peak_memory(settings.device)
+    timing = Timing(
+        tally.upscales, tally.seconds, tally.pixels / 1e6, str(settings.device), settings.precision, peak, peak_kind
+    )
+    method = "bicubic" if model is None else "drcn"
     return BenchReport(method, _summarise(datasets, scales, depths, results, method), tuple(results), timing)
+
+
+def _sample(image: torch.Tensor, scale: int, path: Path) -> Sample:
+    try:
+        return make_sample(image, scale, path.name)
+    except BenchError as exc:
+        raise BenchError(f"{path}: {exc}") from None
 
 
 def _summarise(

@@ -57,14 +57,11 @@ from .data import (
     PatchBank,
     TrainImage,
     build_patch_bank,
-    downscale,
     fingerprint,
     list_images,
     load_image8,
     load_images,
     load_pack,
-    mod_crop_size,
-    quantize,
     random_batch,
     sample_batch,
     save_pack,
@@ -72,10 +69,10 @@ from .data import (
 from .device import autocast_dtype, resolve_device, resolve_precision, set_threads
 from .device import memory_format as preferred_memory_format
 from .errors import ConfigError, DrcnError
-from .metrics import SSIM_WINDOW, score_y
 from .model import DRCN, DRCNConfig, widen
-from .pipeline import InferenceSettings, open_model, upscale_tensor
+from .pipeline import InferenceSettings, open_model
 from .processes import Processes, all_mean, any_process, barrier, join, leave, processes
+from .protocol import BenchError, Sample, Score, evaluate, make_sample
 from .train_config import RECIPE_FIELDS, TrainConfig, check_config
 from .weights import TINY, WeightsError, load_weights, save_weights
 
@@ -89,7 +86,6 @@ __all__ = [
     "TrainReporter",
     "TrainResult",
     "TrainingError",
-    "ValidationItem",
     "ValidationStats",
     "alpha_at",
     "batch_seed",
@@ -100,7 +96,6 @@ __all__ = [
     "recursive_loss",
     "resume_config",
     "train",
-    "validate",
     "write_checkpoint",
 ]
 
@@ -212,45 +207,19 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------- validation
 
 
-@dataclass(frozen=True)
-class ValidationItem:
-    name: str
-    scale: float
-    lr: torch.Tensor  # (C, h, w) float32 on 8-bit levels: the LR image a user would have
-    hr: torch.Tensor  # (C, H, W) float32 on 8-bit levels, mod-cropped so that H = h * scale
-
-
-def prepare_validation(paths: Sequence[str | os.PathLike], scales: Sequence[float]) -> list[ValidationItem]:
-    """The bench protocol's degradation, done once: mod-crop, MATLAB bicubic down, LR rounded to 8 bits.
-
-    Colour images stay RGB (the network sees the Y of their bicubic upsample, as in `drcn upscale`).
-    """
-    items = []
+def prepare_validation(paths: Sequence[str | os.PathLike], scales: Sequence[float]) -> list[Sample]:
+    """The validation images degraded once by the bench protocol (:mod:`drcn_cli.protocol`), read as training
+    reads them. Colour images stay RGB (the network sees the Y of their bicubic upsample, as in `drcn upscale`).
+    Raises DataError for an unreadable image or one too small to validate."""
+    samples = []
     for path in paths:
         image = load_image8(path)
         for scale in scales:
-            (hh, ww), _ = mod_crop_size(image.shape[-2], image.shape[-1], scale)
-            if min(hh, ww) < SSIM_WINDOW + 2 * math.ceil(scale):
-                raise DataError(f"{path}: too small to validate at x{scale:g}")
-            hr, lr = downscale(image, scale)  # the degradation of `drcn bench` and of the training patches
-            items.append(ValidationItem(Path(path).name, float(scale), lr, hr))
-    return items
-
-
-def validate(
-    model: DRCN, items: Sequence[ValidationItem], settings: InferenceSettings
-) -> dict[float, tuple[float, float]]:
-    """Mean (PSNR dB, SSIM) per scale with the bench protocol: the output of the `drcn upscale` pipeline rounded
-    to 8 bits, then MATLAB's 8-bit Y of both images, ``ceil(scale)`` border pixels cropped."""
-    ready = open_model(model, settings.device, settings.precision)  # a copy, as `drcn upscale` runs it
-    scores: dict[float, list[tuple[float, float]]] = {}
-    for item in items:
-        size = (item.hr.shape[-2], item.hr.shape[-1])
-        # An integer factor is passed on, so the resize uses it exactly as MATLAB would; a fractional one by size.
-        factor = item.scale if item.scale.is_integer() else None
-        sr = quantize(upscale_tensor(item.lr, size, ready, settings, scale=factor).cpu())
-        scores.setdefault(item.scale, []).append(score_y(sr, item.hr, border=math.ceil(item.scale)))
-    return {s: (sum(p for p, _ in v) / len(v), sum(q for _, q in v) / len(v)) for s, v in scores.items()}
+            try:
+                samples.append(make_sample(image, scale, Path(path).name))
+            except BenchError as exc:
+                raise DataError(f"{path}: too small to validate at x{scale:g} ({exc})") from None
+    return samples
 
 
 def init_architecture(path: str | os.PathLike) -> DRCNConfig:
@@ -392,10 +361,10 @@ def _export_metadata(
     cfg: TrainConfig,
     images: Sequence[TrainImage],
     step: int,
-    scores: Mapping[float, tuple[float, float]] | None,
+    scores: Mapping[float, Score] | None,
     init_steps: int = 0,
 ) -> dict[str, str]:
-    """What a weights file says about its training; ``scores`` maps scale -> (PSNR, SSIM) on the validation set.
+    """What a weights file says about its training; ``scores`` maps scale -> mean Score on the validation set.
     ``training_steps`` counts this run's steps; ``training_steps_total`` adds those behind its --init weights."""
     recipe = {name: getattr(cfg, name) for name in RECIPE_FIELDS if name not in ("features", "recursions")}
     folders = sorted({image.name.split("/", 1)[0] for image in images})
@@ -409,8 +378,8 @@ def _export_metadata(
         meta["training_init"] = Path(cfg.init).name
         meta["training_steps_total"] = str(init_steps + step)
     if scores and cfg.val:
-        mean = sum(p for p, _ in scores.values()) / len(scores)
-        per_scale = ", ".join(f"x{s:g} {p:.2f} dB / {q:.4f}" for s, (p, q) in scores.items())
+        mean = sum(score.psnr for score in scores.values()) / len(scores)
+        per_scale = ", ".join(f"x{s:g} {score.psnr:.2f} dB / {score.ssim:.4f}" for s, score in scores.items())
         meta["validation"] = f"{Path(cfg.val).name} at step {step} (PSNR/SSIM on Y, border = scale): {per_scale}"
         meta["val_psnr"] = f"{mean:.4f}"
     return meta
@@ -447,7 +416,7 @@ class _Data:
     images: list[TrainImage]
     fingerprint: str
     bank: PatchBank
-    val_items: list[ValidationItem]
+    val_samples: list[Sample]
     init_state: dict[str, torch.Tensor] | None
     init_steps: int  # steps the starting weights had been trained for (their own and their init's)
 
@@ -526,7 +495,7 @@ def _prepare_data(
     data_id = fingerprint(images)
     if checkpoint is not None and checkpoint.state.get("data_fingerprint") not in (None, data_id):
         raise CheckpointError(f"{checkpoint.path}: the checkpoint was trained on other images than these")
-    val_items = prepare_validation(list_images(cfg.val), cfg.scales) if cfg.val else []
+    val_samples = prepare_validation(list_images(cfg.val), cfg.scales) if cfg.val else []
     init_state, init_steps = None, 0
     if checkpoint is not None:
         init_steps = int(checkpoint.state.get("init_steps", 0))
@@ -551,7 +520,7 @@ def _prepare_data(
     if cfg.pack and not Path(cfg.pack).is_file() and procs.main:
         save_pack(cfg.pack, images)
     reporter.data_ready(bank.patches_per_scale(), len(images), bank.nbytes / 2**20, time.perf_counter() - t0)
-    return _Data(images, data_id, bank, val_items, init_state, init_steps)
+    return _Data(images, data_id, bank, val_samples, init_state, init_steps)
 
 
 def _build_model(
@@ -622,10 +591,10 @@ def _loop(run: _Run, wall_start: float, should_stop: Callable[[], bool] | None) 
         if run.step % cfg.log_every == 0 or run.step == run.stop:
             _log_window(run, lr, alpha, wall_start, stop_asked)
         finishing = run.step == run.stop
-        if run.data.val_items and ((cfg.val_every and run.step % cfg.val_every == 0) or run.step == cfg.steps):
+        if run.data.val_samples and ((cfg.val_every and run.step % cfg.val_every == 0) or run.step == cfg.steps):
             _validate(run)
         if (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or finishing:
-            if not run.data.val_items:
+            if not run.data.val_samples:
                 _export(run, None)
             _save_checkpoint(run)
 
@@ -684,9 +653,10 @@ def _validate(run: _Run) -> None:
     """Score the model on the validation images (main process); a new best is exported."""
     if run.procs.main:
         t = time.perf_counter()
-        scores = validate(run.model, run.data.val_items, InferenceSettings(run.device, run.precision))
-        by_psnr = {scale: value[0] for scale, value in scores.items()}
-        by_ssim = {scale: value[1] for scale, value in scores.items()}
+        ready = open_model(run.model, run.device, run.precision)  # a copy, as `drcn upscale` runs it
+        scores = evaluate(run.data.val_samples, ready, InferenceSettings(run.device, run.precision))
+        by_psnr = {scale: score.psnr for scale, score in scores.items()}
+        by_ssim = {scale: score.ssim for scale, score in scores.items()}
         mean = sum(by_psnr.values()) / len(by_psnr)
         if run.best_psnr is None or mean > run.best_psnr:
             run.best_psnr, run.best_step = mean, run.step
@@ -703,12 +673,12 @@ def _validate(run: _Run) -> None:
     barrier(run.procs)
 
 
-def _export(run: _Run, scores: Mapping[float, tuple[float, float]] | None) -> None:
+def _export(run: _Run, scores: Mapping[float, Score] | None) -> None:
     """Write the weights to ``out`` (main process), with the run's description in their metadata."""
     if run.procs.main and run.out_path is not None:
         metadata = _export_metadata(run.cfg, run.data.images, run.step, scores, run.data.init_steps)
         save_weights(run.model, run.out_path, metadata)
-        mean = sum(p for p, _ in scores.values()) / len(scores) if scores else None
+        mean = sum(score.psnr for score in scores.values()) / len(scores) if scores else None
         run.reporter.exported(run.out_path, run.step, mean)
 
 

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from drcn_cli import bench
-from drcn_cli.bench import BenchError, degrade, evaluate_images, parse_recursions, run_bench, score_image
+from drcn_cli.bench import parse_recursions, run_bench
 from drcn_cli.datasets import Dataset, DatasetError, find_benchmark, load_image, resolve_dataset
 from drcn_cli.model import DRCN, DRCNConfig
 from drcn_cli.pipeline import InferenceSettings, upscale_image
+from drcn_cli.protocol import BenchError, degrade, evaluate_images, score_image, super_resolve
 from drcn_cli.published import published
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -114,7 +115,7 @@ def test_evaluate_images_is_the_mean_of_per_image_scores(tmp_path):
     per_image = []
     for image in images:
         hr, lr = degrade(image, 2)
-        sr = bench.super_resolve(lr, 2, None, CPU)
+        sr = super_resolve(lr, 2, None, CPU)
         per_image.append(score_image(sr, hr, 2))
     mean = evaluate_images(images, 2)
     assert mean.psnr == pytest.approx(np.mean([s.psnr for s in per_image]), abs=1e-12)

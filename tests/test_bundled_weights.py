@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from drcn_cli.bench import evaluate_images
 from drcn_cli.pipeline import upscale_image
+from drcn_cli.protocol import evaluate_images
 from drcn_cli.registry import KNOWN_WEIGHTS, verify_file
 from drcn_cli.weights import BUNDLED_DIR, TINY, bundled_weights, load_weights
 

@@ -8,10 +8,10 @@ import torch
 from conftest import random_drcn
 from PIL import Image
 
-from drcn_cli.bench import evaluate_images
 from drcn_cli.model import DRCN
 from drcn_cli.pipeline import InferenceSettings
-from drcn_cli.train import prepare_validation, validate
+from drcn_cli.protocol import evaluate, evaluate_images
+from drcn_cli.train import prepare_validation
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,33 @@ def test_validation_and_bench_give_the_same_score_on_the_same_file(model, tmp_pa
     settings = InferenceSettings(torch.device("cpu"))
 
     bench = evaluate_images([path], scale, model, settings)
-    (psnr, ssim), = validate(model, prepare_validation([path], [scale]), settings).values()
+    (score,) = evaluate(prepare_validation([path], [scale]), model, settings).values()
 
-    assert psnr == pytest.approx(bench.psnr, abs=1e-9) and ssim == pytest.approx(bench.ssim, abs=1e-12)
+    assert score == bench
 
 
 def test_both_read_the_image_upright(tmp_path):
     path = save_rotated_photo(tmp_path / "photo.png")
     (item,) = prepare_validation([path], [2])
     assert item.hr.shape[-2:] == (44, 30)  # 30 x 44 stored, turned upright by its EXIF orientation
+
+
+def test_the_bench_runner_scores_as_training_validation_does(model, tmp_path):
+    from drcn_cli.bench import run_bench
+    from drcn_cli.datasets import Dataset
+
+    path = save_rotated_photo(tmp_path / "photo.png")
+    settings = InferenceSettings(torch.device("cpu"))
+    report = run_bench([Dataset("one", tmp_path, (path,), "folder")], (2, 3), model, settings)
+    validation = evaluate(prepare_validation([path], [2, 3]), model, settings)
+    assert [(r.scale, r.psnr, r.ssim) for r in report.images] == [
+        (int(scale), score.psnr, score.ssim) for scale, score in validation.items()
+    ]
+
+
+def test_a_fractional_scale_crops_to_whole_pixels_and_scores_with_a_rounded_up_border(model, tmp_path):
+    path = save_rotated_photo(tmp_path / "photo.png")
+    (sample,) = prepare_validation([path], [2.5])
+    assert sample.lr.shape[-2:] == (17, 12) and sample.hr.shape[-2:] == (42, 30)  # 44 x 30 upright
+    (score,) = evaluate([sample], model, InferenceSettings(torch.device("cpu"))).values()
+    assert 10 < score.psnr < 60 and 0 < score.ssim <= 1

@@ -369,8 +369,9 @@ def test_validation_follows_the_bench_protocol(tmp_path):
     from drcn_cli.data import list_images, quantize
     from drcn_cli.metrics import luma_8bit, psnr, ssim
     from drcn_cli.pipeline import InferenceSettings
+    from drcn_cli.protocol import evaluate
     from drcn_cli.resize import imresize
-    from drcn_cli.train import prepare_validation, validate
+    from drcn_cli.train import prepare_validation
 
     folder = write_training_images(tmp_path / "val", count=2, size=50, seed=4)
     items = prepare_validation(list_images(folder), (2.0, 3.0))
@@ -380,15 +381,15 @@ def test_validation_follows_the_bench_protocol(tmp_path):
     with torch.no_grad():
         model.recon2.weight.zero_()
         model.recon2.bias.zero_()
-    scores = validate(model, items, InferenceSettings(torch.device("cpu")))
+    scores = evaluate(items, model, InferenceSettings(torch.device("cpu")))
     for scale in (2.0, 3.0):
         expected = []
         for item in (i for i in items if i.scale == scale):
             sr = luma_8bit(quantize(imresize(item.lr, scale).clamp(0, 1)))
             hr = luma_8bit(item.hr)
             expected.append((psnr(sr, hr, int(scale)), ssim(sr, hr, int(scale))))
-        assert scores[scale][0] == pytest.approx(sum(p for p, _ in expected) / 2, abs=1e-6)
-        assert scores[scale][1] == pytest.approx(sum(q for _, q in expected) / 2, abs=1e-6)
+        assert scores[scale].psnr == pytest.approx(sum(p for p, _ in expected) / 2, abs=1e-6)
+        assert scores[scale].ssim == pytest.approx(sum(q for _, q in expected) / 2, abs=1e-6)
     with pytest.raises(DataError, match="too small to validate"):
         prepare_validation(list_images(write_training_images(tmp_path / "small", count=1, size=16)), (4.0,))
 
