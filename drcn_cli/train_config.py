@@ -1,4 +1,5 @@
-"""The options of a training run: ``TrainConfig``, which of them make the recipe, and what values can work."""
+"""The options of a training run: ``TrainConfig`` (also the declaration of `drcn train`'s options), which of them
+make the recipe, and what values can work."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
@@ -14,6 +15,7 @@ from .errors import ConfigError
 __all__ = [
     "LOSSES",
     "OPTIMIZERS",
+    "PRECISIONS",
     "RECIPE_FIELDS",
     "SCHEDULES",
     "TrainConfig",
@@ -25,6 +27,20 @@ __all__ = [
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("l2", "l1")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# The `drcn train` options are generated from these fields' metadata (plain data; see drcn_cli.cli.train):
+# help (only a field with help is an option; "{default}" in it is replaced by the default, else the default is
+# appended as "(default: X)" when it is a value), panel, flag (instead of --field-name), short, min, max,
+# path ("file" or "dir") and choices.
+_DATA = "Data"
+_MODEL = "Model and recipe"
+_RUN = "Run"
+
+
+def _cli(help: str, panel: str, **settings: Any) -> dict[str, Any]:
+    return {"help": help, "panel": panel, **settings}
 
 
 @dataclass(frozen=True)
@@ -32,47 +48,76 @@ class TrainConfig:
     """Every option of a training run. Fractions (warmup, alpha_decay) are of ``steps``."""
 
     # data
-    data: tuple[str, ...] = ()  # folders of HR images
-    pack: str | None = None  # .npz of the images' luminance: read if it exists, else written from `data`
-    val: str | None = None  # folder of HR validation images (Set5)
-    scales: tuple[float, ...] = (2.0, 3.0, 4.0)
-    downscales: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6)
-    patch_size: int = 41
-    stride: int = 21
+    data: tuple[str, ...] = field(default=(), metadata=_cli(
+        "Folder of HR training images; repeat for several (T91, BSD200).", _DATA, path="dir"))
+    val: str | None = field(default=None, metadata=_cli(
+        "Folder of HR validation images (Set5).", _DATA, path="dir"))
+    pack: str | None = field(default=None, metadata=_cli(
+        "Training images' luminance as one .npz: read if it exists, else written from --data "
+        "(keep it in the ignored .data/ folder).", _DATA, path="file"))
+    scales: tuple[float, ...] = field(default=(2.0, 3.0, 4.0), metadata=_cli(
+        "Training scale; repeat for one model of several.", _DATA, flag="--scale", short="-s"))
+    downscales: tuple[float, ...] = field(default=(1.0, 0.9, 0.8, 0.7, 0.6), metadata=_cli(
+        "HR downscale augmentation factor; repeat.", _DATA, flag="--downscale"))
+    patch_size: int = field(default=41, metadata=_cli("Patch side.", _DATA, min=3))
+    stride: int = field(default=21, metadata=_cli("Patch grid stride.", _DATA, min=1))
     augment: bool = True  # the 8 flips / 90-degree rotations, drawn per patch
     quantize_lr: bool = True  # round the LR image to 8 bits, as an image file is
     # model
-    features: int = 256
-    recursions: int = 16
-    init: str | None = None  # weights file to start from
+    init: str | None = field(default=None, metadata=_cli(
+        "Start from these weights: a model name or a .safetensors path (a narrower model, e.g. drcn-lite "
+        "for -F 256, is widened without changing what it computes).", _MODEL))
+    features: int = field(default=256, metadata=_cli(
+        "Filters per conv (default: {default}, or --init's).", _MODEL, short="-F", min=1))
+    recursions: int = field(default=16, metadata=_cli(
+        "Recursions (default: {default}, or --init's).", _MODEL, short="-D", min=1))
     # optimisation
-    batch_size: int = 64  # over all processes together
-    steps: int = 30000
-    optimizer: str = "adam"
-    lr: float = 2e-4
-    lr_min: float = 2e-6
-    schedule: str = "cosine"
-    warmup: float = 0.02
-    weight_decay: float = 0.0  # on conv kernels only; coupled L2 under Adam kills dead channels (docs/training.md)
-    grad_clip: float = 1.0  # max global gradient norm, a guard against spikes; 0 = off
+    batch_size: int = field(default=64, metadata=_cli("Patches per step, all processes.", _MODEL, short="-b", min=1))
+    steps: int = field(default=30000, metadata=_cli("Total optimiser steps.", _MODEL, min=1))
+    lr: float = field(default=2e-4, metadata=_cli("Peak learning rate.", _MODEL, min=0.0))
+    lr_min: float = field(default=2e-6, metadata=_cli("Final learning rate of the cosine.", _MODEL, min=0.0))
+    schedule: str = field(default="cosine", metadata=_cli(
+        "cosine or constant, after the warmup.", _MODEL, choices=SCHEDULES))
+    warmup: float = field(default=0.02, metadata=_cli("Warmup, fraction of steps.", _MODEL, min=0.0, max=1.0))
+    optimizer: str = field(default="adam", metadata=_cli(
+        "adam, adamw or sgd (momentum 0.9).", _MODEL, choices=OPTIMIZERS))
+    loss: str = field(default="l1", metadata=_cli(  # measured better than the paper's l2 (docs/training.md)
+        "l1 (mean absolute error) or l2 (the paper's MSE).", _MODEL, choices=LOSSES))
+    # on conv kernels only; coupled L2 under Adam kills dead channels (docs/training.md)
+    weight_decay: float = field(default=0.0, metadata=_cli("L2 on conv kernels; use with adamw.", _MODEL, min=0.0))
+    # the max global gradient norm: a guard against spikes
+    grad_clip: float = field(default=1.0, metadata=_cli("Max gradient norm, 0 = off.", _MODEL, min=0.0))
     alpha_start: float = 1.0
     alpha_end: float = 0.0
-    alpha_decay: float = 0.25
-    loss: str = "l1"  # measured better than the paper's l2 (docs/training.md)
-    seed: int = 0
+    alpha_decay: float = field(default=0.25, metadata=_cli(
+        "alpha goes from 1 to 0 over this fraction of the steps.", _MODEL, min=0.0, max=1.0))
+    seed: int = field(default=0, metadata=_cli("Random seed of the initialisation and the batches.", _MODEL))
     # run
-    device: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 1000
-    val_every: int = 1000
-    log_every: int = 25
-    out: str | None = None  # the exported weights: best validated, or the latest without `val`
-    resume: str | None = None  # checkpoint folder to continue from
-    stop_at: int | None = None  # end this run after this step (a later --resume continues)
-    time_limit: float | None = None  # seconds; checked every log_every steps, then checkpoint and stop
-    overwrite: bool = False  # allow replacing an existing `out` / checkpoint that this run did not resume
+    out: str | None = field(default=None, metadata=_cli(
+        "Exported weights (.safetensors): the best validated, or the latest without --val.", _RUN, short="-o",
+        path="file"))
+    checkpoint_dir: str | None = field(default=None, metadata=_cli(
+        "Checkpoint folder (default: .checkpoints/<out name>, or the --resume folder).", _RUN, path="dir"))
+    resume: str | None = field(default=None, metadata=_cli(
+        "Continue the run saved in this checkpoint folder, exactly where it stopped.", _RUN, path="dir"))
+    val_every: int = field(default=1000, metadata=_cli(
+        "Validate every N steps, 0 = only at the end.", _RUN, min=0))
+    checkpoint_every: int = field(default=1000, metadata=_cli(
+        "Checkpoint every N steps (and at the end).", _RUN, min=0))
+    log_every: int = field(default=25, metadata=_cli("Log line every N steps.", _RUN, min=1))
+    # seconds here, minutes on the command line; checked every log_every steps, then checkpoint and stop
+    time_limit: float | None = field(default=None, metadata=_cli(
+        "Minutes; then checkpoint and stop (continue with --resume).", _RUN, min=0.0))
+    stop_at: int | None = field(default=None, metadata=_cli(  # a later --resume continues
+        "Stop after this step (continue with --resume).", _RUN, min=1))
+    device: str = field(default="auto", metadata=_cli("auto, cpu, cuda, cuda:N, mps.", _RUN))
+    precision: str = field(default="auto", metadata=_cli(
+        "auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32, bf16.", _RUN, choices=PRECISIONS))
+    threads: int | None = field(default=None, metadata=_cli(
+        "CPU threads for torch (default: torch's).", _RUN, min=0))
+    # allow replacing an existing `out` / checkpoint that this run did not resume
+    overwrite: bool = field(default=False, metadata=_cli(
+        "Replace an existing --out or checkpoint of another run.", _RUN))
 
 
 # Fields that define the optimisation path: a resumed run must keep them, or it would not continue the same run.

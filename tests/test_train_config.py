@@ -34,3 +34,29 @@ def test_bad_recipe_values_are_config_errors_naming_the_file(values, expected):
 def test_a_config_that_cannot_work_is_a_config_error():
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         check_config(TrainConfig(data=("d",), optimizer="lbfgs"))
+
+
+def test_the_options_metadata_is_plain_data_and_needs_no_cli_library():
+    import ast
+    import inspect
+
+    from drcn_cli import train_config
+
+    tree = ast.parse(inspect.getsource(train_config))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {name for name in imported if name.split(".")[0] in ("typer", "click", "rich")}
+
+    def plain(value):
+        return isinstance(value, (str, int, float)) or (isinstance(value, tuple) and all(map(plain, value)))
+
+    for field in dataclasses.fields(TrainConfig):
+        assert all(isinstance(k, str) and plain(v) for k, v in field.metadata.items()), field.name
+        if field.metadata:
+            assert {"help", "panel"} <= set(field.metadata), field.name
+
+
+def test_fields_that_are_not_options_are_still_set_in_a_recipe():
+    options = recipe_options({"quantize_lr": False, "alpha_start": 0.5, "alpha_end": 0.1}, "r.toml")
+    assert options == {"quantize_lr": False, "alpha_start": 0.5, "alpha_end": 0.1}
+    assert not any(f.metadata for f in dataclasses.fields(TrainConfig) if f.name in options)

@@ -1,27 +1,31 @@
 """`drcn train`: train DRCN on folders of HR images, with checkpoints, exact resume and torchrun/DDP.
 
 Thin: options -> a TrainConfig (a resumed run starts from its checkpoint's config) -> drcn_cli.train.train,
-with a rich progress display on stderr. The library writes the checkpoint, the CSV log (`log.csv` in the
-checkpoint folder) and the exported weights. Under torchrun only rank 0 shows anything.
+with a rich progress display on stderr. The options are generated from TrainConfig's fields (name, type,
+default, help and panel are declared there, once); only --config and --quiet are the command's own. The
+library writes the checkpoint, the CSV log (`log.csv` in the checkpoint folder) and the exported weights.
+Under torchrun only rank 0 shows anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import signal
+from collections.abc import Callable
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import typer
 
-from ..train_config import LOSSES, OPTIMIZERS, SCHEDULES
+from ..train_config import TrainConfig
 from ._errors import EXIT_INTERRUPTED, fail
 
-_DATA = "Data"
-_MODEL = "Model and recipe"
-_RUN = "Run"
+_F = TypeVar("_F", bound=Callable[..., Any])
 
+_RUN = "Run"  # the panel of the command's own options; the fields name theirs
 
 
 @contextmanager
@@ -49,14 +53,112 @@ def _stop_on_signals(stop_asked: list[int], reporter: Any):
             signal.signal(sig, old)
 
 
-Optimizer = Enum("Optimizer", [(name, name) for name in OPTIMIZERS], type=str)
-Schedule = Enum("Schedule", [(name, name) for name in SCHEDULES], type=str)
-Loss = Enum("Loss", [(name, name) for name in LOSSES], type=str)
-TrainPrecision = Enum("TrainPrecision", [(name, name) for name in ("auto", "fp32", "bf16")], type=str)
+# -- the options: generated from TrainConfig's fields, where each is declared once (name, type, default, help) ------
 
-# Parameters of the command that are not TrainConfig fields, and those named differently there.
+# Parameters that _given_options leaves out: --config and --quiet are the command's own; --resume is a field, but
+# it goes to _config apart, as where the run comes from.
 _NOT_CONFIG = frozenset({"config", "resume", "quiet"})
-_FIELD_NAMES = {"scale": "scales", "downscale": "downscales"}
+_CONFIG = inspect.Parameter(
+    "config",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            exists=True,
+            dir_okay=False,
+            help="A TOML recipe: TrainConfig fields (lr = 3e-4, scales = [2, 3, 4], time_limit in seconds ...); "
+            "options given on the command line win.",
+            rich_help_panel=_RUN,
+        ),
+    ],
+)
+_QUIET = inspect.Parameter(
+    "quiet",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=False,
+    annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summary.", rich_help_panel=_RUN)],
+)
+
+
+def shown_default(value: Any) -> str:
+    """A default as the help shows it: a float in the shorter of its plain and exponent forms (0.25, 2e-4, 1), a
+    tuple as its items (2 3 4)."""
+    if isinstance(value, tuple):
+        return " ".join(shown_default(v) for v in value)
+    if isinstance(value, float):
+        mantissa, _, exponent = f"{value:.14e}".partition("e")  # 15 significant digits, as a float holds
+        scientific = f"{float(mantissa):.15g}e{int(exponent)}"
+        plain = f"{value:.15g}"
+        return scientific if "e" in plain or len(scientific) < len(plain) else plain
+    return str(value)
+
+
+def option_help(field: dataclasses.Field) -> str:
+    """The field's help with its default: in place of ``{default}``, else appended when there is a value to show
+    (not for None, which the command or the library works out, nor for a flag's False or an empty list)."""
+    text = field.metadata["help"]
+    if "{default}" in text:
+        return text.replace("{default}", shown_default(field.default))
+    if field.default is None or isinstance(field.default, bool) or field.default == ():
+        return text
+    return f"{text.removesuffix('.')} (default: {shown_default(field.default)})."
+
+
+def _value_type(field: dataclasses.Field, hint: Any) -> Any:
+    """What the option parses: the field's type without None, a path or a choice where the metadata says, a list
+    for a tuple (a repeatable option)."""
+    if "choices" in field.metadata:  # an Enum, so that a bad value is a usage error listing the choices
+        name = field.name.title().replace("_", "")
+        return Enum(name, [(choice, choice) for choice in field.metadata["choices"]], type=str)
+    repeated = get_origin(hint) is tuple
+    kind = next(arg for arg in get_args(hint) if arg is not type(None)) if get_args(hint) else hint
+    if "path" in field.metadata:
+        kind = Path
+    return list[kind] if repeated else kind
+
+
+def _parameter(field: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    meta = field.metadata
+    flags = [meta.get("flag", "--" + field.name.replace("_", "-")), *([meta["short"]] if "short" in meta else [])]
+    option = typer.Option(
+        *flags,
+        help=option_help(field),
+        rich_help_panel=meta["panel"],
+        min=meta.get("min"),
+        max=meta.get("max"),
+        file_okay=meta.get("path") != "dir",
+        dir_okay=meta.get("path") != "file",
+    )
+    kind = _value_type(field, hint)
+    if kind is bool:  # a flag turns something on; not given is False
+        return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=False,
+                                 annotation=Annotated[bool, option])
+    # Default None for every other option, so that "given" (it overrides a recipe, a resumed run) is "not None".
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[kind | None, option])
+
+
+def option_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields that are `drcn train` options: those with a help text."""
+    return [field for field in dataclasses.fields(TrainConfig) if "help" in field.metadata]
+
+
+def _signature() -> inspect.Signature:
+    hints = get_type_hints(TrainConfig)
+    options = [_parameter(field, hints[field.name]) for field in option_fields()]
+    return inspect.Signature([_CONFIG, *options, _QUIET], return_annotation=None)
+
+
+def train_options(command: _F) -> _F:
+    """Give ``command`` (which takes ``**flags``) the parameters of `drcn train`, generated from TrainConfig's
+    fields. Typer reads them through inspect.signature, which honours ``__signature__``, and
+    typing.get_type_hints, which reads ``__annotations__``."""
+    signature = _signature()
+    command.__signature__ = signature  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()} | {"return": None}
+    return command
 
 
 def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +174,7 @@ def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
             value = tuple(str(v) if isinstance(v, Path) else v for v in value)
         elif isinstance(value, Path):
             value = str(value)
-        options[_FIELD_NAMES.get(name, name)] = value
+        options[name] = value
     if "time_limit" in options:
         options["time_limit"] *= 60.0
     if flags["config"] is not None:
@@ -86,7 +188,7 @@ def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
 
 def _config(options: dict[str, Any], resume: Path | None) -> Any:
     """The run's TrainConfig: a resumed run's stored one with ``options`` applied, or a new one from them."""
-    from ..train import TrainConfig, init_architecture, resume_config
+    from ..train import init_architecture, resume_config
 
     if resume is not None:
         options.setdefault("checkpoint_dir", str(resume))
@@ -170,254 +272,22 @@ class _RichReporter:
         self.progress.stop()
 
 
-def train(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            exists=True,
-            dir_okay=False,
-            help="A TOML recipe: TrainConfig fields (lr = 3e-4, scales = [2, 3, 4], time_limit in seconds ...); "
-            "options given on the command line win.",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    data: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--data",
-            file_okay=False,
-            help="Folder of HR training images; repeat for several (T91, BSD200).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    val: Annotated[
-        Path | None,
-        typer.Option("--val", file_okay=False, help="Folder of HR validation images (Set5).", rich_help_panel=_DATA),
-    ] = None,
-    pack: Annotated[
-        Path | None,
-        typer.Option(
-            "--pack",
-            dir_okay=False,
-            help="Training images' luminance as one .npz: read if it exists, else written from --data "
-            "(keep it in the ignored .data/ folder).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    scale: Annotated[
-        list[float] | None,
-        typer.Option(
-            "--scale",
-            "-s",
-            help="Training scale; repeat for one model of several (default: 2 3 4).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    downscale: Annotated[
-        list[float] | None,
-        typer.Option(
-            "--downscale",
-            help="HR downscale augmentation factor; repeat (default: 1 0.9 0.8 0.7 0.6).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    patch_size: Annotated[
-        int | None, typer.Option("--patch-size", min=3, help="Patch side (default: 41).", rich_help_panel=_DATA)
-    ] = None,
-    stride: Annotated[
-        int | None, typer.Option("--stride", min=1, help="Patch grid stride (default: 21).", rich_help_panel=_DATA)
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            dir_okay=False,
-            help="Exported weights (.safetensors): the best validated, or the latest without --val.",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    checkpoint_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint-dir",
-            file_okay=False,
-            help="Checkpoint folder (default: .checkpoints/<out name>, or the --resume folder).",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(
-            "--resume",
-            file_okay=False,
-            help="Continue the run saved in this checkpoint folder, exactly where it stopped.",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    init: Annotated[
-        str | None,
-        typer.Option(
-            "--init",
-            help="Start from these weights: a model name or a .safetensors path (a narrower model, e.g. drcn-lite "
-            "for -F 256, is widened without changing what it computes).",
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
-    features: Annotated[
-        int | None,
-        typer.Option(
-            "--features", "-F", min=1, help="Filters per conv (default: 256, or --init's).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    recursions: Annotated[
-        int | None,
-        typer.Option(
-            "--recursions", "-D", min=1, help="Recursions (default: 16, or --init's).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size", "-b", min=1, help="Patches per step, all processes (default: 64).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option("--steps", min=1, help="Total optimiser steps (default: 30000).", rich_help_panel=_MODEL),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option("--lr", min=0.0, help="Peak learning rate (default: 2e-4).", rich_help_panel=_MODEL)
-    ] = None,
-    lr_min: Annotated[
-        float | None,
-        typer.Option(
-            "--lr-min", min=0.0, help="Final learning rate of the cosine (default: 2e-6).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    schedule: Annotated[
-        Schedule | None,
-        typer.Option(
-            "--schedule", help="cosine or constant, after the warmup (default: cosine).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    warmup: Annotated[
-        float | None,
-        typer.Option(
-            "--warmup", min=0.0, max=1.0, help="Warmup, fraction of steps (default: 0.02).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    optimizer: Annotated[
-        Optimizer | None,
-        typer.Option("--optimizer", help="adam, adamw or sgd (momentum 0.9) (default: adam).", rich_help_panel=_MODEL),
-    ] = None,
-    loss: Annotated[
-        Loss | None,
-        typer.Option(
-            "--loss", help="l1 (mean absolute error) or l2 (the paper's MSE) (default: l1).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option(
-            "--weight-decay", min=0.0, help="L2 on conv kernels; use with adamw (default: 0).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    grad_clip: Annotated[
-        float | None,
-        typer.Option("--grad-clip", min=0.0, help="Max gradient norm, 0 = off (default: 1.0).", rich_help_panel=_MODEL),
-    ] = None,
-    alpha_decay: Annotated[
-        float | None,
-        typer.Option(
-            "--alpha-decay",
-            min=0.0,
-            max=1.0,
-            help="alpha goes from 1 to 0 over this fraction of the steps (default: 0.25).",
-            rich_help_panel=_MODEL,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed", help="Random seed of the initialisation and the batches (default: 0).", rich_help_panel=_MODEL
-        ),
-    ] = None,
-    val_every: Annotated[
-        int | None,
-        typer.Option(
-            "--val-every",
-            min=0,
-            help="Validate every N steps, 0 = only at the end (default: 1000).",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    checkpoint_every: Annotated[
-        int | None,
-        typer.Option(
-            "--checkpoint-every",
-            min=0,
-            help="Checkpoint every N steps (and at the end) (default: 1000).",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    log_every: Annotated[
-        int | None,
-        typer.Option("--log-every", min=1, help="Log line every N steps (default: 25).", rich_help_panel=_RUN),
-    ] = None,
-    time_limit: Annotated[
-        float | None,
-        typer.Option(
-            "--time-limit",
-            min=0.0,
-            help="Minutes; then checkpoint and stop (continue with --resume).",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    stop_at: Annotated[
-        int | None,
-        typer.Option("--stop-at", min=1, help="Stop after this step (continue with --resume).", rich_help_panel=_RUN),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps (default: auto).", rich_help_panel=_RUN)
-    ] = None,
-    precision: Annotated[
-        TrainPrecision | None,
-        typer.Option(
-            "--precision", help="auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32, bf16.",
-            rich_help_panel=_RUN,
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option("--threads", min=0, help="CPU threads for torch (default: torch's).", rich_help_panel=_RUN),
-    ] = None,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite", help="Replace an existing --out or checkpoint of another run.", rich_help_panel=_RUN
-        ),
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress, no summary.", rich_help_panel=_RUN)
-    ] = False,
-) -> None:
+@train_options
+def train(**flags: Any) -> None:
     """Train DRCN (one model for every scale) on HR images, e.g. T91 + BSD200, validating on Set5.
 
     torchrun --nproc-per-node N -m drcn_cli train ... trains on N GPUs (DistributedDataParallel).
     """
-    flags = dict(locals())  # every parameter as given: the options are declared once, in the signature above
     from ..train import train as run_training
 
-    if time_limit is not None and time_limit <= 0:
+    if flags["time_limit"] is not None and flags["time_limit"] <= 0:
         raise typer.BadParameter("must be positive", param_hint="--time-limit")
-    cfg = _config(_given_options(flags), resume)
+    cfg = _config(_given_options(flags), flags["resume"])
 
     from ..processes import processes
 
     main_process = processes().main
-    show = main_process and not quiet
+    show = main_process and not flags["quiet"]
     reporter: Any = None
     if show:
         from rich.console import Console

@@ -1,0 +1,119 @@
+"""`drcn train`'s options, generated from TrainConfig's fields: the help, the defaults it shows, the values given."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from drcn_cli.cli import app
+from drcn_cli.cli import train as cli_train
+from drcn_cli.train_config import OPTIMIZERS, TrainConfig
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "400"}  # room for every help line unwrapped
+
+
+def _help_rows(output: str) -> dict[str, tuple[str, str]]:
+    """Each option of a rich help screen: its long flag -> (its panel, its row)."""
+    rows, panel = {}, None
+    for line in output.splitlines():
+        if heading := re.match(r"╭─ (.+?) ─", line):
+            panel = heading.group(1)
+        elif option := re.match(r"│ (--[\w-]+)", line):
+            rows[option.group(1)] = (panel, line)
+    return rows
+
+
+def _field(name: str) -> dataclasses.Field:
+    return next(field for field in dataclasses.fields(TrainConfig) if field.name == name)
+
+
+def test_every_option_field_is_in_the_help_with_its_flags_panel_and_default():
+    result = runner.invoke(app, ["train", "--help"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    rows = _help_rows(result.output)
+    fields = cli_train.option_fields()
+    for field in fields:
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        panel, row = rows.pop(flag)
+        assert panel == field.metadata["panel"], field.name
+        assert cli_train.option_help(field) in row, field.name
+        if "short" in field.metadata:
+            assert re.search(rf"{flag}\s+{field.metadata['short']}\s", row), field.name
+    assert set(rows) == {"--config", "--quiet", "--help"}  # the command's own
+    not_options = {f.name for f in dataclasses.fields(TrainConfig)} - {f.name for f in fields}
+    assert not_options == {"augment", "quantize_lr", "alpha_start", "alpha_end"}  # set in a recipe only
+
+
+@pytest.mark.parametrize(("flag", "shown"), [
+    ("--lr", "Peak learning rate (default: 2e-4)."), ("--lr-min", "(default: 2e-6)."),
+    ("--warmup", "(default: 0.02)."), ("--grad-clip", "(default: 1)."), ("--weight-decay", "(default: 0)."),
+    ("--scale", "repeat for one model of several (default: 2 3 4)."), ("--downscale", "(default: 1 0.9 0.8 0.7 0.6)."),
+    ("--features", "Filters per conv (default: 256, or --init's)."), ("--optimizer", "(default: adam)."),
+    ("--steps", "(default: 30000)."), ("--seed", "(default: 0)."),
+    ("--checkpoint-dir", "(default: .checkpoints/<out name>, or the --resume folder)."),
+])  # fmt: skip
+def test_the_help_shows_the_defaults_readably(flag, shown):
+    result = runner.invoke(app, ["train", "--help"], env=WIDE)
+    assert shown in _help_rows(result.output)[flag][1]
+
+
+def test_the_types_and_ranges_come_from_the_fields():
+    rows = _help_rows(runner.invoke(app, ["train", "--help"], env=WIDE).output)
+    assert "<float range> [0.0<=x<=1.0]" in rows["--warmup"][1] and "<int range> [x>=3]" in rows["--patch-size"][1]
+    assert "<directory>" in rows["--data"][1] and "<file>" in rows["--out"][1] and "<float>" in rows["--scale"][1]
+    assert "<adam|adamw|sgd>" in rows["--optimizer"][1] and "<auto|fp32|bf16>" in rows["--precision"][1]
+    assert "<" not in rows["--overwrite"][1].split("Replace")[0]  # a flag, without a value
+
+
+def test_a_changed_default_changes_the_help(monkeypatch):
+    monkeypatch.setattr(_field("lr"), "default", 5e-4)
+    monkeypatch.setattr(_field("features"), "default", 64)
+
+    @cli_train.train_options
+    def command(**flags: Any) -> None: ...
+
+    probe = typer.Typer()
+    probe.command()(command)
+    rows = _help_rows(runner.invoke(probe, ["--help"], env=WIDE).output)
+    assert "Peak learning rate (default: 5e-4)." in rows["--lr"][1]
+    assert "Filters per conv (default: 64, or --init's)." in rows["--features"][1]
+
+
+def test_a_bad_optimizer_is_a_usage_error_listing_every_choice(tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "w.safetensors"),
+                                 "--optimizer", "lbfgs", "--quiet"])  # fmt: skip
+    assert result.exit_code == 2 and "'lbfgs'" in result.stderr
+    assert all(f"'{name}'" in result.stderr for name in OPTIMIZERS), result.stderr
+
+
+def test_the_options_given_become_the_config_fields(tmp_path, monkeypatch):
+    from drcn_cli import train as lib
+
+    seen = []
+
+    def fake_train(cfg, reporter=None, should_stop=None):
+        seen.append(cfg)
+        return lib.TrainResult(cfg.steps, True, 0.0, None, None, None, None, 0.0)
+
+    monkeypatch.setattr(lib, "train", fake_train)
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "a"), "--data", str(tmp_path / "b"), "-o",
+                                 str(tmp_path / "w.safetensors"), "-s", "2", "--scale", "3.5", "--optimizer", "sgd",
+                                 "--precision", "bf16", "--time-limit", "2", "--overwrite", "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (cfg,) = seen
+    assert cfg.data == (str(tmp_path / "a"), str(tmp_path / "b")) and cfg.out == str(tmp_path / "w.safetensors")
+    assert cfg.scales == (2.0, 3.5) and (cfg.optimizer, cfg.precision) == ("sgd", "bf16")
+    assert cfg.time_limit == 120.0 and cfg.overwrite  # minutes on the command line, seconds in the config
+    assert (cfg.lr, cfg.downscales, cfg.augment) == (TrainConfig.lr, TrainConfig.downscales, True)  # not given
+
+
+def test_a_non_positive_time_limit_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "-o", str(tmp_path / "w.safetensors"),
+                                 "--time-limit", "0", "--quiet"])  # fmt: skip
+    assert result.exit_code == 2 and "--time-limit" in result.stderr
