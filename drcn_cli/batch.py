@@ -332,30 +332,14 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
     if to_stdout and len(sources) > 1:
         raise UsageError("only one input can be written to stdout")
     out = Path(plan.output).expanduser() if plan.output not in (None, STDIO) else None
-    single_file = (
-        out is not None
-        and len(sources) == 1
-        and sources[0].root is None
-        and not out.is_dir()
-        and not str(plan.output).endswith(("/", os.sep))
-        # A new name without an extension (`-o outdir`) is a folder to create, unless the input is stdin.
-        and (out.suffix != "" or out.exists() or out.is_symlink() or sources[0].path is None)
-    )
-    if any(s.path is None for s in sources) and out is not None and not single_file:
-        raise UsageError("stdin needs a file name with -o (or none, for stdout)")
-    if out is None and not to_stdout and any(s.root is not None for s in sources):
-        # Outputs beside the inputs of a folder would be taken as inputs by the next run.
-        raise UsageError("a folder input needs an output folder: add -o OUT")
+    single_file = _names_one_file(out, plan.output, sources)
+    _check_destination(sources, out, to_stdout, single_file)
     if out is not None and not single_file:
         # Images already inside the output folder (a previous run's results) are not inputs.
         sources = [s for s in sources if not _in_nested_output(s, out)]
     if single_file:
         assert out is not None
-        by_extension = format_from_path(out)
-        if fmt_given is None and by_extension is None:
-            raise UsageError(f"cannot tell the format from {out.name!r}: use .png, .jpg, .webp or .tif, or --format")
-        if fmt_given is not None and by_extension is not None and by_extension != fmt_given:
-            raise UsageError(f"-o {out.name} does not match --format {plan.fmt}")
+        _check_file_format(out, fmt_given, plan.fmt)
 
     jobs: list[Job] = []
     taken: dict[Path, str] = {}
@@ -366,24 +350,61 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
             continue
         if single_file:
             assert out is not None
-            target = out
-            fmt = fmt_given or format_from_path(out) or "PNG"
+            job = Job(source, out, fmt_given or format_from_path(out) or "PNG")
         else:
-            assert source.path is not None
-            fmt = _output_format(plan, source)
-            beside = out is None or out.resolve() == source.path.parent.resolve()
-            suffix = default_suffix(plan, next_to_input=beside)
-            name = f"{source.path.stem}{suffix}{_extension_for(fmt, source.path.suffix)}"
-            if out is None:
-                target = source.path.parent / name
-            elif source.root is not None:
-                target = out / source.path.parent.relative_to(source.root) / name
-            elif source.base is not None and source.path.parent.is_relative_to(source.base):
-                target = out / source.path.parent.relative_to(source.base) / name
-            else:
-                target = out / name
-        jobs.append(_check_target(Job(source, target, fmt), plan, taken, inputs))
+            job = _job_in_folder(source, out, plan)
+        jobs.append(_check_target(job, plan, taken, inputs))
     return jobs
+
+
+def _names_one_file(out: Path | None, typed: str | None, sources: list[Source]) -> bool:
+    """Whether -o (``out``, ``typed`` as given) is the one output file rather than a folder (plan_jobs' rules)."""
+    return (
+        out is not None
+        and len(sources) == 1
+        and sources[0].root is None
+        and not out.is_dir()
+        and not str(typed).endswith(("/", os.sep))
+        # A new name without an extension (`-o outdir`) is a folder to create, unless the input is stdin.
+        and (out.suffix != "" or out.exists() or out.is_symlink() or sources[0].path is None)
+    )
+
+
+def _check_destination(sources: list[Source], out: Path | None, to_stdout: bool, single_file: bool) -> None:
+    """UsageError for inputs that cannot go where -o says."""
+    if any(s.path is None for s in sources) and out is not None and not single_file:
+        raise UsageError("stdin needs a file name with -o (or none, for stdout)")
+    if out is None and not to_stdout and any(s.root is not None for s in sources):
+        # Outputs beside the inputs of a folder would be taken as inputs by the next run.
+        raise UsageError("a folder input needs an output folder: add -o OUT")
+
+
+def _check_file_format(out: Path, fmt_given: str | None, typed_fmt: str | None) -> None:
+    """UsageError when -o FILE's extension names no format and --format is not given, or the two disagree."""
+    by_extension = format_from_path(out)
+    if fmt_given is None and by_extension is None:
+        raise UsageError(f"cannot tell the format from {out.name!r}: use .png, .jpg, .webp or .tif, or --format")
+    if fmt_given is not None and by_extension is not None and by_extension != fmt_given:
+        raise UsageError(f"-o {out.name} does not match --format {typed_fmt}")
+
+
+def _job_in_folder(source: Source, out: Path | None, plan: OutputPlan) -> Job:
+    """The job of a source whose output goes into the folder ``out`` (None: beside the source), under the
+    same path as the source below its input folder or glob base."""
+    assert source.path is not None
+    fmt = _output_format(plan, source)
+    beside = out is None or out.resolve() == source.path.parent.resolve()
+    suffix = default_suffix(plan, next_to_input=beside)
+    name = f"{source.path.stem}{suffix}{_extension_for(fmt, source.path.suffix)}"
+    if out is None:
+        target = source.path.parent / name
+    elif source.root is not None:
+        target = out / source.path.parent.relative_to(source.root) / name
+    elif source.base is not None and source.path.parent.is_relative_to(source.base):
+        target = out / source.path.parent.relative_to(source.base) / name
+    else:
+        target = out / name
+    return Job(source, target, fmt)
 
 
 def _check_target(job: Job, plan: OutputPlan, taken: dict[Path, str], inputs: set[Path]) -> Job:
@@ -468,53 +489,75 @@ def run_pipelined(
     writers = max(1, writers)
     loader = ThreadPoolExecutor(read_ahead, thread_name_prefix="drcn-read")
     saver = ThreadPoolExecutor(writers, thread_name_prefix="drcn-write")
-    pending_loads: deque[tuple[Job, Future]] = deque()
+    reads = _ReadAhead(iter(jobs), load, loader, read_ahead)
     pending_saves: deque[tuple[JobOutcome, Future]] = deque()
-    queue = iter(jobs)
-
-    def refill() -> None:
-        while len(pending_loads) < read_ahead:
-            job = next(queue, None)
-            if job is None:
-                return
-            pending_loads.append((job, loader.submit(_timed, load, job)))
-
-    def finish(outcome: JobOutcome, future: Future) -> JobOutcome:
-        try:
-            outcome.saved, outcome.timings["write"] = future.result()
-        except Exception as exc:
-            outcome.error, outcome.stage = exc, "write"
-        return outcome
-
     completed = False
     try:
-        refill()
-        while pending_loads:
-            job, future = pending_loads.popleft()
-            refill()
-            outcome = JobOutcome(job)
-            try:
-                outcome.loaded, outcome.timings["read"] = future.result()
-            except Exception as exc:
-                outcome.error, outcome.stage = exc, "read"
+        reads.refill()
+        while reads.pending:
+            job, future = reads.take()
+            outcome = _read_and_process(job, future, process)
+            if not outcome.ok:
                 yield outcome
                 continue
-            try:
-                outcome.processed, outcome.timings["upscale"] = _timed(process, job, outcome.loaded)
-            except Exception as exc:
-                outcome.error, outcome.stage = exc, "upscale"
-                yield outcome
-                continue
-            while len(pending_saves) >= writers:
-                yield finish(*pending_saves.popleft())
+            while len(pending_saves) >= writers:  # every writer busy: wait for the oldest save
+                yield _saved(*pending_saves.popleft())
             pending_saves.append((outcome, saver.submit(_timed, save, job, outcome.processed)))
             while pending_saves and pending_saves[0][1].done():
-                yield finish(*pending_saves.popleft())
+                yield _saved(*pending_saves.popleft())
         while pending_saves:
-            yield finish(*pending_saves.popleft())
+            yield _saved(*pending_saves.popleft())
         completed = True
     finally:
         # Interrupted: reads not yet started are dropped; upscaled images already handed to a writer are
         # still written (each write is atomic), so no finished work is thrown away.
         loader.shutdown(wait=completed, cancel_futures=not completed)
         saver.shutdown(wait=True)
+
+
+@dataclass
+class _ReadAhead:
+    """The loads submitted ahead, oldest first: up to ``limit`` of them, for the jobs taken from ``jobs``."""
+
+    jobs: Iterator[Job]
+    load: Callable[[Job], Any]
+    loader: ThreadPoolExecutor
+    limit: int
+    pending: deque[tuple[Job, Future]] = field(default_factory=deque)
+
+    def refill(self) -> None:
+        while len(self.pending) < self.limit:
+            job = next(self.jobs, None)
+            if job is None:
+                return
+            self.pending.append((job, self.loader.submit(_timed, self.load, job)))
+
+    def take(self) -> tuple[Job, Future]:
+        """The oldest load; the next job's load is submitted in its place."""
+        item = self.pending.popleft()
+        self.refill()
+        return item
+
+
+def _read_and_process(job: Job, loaded: Future, process: Callable[[Job, Any], Any]) -> JobOutcome:
+    """Wait for the job's load, then process it here; a failure of either ends in the outcome (its ``stage``)."""
+    outcome = JobOutcome(job)
+    try:
+        outcome.loaded, outcome.timings["read"] = loaded.result()
+    except Exception as exc:
+        outcome.error, outcome.stage = exc, "read"
+        return outcome
+    try:
+        outcome.processed, outcome.timings["upscale"] = _timed(process, job, outcome.loaded)
+    except Exception as exc:
+        outcome.error, outcome.stage = exc, "upscale"
+    return outcome
+
+
+def _saved(outcome: JobOutcome, future: Future) -> JobOutcome:
+    """The outcome once its save has ended (waits for it), with the save's result or its error."""
+    try:
+        outcome.saved, outcome.timings["write"] = future.result()
+    except Exception as exc:
+        outcome.error, outcome.stage = exc, "write"
+    return outcome

@@ -259,54 +259,28 @@ def build_patch_bank(
     """Degrade every image at every downscale and scale, and index the patches on a ``stride`` grid.
 
     The resizing runs on ``device`` (much faster on a GPU) and the bank is returned there. ``on_image(done,
-    total)`` is called after each image. Raises DataError when no image yields a single patch.
+    total)`` is called after each image, once per downscale that holds a patch (``done`` counts images, the
+    current one included). Raises DataError when no image yields a single patch.
     """
-    if not scales:
-        raise DataError("no scales given")
-    if patch_size < 1 or stride < 1:
-        raise DataError(f"patch size and stride must be positive, got {patch_size} and {stride}")
-    if not downscales or not all(0 < d <= 1 for d in downscales):
-        raise DataError(f"downscale factors must be in (0, 1], got {tuple(downscales)}")
+    _check_bank_options(scales, patch_size, stride, downscales)
     device = torch.device(device)
 
     # Plan first, so the two big tensors are allocated once and filled in place (no concatenation peak).
-    plan = []  # (image index, downscale, height, width, flat offset, [(scale index, hr crop, lr size)])
-    offset = 0
-    for i, image in enumerate(images):
-        for factor in downscales:
-            height, width = tuple(image.y.shape) if factor == 1 else output_size(tuple(image.y.shape), factor)
-            fits = []
-            for s_index, scale in enumerate(scales):
-                (hh, ww), (lh, lw) = mod_crop_size(height, width, scale)
-                if hh >= patch_size and ww >= patch_size and lh >= 1 and lw >= 1:
-                    fits.append((s_index, (hh, ww)))
-            if fits:
-                plan.append((i, factor, height, width, offset, fits))
-                offset += height * width
-    if not plan:
+    slots, length = _plan_slots(images, scales, patch_size, downscales)
+    if not slots:
         raise DataError(
             f"no {patch_size}x{patch_size} patch fits in any of the {len(images)} images; "
             "use smaller patches or larger images"
         )
-    hr_all = torch.empty(offset, dtype=torch.uint8, device=device)
-    inputs_all = torch.zeros(len(scales), offset, dtype=torch.float16, device=device)
-    starts, rows, scale_ids = [], [], []
-    for i, factor, height, width, start, fits in plan:
-        y = images[i].as_float().to(device)
-        hr = y if factor == 1 else quantize(imresize(y, factor))  # the factor itself, as MATLAB's imresize(y, f)
-        hr_all[start : start + height * width] = (hr * 255.0).round().to(torch.uint8).flatten()
-        plane = inputs_all[:, start : start + height * width].view(len(scales), height, width)
-        for s_index, (hh, ww) in fits:
-            net_input, _target = degrade(hr, scales[s_index], quantize_lr)
-            plane[s_index, :hh, :ww] = net_input.to(torch.float16)
-            grid_y = torch.arange(0, hh - patch_size + 1, stride, dtype=torch.int64)
-            grid_x = torch.arange(0, ww - patch_size + 1, stride, dtype=torch.int64)
-            corner = (grid_y[:, None] * width + grid_x[None, :]).flatten() + start
-            starts.append(corner)
-            rows.append(torch.full_like(corner, width))
-            scale_ids.append(torch.full_like(corner, s_index))
+    hr_all = torch.empty(length, dtype=torch.uint8, device=device)
+    inputs_all = torch.zeros(len(scales), length, dtype=torch.float16, device=device)
+    index: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for slot in slots:
+        _fill_slot(slot, images[slot.image].as_float().to(device), scales, quantize_lr, hr_all, inputs_all)
+        index.extend(_slot_patches(slot, patch_size, stride))
         if on_image is not None:
-            on_image(i + 1, len(images))
+            on_image(slot.image + 1, len(images))
+    starts, rows, scale_ids = zip(*index, strict=True)  # per slot and scale -> per column
     return PatchBank(
         hr=hr_all,
         inputs=inputs_all,
@@ -317,6 +291,89 @@ def build_patch_bank(
         patch_size=patch_size,
         images=len(images),
     )
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One image at one downscale in the bank: its HR size, its flat offset, and the scales it holds a patch
+    at, each as (scale index, mod-cropped HR size)."""
+
+    image: int
+    factor: float
+    height: int
+    width: int
+    start: int
+    fits: list[tuple[int, tuple[int, int]]]
+
+
+def _check_bank_options(scales: Sequence[float], patch_size: int, stride: int, downscales: Sequence[float]) -> None:
+    """DataError for arguments that cannot make a bank, before any work."""
+    if not scales:
+        raise DataError("no scales given")
+    if patch_size < 1 or stride < 1:
+        raise DataError(f"patch size and stride must be positive, got {patch_size} and {stride}")
+    if not downscales or not all(0 < d <= 1 for d in downscales):
+        raise DataError(f"downscale factors must be in (0, 1], got {tuple(downscales)}")
+
+
+def _plan_slots(
+    images: Sequence[TrainImage], scales: Sequence[float], patch_size: int, downscales: Sequence[float]
+) -> tuple[list[_Slot], int]:
+    """The slots of every (image, downscale) that holds a patch at some scale, laid end to end; and their total
+    length in pixels."""
+    slots = []
+    offset = 0
+    for i, image in enumerate(images):
+        for factor in downscales:
+            height, width = tuple(image.y.shape) if factor == 1 else output_size(tuple(image.y.shape), factor)
+            fits = _fitting_scales(height, width, scales, patch_size)
+            if fits:
+                slots.append(_Slot(i, factor, height, width, offset, fits))
+                offset += height * width
+    return slots, offset
+
+
+def _fitting_scales(
+    height: int, width: int, scales: Sequence[float], patch_size: int
+) -> list[tuple[int, tuple[int, int]]]:
+    """(scale index, mod-cropped HR size) of each scale at which an HR image of this size holds a patch."""
+    fits = []
+    for s_index, scale in enumerate(scales):
+        (hh, ww), (lh, lw) = mod_crop_size(height, width, scale)
+        if hh >= patch_size and ww >= patch_size and lh >= 1 and lw >= 1:
+            fits.append((s_index, (hh, ww)))
+    return fits
+
+
+def _fill_slot(
+    slot: _Slot,
+    y: torch.Tensor,
+    scales: Sequence[float],
+    quantize_lr: bool,
+    hr_all: torch.Tensor,
+    inputs_all: torch.Tensor,
+) -> None:
+    """Write the slot's 8-bit HR image (``y`` downscaled) into ``hr_all`` and its network input at each
+    fitting scale into ``inputs_all``."""
+    area = slot.height * slot.width
+    hr = y if slot.factor == 1 else quantize(imresize(y, slot.factor))  # the factor itself, as MATLAB's imresize(y, f)
+    hr_all[slot.start : slot.start + area] = (hr * 255.0).round().to(torch.uint8).flatten()
+    plane = inputs_all[:, slot.start : slot.start + area].view(len(scales), slot.height, slot.width)
+    for s_index, (hh, ww) in slot.fits:
+        net_input, _target = degrade(hr, scales[s_index], quantize_lr)
+        plane[s_index, :hh, :ww] = net_input.to(torch.float16)
+
+
+def _slot_patches(slot: _Slot, patch_size: int, stride: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The slot's patches on the ``stride`` grid, per fitting scale: (flat top-left corners, row lengths,
+    scale indices)."""
+    patches = []
+    for s_index, (hh, ww) in slot.fits:
+        grid_y = torch.arange(0, hh - patch_size + 1, stride, dtype=torch.int64)
+        grid_x = torch.arange(0, ww - patch_size + 1, stride, dtype=torch.int64)
+        corner = (grid_y[:, None] * slot.width + grid_x[None, :]).flatten() + slot.start
+        patches.append((corner, torch.full_like(corner, slot.width), torch.full_like(corner, s_index)))
+    return patches
 
 
 def sample_batch(

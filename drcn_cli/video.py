@@ -228,19 +228,19 @@ def _transcode(
     read_ahead: int,
     on_frame: Callable[[int], None] | None,
 ) -> VideoResult:
+    """Decode ``source_container`` in a reader thread while this one upscales and encodes into a hidden
+    temporary file beside ``output``, then publish it (:func:`_publish`); the temporary file never outlives
+    the call."""
     height, width = size
     extension = output.suffix.lower()
-    muxer, encoder, options = VIDEO_CODECS[extension]
+    muxer = VIDEO_CODECS[extension][0]
     video_in = source_container.streams.video[0]
     rate = video_in.average_rate or video_in.guessed_rate or Fraction(25)
     # The source's clock keeps every frame's exact timestamp; AVI has none but the frame rate: count frames.
     time_base = video_in.time_base if muxer != "avi" else None
     audio_in = list(source_container.streams.audio)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temporary_beside(output)
     items: queue.Queue = queue.Queue(maxsize=max(1, read_ahead) + 64)  # + room for the audio in between
     stop = threading.Event()
     reader = threading.Thread(target=_reader, args=(av, source_container, items, stop), daemon=True,
@@ -248,54 +248,11 @@ def _transcode(
     result = VideoResult(0, width, height, 0)
     try:
         with av.open(str(tmp), "w", format=muxer) as container:
-            try:
-                video_out = container.add_stream(encoder, rate=rate, options=dict(options))
-            except av.error.FFmpegError as exc:
-                raise VideoError(f"encoder {encoder} is not available in this PyAV ({_one_line(exc)})") from None
-            video_out.width, video_out.height, video_out.pix_fmt = width, height, "yuv420p"
-            if time_base is not None:  # the source's clock, so that every frame keeps its exact timestamp
-                video_out.time_base = time_base
-                video_out.codec_context.time_base = time_base
-            audio_map: dict[int, Any] = {}
-            supported = container.supported_codecs
-            for stream in audio_in:
-                name = stream.codec_context.name
-                if name in supported:
-                    audio_map[stream.index] = container.add_stream_from_template(stream)
-                else:
-                    result.dropped.append(f"audio stream {stream.index} ({name}: not storable in {extension})")
-            result.audio_copied = len(audio_map)
-
+            sink = _open_sink(av, container, extension, size, rate, time_base)
+            result.dropped.extend(_add_audio(sink, audio_in, extension))
+            result.audio_copied = len(sink.audio)
             reader.start()
-            while True:
-                item = items.get()
-                if item is _END:
-                    break
-                kind = item[0]
-                if kind == "error":
-                    raise item[1]
-                if kind == "audio":
-                    packet = item[1]
-                    if packet.stream.index in audio_map:
-                        packet.stream = audio_map[packet.stream.index]
-                        container.mux(packet)
-                    continue
-                _, rgb, pts, frame_time_base = item
-                big = np.ascontiguousarray(upscale_frame(rgb)[:height, :width])
-                if big.shape != (height, width, 3) or big.dtype != np.uint8:
-                    raise VideoError(f"a frame came back as {big.shape} {big.dtype}, not ({height}, {width}, 3) uint8")
-                frame = av.VideoFrame.from_ndarray(big, format="rgb24")
-                if time_base is None or pts is None or frame_time_base is None:  # one tick per frame
-                    frame.pts, frame.time_base = result.frames, 1 / Fraction(rate)
-                else:
-                    frame.pts, frame.time_base = pts, frame_time_base
-                for packet in video_out.encode(frame):
-                    container.mux(packet)
-                result.frames += 1
-                if on_frame is not None:
-                    on_frame(result.frames)
-            for packet in video_out.encode():
-                container.mux(packet)
+            _encode_all(av, sink, items, upscale_frame, result, on_frame)
         if result.frames == 0:
             raise VideoError("no frame could be decoded (truncated or corrupt video)")
         result.bytes = tmp.stat().st_size
@@ -309,3 +266,106 @@ def _transcode(
             reader.join(timeout=5)
         tmp.unlink(missing_ok=True)
     return result
+
+
+@dataclass
+class _Sink:
+    """The output being written: its container, its video stream and clock, the audio streams copied into it."""
+
+    container: Any
+    video: Any
+    size: tuple[int, int]  # (height, width), both even
+    rate: Fraction
+    time_base: Fraction | None  # the source's clock; None: one tick per frame
+    audio: dict[int, Any] = field(default_factory=dict)  # source stream index -> output stream
+
+
+def _temporary_beside(output: Path) -> Path:
+    """A new empty hidden file ``.NAME.XXXXXXXX.tmp`` in ``output``'s folder, which is created if need be."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    return Path(tmp_name)
+
+
+def _open_sink(av: Any, container: Any, extension: str, size: tuple[int, int], rate: Fraction,
+               time_base: Fraction | None) -> _Sink:
+    """Add the video stream (``extension``'s encoder, 4:2:0, ``size``) to the open output ``container``."""
+    _, encoder, options = VIDEO_CODECS[extension]
+    try:
+        video_out = container.add_stream(encoder, rate=rate, options=dict(options))
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"encoder {encoder} is not available in this PyAV ({_one_line(exc)})") from None
+    height, width = size
+    video_out.width, video_out.height, video_out.pix_fmt = width, height, "yuv420p"
+    if time_base is not None:  # the source's clock, so that every frame keeps its exact timestamp
+        video_out.time_base = time_base
+        video_out.codec_context.time_base = time_base
+    return _Sink(container, video_out, size, rate, time_base)
+
+
+def _add_audio(sink: _Sink, audio_in: list[Any], extension: str) -> list[str]:
+    """Add a copy of each audio stream the output's container can hold to ``sink.audio``; returns what was
+    dropped, one line each."""
+    dropped = []
+    supported = sink.container.supported_codecs
+    for stream in audio_in:
+        name = stream.codec_context.name
+        if name in supported:
+            sink.audio[stream.index] = sink.container.add_stream_from_template(stream)
+        else:
+            dropped.append(f"audio stream {stream.index} ({name}: not storable in {extension})")
+    return dropped
+
+
+def _encode_all(
+    av: Any,
+    sink: _Sink,
+    items: queue.Queue,
+    upscale_frame: Callable[[np.ndarray], np.ndarray],
+    result: VideoResult,
+    on_frame: Callable[[int], None] | None,
+) -> None:
+    """Take the reader's items up to _END: mux the audio, upscale and encode the frames (counted in
+    ``result.frames``), then flush the encoder. Raises the reader's error."""
+    while True:
+        item = items.get()
+        if item is _END:
+            break
+        kind = item[0]
+        if kind == "error":
+            raise item[1]
+        if kind == "audio":
+            _mux_audio(sink, item[1])
+            continue
+        _, rgb, pts, frame_time_base = item
+        _encode_frame(av, sink, upscale_frame(rgb), pts, frame_time_base, result.frames)
+        result.frames += 1
+        if on_frame is not None:
+            on_frame(result.frames)
+    for packet in sink.video.encode():
+        sink.container.mux(packet)
+
+
+def _mux_audio(sink: _Sink, packet: Any) -> None:
+    """Copy an audio packet into its output stream; a packet of a dropped stream is left out."""
+    if packet.stream.index in sink.audio:
+        packet.stream = sink.audio[packet.stream.index]
+        sink.container.mux(packet)
+
+
+def _encode_frame(av: Any, sink: _Sink, upscaled: np.ndarray, pts: int | None, frame_time_base: Fraction | None,
+                  index: int) -> None:
+    """Encode frame number ``index`` (from 0), cut to the even output size, with the source's timestamp when
+    the output keeps the source's clock and the frame has one, else one tick per frame."""
+    height, width = sink.size
+    big = np.ascontiguousarray(upscaled[:height, :width])
+    if big.shape != (height, width, 3) or big.dtype != np.uint8:
+        raise VideoError(f"a frame came back as {big.shape} {big.dtype}, not ({height}, {width}, 3) uint8")
+    frame = av.VideoFrame.from_ndarray(big, format="rgb24")
+    if sink.time_base is None or pts is None or frame_time_base is None:  # one tick per frame
+        frame.pts, frame.time_base = index, 1 / Fraction(sink.rate)
+    else:
+        frame.pts, frame.time_base = pts, frame_time_base
+    for packet in sink.video.encode(frame):
+        sink.container.mux(packet)

@@ -192,15 +192,8 @@ def bench(
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    info = _printer(err, quiet)
 
-    def info(message: str) -> None:
-        if not quiet:
-            err.print(message, markup=False)
-
-    import torch
-
-    from .. import bench as lib
-    from ..datasets import resolve_dataset
     from ..device import resolve_device, resolve_precision, set_threads
     from ..pipeline import InferenceSettings
 
@@ -209,37 +202,77 @@ def bench(
     set_threads(threads)
     dev = resolve_device(device)
     prec = resolve_precision(precision.value, dev)
-
-    sets = []
-    for spec in datasets_spec:
-        try:
-            sets.append(resolve_dataset(spec, data_dir, download=download, on_download=info))
-        except OSError as exc:
-            raise fail(exc) from None
+    sets = _resolve_datasets(datasets_spec, data_dir, download, info)
 
     network, label, depths = None, "MATLAB bicubic", (None,)
     if method is Method.drcn:
-        from ..loader import open_model
-
-        network = open_model(weights or model, dev, prec, on_download=info)
-        label, depths = _network_label(network, self_ensemble), _depths(network, recursions, plot)
+        network, label, depths = _open_network(weights or model, dev, prec, self_ensemble, recursions, plot, info)
 
     settings = InferenceSettings(dev, prec, tile, self_ensemble=self_ensemble)
-    try:
-        with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
-            report = lib.run_bench(sets, scales, network, settings, depths, save_images, advance)
-    except torch.OutOfMemoryError:
-        raise fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
-
-    out = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
-    out.print(_results_table(report, label))
-    out.print(_timing_line(report.timing), markup=False)
+    report = _measure(err, quiet, sets, scales, network, settings, depths, save_images)
+    _print_results(report, label)
 
     model_text = label if network is not None else None
     try:
         _write_reports(report, sets, scales, model_text, self_ensemble, json_file, csv_file, plot, info)
     except OSError as exc:
         raise fail(exc) from None
+
+
+def _printer(console: Any, quiet: bool) -> Callable[[str], None]:
+    """A function that prints one message on ``console`` (stderr), or nothing with --quiet."""
+
+    def info(message: str) -> None:
+        if not quiet:
+            console.print(message, markup=False)
+
+    return info
+
+
+def _resolve_datasets(specs: list[str], data_dir: Path | None, download: bool,
+                      info: Callable[[str], None]) -> list[Any]:
+    """Each --dataset as a folder of HR images (found, cached or downloaded); an OS error fails (exit 1)."""
+    from ..datasets import resolve_dataset
+
+    sets = []
+    for spec in specs:
+        try:
+            sets.append(resolve_dataset(spec, data_dir, download=download, on_download=info))
+        except OSError as exc:
+            raise fail(exc) from None
+    return sets
+
+
+def _open_network(source: Any, dev: Any, prec: str, self_ensemble: bool, recursions: str | None,
+                  plot: Path | None, info: Callable[[str], None]) -> tuple[Any, str, tuple[int | None, ...]]:
+    """The network from --weights or --model, its label for the table, and the recursion depths to measure."""
+    from ..loader import open_model
+
+    network = open_model(source, dev, prec, on_download=info)
+    return network, _network_label(network, self_ensemble), _depths(network, recursions, plot)
+
+
+def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], network: Any, settings: Any,
+             depths: tuple[int | None, ...], save_images: Path | None) -> Any:
+    """run_bench with a progress bar on ``err``; out of memory fails (exit 1)."""
+    import torch
+
+    from .. import bench as lib
+
+    try:
+        with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
+            return lib.run_bench(sets, scales, network, settings, depths, save_images, advance)
+    except torch.OutOfMemoryError:
+        raise fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
+
+
+def _print_results(report: Any, label: str) -> None:
+    """The table and the timing line on stdout (120 columns when it is not a terminal)."""
+    from rich.console import Console
+
+    out = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    out.print(_results_table(report, label))
+    out.print(_timing_line(report.timing), markup=False)
 
 
 def _write_reports(report: Any, sets: list[Any], scales: list[int], model: str | None, self_ensemble: bool,

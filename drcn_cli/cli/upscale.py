@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -513,35 +513,74 @@ def _prepare(console, report, opts: _RunOptions, count: str):
 
 def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
     """Load the model once and run every job; sets report's counts. Exits 1 on a model error, 130 on Ctrl-C."""
-    from ..batch import JobOutcome, run_pipelined
-    from ..color import array_to_tensor, tensor_to_array
-    from ..imageio import OutputExistsError, encode_image, read_image, write_image
-    from ..pipeline import target_size, upscale_tensor
+    from ..batch import run_pipelined
 
     network, settings = _prepare(console, report, opts, f"{len(jobs)} image(s)")
+    steps = _ImageSteps(opts, network, settings, report)
+    with report.progress(len(jobs)), _sigterm_as_interrupt(), _no_pillow_pixel_limit():
+        outcomes = run_pipelined(jobs, steps.load, steps.process, steps.save, read_ahead=opts.io_threads,
+                                 writers=opts.io_threads)
+        try:
+            for outcome in outcomes:
+                steps.unreported.pop(id(outcome.job), None)
+                _report_outcome(report, outcome)
+        except KeyboardInterrupt:
+            _finish_writes(outcomes)
+            _report_unreported(report, steps.unreported)
+            report.interrupted(len(jobs))
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
-    scale, width, height = opts.scale, opts.width, opts.height
-    max_pixels, max_output_pixels = opts.max_pixels, opts.max_output_pixels
 
-    def load(job):
-        source = job.source.path
+@dataclass
+class _ImageSteps:
+    """The three steps of one image for batch.run_pipelined: read (in a reader thread), upscale (in this one),
+    write (in a writer thread)."""
+
+    opts: _RunOptions
+    network: Any  # None for bicubic
+    settings: Any  # loader.InferenceSettings
+    report: _Reporter
+    # Images whose write finished but is not reported yet: on an interrupt, the writes already handed over are
+    # completed (atomically), and must then be counted and get their --json line too.
+    unreported: dict[int, tuple[Any, _Upscaled, int]] = field(default_factory=dict)
+
+    def load(self, job):
+        """The decoded image (stdin is read whole first); refused over --max-pixels."""
+        from ..imageio import read_image
+
+        source, max_pixels = job.source.path, self.opts.max_pixels
         return read_image(_read_stdin(max_pixels) if source is None else source, max_pixels)
 
-    def process(job, loaded):
-        size = target_size(loaded.height, loaded.width, scale, width, height)
-        if max_output_pixels and size[0] * size[1] > max_output_pixels:
+    def process(self, job, loaded) -> _Upscaled:
+        """The image upscaled to the size asked for; ValueError when that is over --max-output-pixels."""
+        from ..color import array_to_tensor, tensor_to_array
+        from ..pipeline import target_size, upscale_tensor
+
+        opts, report = self.opts, self.report
+        size = target_size(loaded.height, loaded.width, opts.scale, opts.width, opts.height)
+        if opts.max_output_pixels and size[0] * size[1] > opts.max_output_pixels:
             raise ValueError(
                 f"output {size[1]}x{size[0]} = {_mpx(size[0] * size[1])} is over "
-                f"--max-output-pixels {max_output_pixels / 1e6:g} Mpx"
+                f"--max-output-pixels {opts.max_output_pixels / 1e6:g} Mpx"
             )
         report.start(job, loaded, size)
         tensor, fmt = array_to_tensor(loaded.pixels)
         out = upscale_tensor(
-            tensor, size, network, settings, scale=scale, on_tile=report.tile, on_shrink=report.shrink
+            tensor, size, self.network, self.settings, scale=opts.scale, on_tile=report.tile, on_shrink=report.shrink
         )
         return _Upscaled(tensor_to_array(out, fmt), loaded)
 
-    def save(job, result: _Upscaled):
+    def save(self, job, result: _Upscaled) -> int:
+        """:meth:`_write`, then note the image as written but not yet reported."""
+        size = self._write(job, result)
+        self.unreported[id(job)] = (job, result, size)
+        return size
+
+    def _write(self, job, result: _Upscaled) -> int:
+        """Write the image (atomically, or to stdout); its size in bytes, or _SKIPPED."""
+        from ..imageio import OutputExistsError, encode_image, write_image
+
+        opts = self.opts
         meta = dict(quality=opts.quality, icc_profile=result.loaded.icc_profile, exif=result.loaded.exif,
                     dpi=result.loaded.dpi)
         if job.output is None:
@@ -555,39 +594,34 @@ def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
                 return _SKIPPED
             raise OutputExistsError(f"{exc} (use --overwrite or --skip-existing)") from None
 
-    # Images whose write finished but is not reported yet: on an interrupt, the writes already handed over are
-    # completed (atomically), and must then be counted and get their --json line too.
-    unreported: dict[int, tuple[Any, _Upscaled, int]] = {}
 
-    def save_and_note(job, result: _Upscaled):
-        size = save(job, result)
-        unreported[id(job)] = (job, result, size)
-        return size
+def _report_outcome(report: _Reporter, outcome) -> None:
+    """One finished job: upscaled, skipped (its output appeared meanwhile) or failed."""
+    if outcome.ok and outcome.saved is _SKIPPED:
+        report.skipped(outcome.job, planned=False)
+    elif outcome.ok:
+        report.done(outcome)
+    else:
+        report.failed(outcome, _reason(outcome.error))
 
-    with report.progress(len(jobs)), _sigterm_as_interrupt(), _no_pillow_pixel_limit():
-        outcomes = run_pipelined(jobs, load, process, save_and_note, read_ahead=opts.io_threads,
-                                 writers=opts.io_threads)
-        try:
-            for outcome in outcomes:
-                unreported.pop(id(outcome.job), None)
-                if outcome.ok and outcome.saved is _SKIPPED:
-                    report.skipped(outcome.job, planned=False)
-                elif outcome.ok:
-                    report.done(outcome)
-                else:
-                    report.failed(outcome, _reason(outcome.error))
-        except KeyboardInterrupt:
-            try:
-                outcomes.close()  # waits for the writes already handed over (a no-op if it has ended)
-            except KeyboardInterrupt:
-                pass  # a second signal: stop waiting
-            for job, result, size in list(unreported.values()):
-                if size is _SKIPPED:
-                    report.skipped(job, planned=False)
-                else:
-                    report.done(JobOutcome(job, loaded=result.loaded, processed=result, saved=size))
-            report.interrupted(len(jobs))
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+def _finish_writes(outcomes) -> None:
+    """After Ctrl-C: wait for the writes already handed over (a no-op if the run has ended)."""
+    try:
+        outcomes.close()
+    except KeyboardInterrupt:
+        pass  # a second signal: stop waiting
+
+
+def _report_unreported(report: _Reporter, unreported: dict[int, tuple[Any, _Upscaled, int]]) -> None:
+    """Count the images written but not reported when the run was interrupted, as done (or skipped)."""
+    from ..batch import JobOutcome
+
+    for job, result, size in list(unreported.values()):
+        if size is _SKIPPED:
+            report.skipped(job, planned=False)
+        else:
+            report.done(JobOutcome(job, loaded=result.loaded, processed=result, saved=size))
 
 
 class _Reporter:
