@@ -134,6 +134,54 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
+def _recursions_to_export(model: DRCN, recursions: int | None) -> int:
+    """``recursions`` (None: all of them), checked against the model's; ValueError outside 1..D."""
+    trained = model.config.recursions
+    k = trained if recursions is None else int(recursions)
+    if not 1 <= k <= trained:
+        raise ValueError(f"recursions must be in 1..{trained} for this model, got {k}")
+    return k
+
+
+def _trace(model: DRCN, recursions: int, dtype: torch.dtype):
+    """The ONNX ModelProto of a copy of ``model`` on the CPU in ``dtype``; ExportError when the exporter fails."""
+    network = _Network(copy.deepcopy(model).to(device="cpu", dtype=dtype).eval(), recursions)
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    # Batch 2 and H != W, so that no size is taken for a constant of the graph.
+    example = torch.rand(2, 1, 32, 40, dtype=dtype)
+    batch, height, width = (torch.export.Dim(name) for name in ("batch", "height", "width"))
+    try:
+        # DRCN.forward takes oneDNN's fused conv+ReLU on the CPU when autograd is off (model.py,
+        # _fused_conv_relu_applies requires `not torch.is_grad_enabled()`), an op ONNX does not have. Tracing with
+        # autograd on (and outside inference mode) takes the plain conv -> ReLU path, whatever the caller's mode;
+        # the parameters need no gradient, so nothing is recorded for a backward pass.
+        with torch.inference_mode(False), torch.enable_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                network,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
+                verbose=False,
+            )
+        return program.model_proto
+    except Exception as exc:  # the exporter's errors have no common base class
+        first = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split()) or type(exc).__name__  # no colours
+        raise ExportError(f"the ONNX exporter failed: {first[:500]}") from exc
+
+
+def _stamp(proto, metadata: dict[str, str]) -> None:
+    """Write ``metadata`` into the model's metadata_props, the contract as its doc string, drcn as its producer."""
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = metadata["drcn.contract"]
+    proto.producer_name = "drcn"
+    proto.producer_version = metadata["drcn.version"]
+
+
 def export_onnx(
     model: DRCN,
     path: str | os.PathLike,
@@ -157,10 +205,7 @@ def export_onnx(
     """
     from .imageio import OutputExistsError, write_bytes_atomic
 
-    trained = model.config.recursions
-    k = trained if recursions is None else int(recursions)
-    if not 1 <= k <= trained:
-        raise ValueError(f"recursions must be in 1..{trained} for this model, got {k}")
+    k = _recursions_to_export(model, recursions)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     path = Path(path)
@@ -168,40 +213,9 @@ def export_onnx(
         raise OutputExistsError(f"output {path} exists (use --overwrite)")
     _require_exporter()
 
-    dtype = PRECISIONS[precision]
-    network = _Network(copy.deepcopy(model).to(device="cpu", dtype=dtype).eval(), k)
-    for parameter in network.parameters():
-        parameter.requires_grad_(False)
-    # Batch 2 and H != W, so that no size is taken for a constant of the graph.
-    example = torch.rand(2, 1, 32, 40, dtype=dtype)
-    batch, height, width = (torch.export.Dim(name) for name in ("batch", "height", "width"))
-    try:
-        # DRCN.forward takes oneDNN's fused conv+ReLU on the CPU when autograd is off (model.py,
-        # _fused_conv_relu_applies requires `not torch.is_grad_enabled()`), an op ONNX does not have. Tracing with
-        # autograd on (and outside inference mode) takes the plain conv -> ReLU path, whatever the caller's mode;
-        # the parameters need no gradient, so nothing is recorded for a backward pass.
-        with torch.inference_mode(False), torch.enable_grad(), _quiet_exporter():
-            program = torch.onnx.export(
-                network,
-                (example,),
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
-                verbose=False,
-            )
-        proto = program.model_proto
-    except Exception as exc:  # the exporter's errors have no common base class
-        first = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split()) or type(exc).__name__  # no colours
-        raise ExportError(f"the ONNX exporter failed: {first[:500]}") from exc
-
+    proto = _trace(model, k, PRECISIONS[precision])
     metadata = onnx_metadata(model, k, precision, source)
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = metadata["drcn.contract"]
-    proto.producer_name = "drcn"
-    proto.producer_version = metadata["drcn.version"]
+    _stamp(proto, metadata)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     data = proto.SerializeToString()
     write_bytes_atomic(path, data, replace=overwrite)

@@ -159,11 +159,63 @@ def fetch_file(
     Raises:
         HubError: one line saying what failed (offline, not found, HTTP status, broken transfer) and for which file.
     """
-    import httpx2
+    where = _where(repo_id, filename, repo_type, revision)
+    if force and local_only:
+        raise ValueError("force and local_only exclude each other")
+    if force and offline_mode():
+        raise HubError(f"{where}: cannot download again in offline mode (HF_HUB_OFFLINE=1)")
+    tqdm_class = _relay_class(on_progress) if on_progress is not None else None
+    try:
+        path = _download(repo_id, filename, repo_type, revision, cache_dir, force, local_only, tqdm_class)
+    except Exception as exc:
+        reason = _failure_reason(exc, repo_id, repo_type, cache_dir, local_only)
+        if reason is None:
+            raise  # not a failure of the hub or of the transfer: left as it is
+        raise HubError(f"{where}: {reason}") from exc
+    return Path(path)
+
+
+def _download(
+    repo_id: str,
+    filename: str,
+    repo_type: str,
+    revision: str | None,
+    cache_dir: str | os.PathLike | None,
+    force: bool,
+    local_only: bool,
+    tqdm_class: type[_ProgressRelay] | None,
+) -> str:
+    """hf_hub_download; a failed metadata request is a LocalEntryNotFoundError with or without ``force``."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(
+            repo_id,
+            filename,
+            repo_type=repo_type,
+            revision=revision,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            force_download=force,
+            local_files_only=local_only,
+            tqdm_class=tqdm_class,  # type: ignore[arg-type]
+        )
+    except ValueError as exc:
+        # With force_download the client reports a failed metadata request (404, no network ...) as a bare
+        # ValueError chained to the real error; without force the same failure is a LocalEntryNotFoundError
+        # chained the same way. Treat both alike.
+        if force and exc.__cause__ is not None and not isinstance(exc, HFValidationError):
+            raise LocalEntryNotFoundError(str(exc)) from exc.__cause__
+        raise
+
+
+def _failure_reason(
+    exc: Exception, repo_id: str, repo_type: str, cache_dir: str | os.PathLike | None, local_only: bool
+) -> str | None:
+    """One line saying why the download failed, or None for an exception that is no failure of the hub or transfer."""
+    import httpx2
     from huggingface_hub.errors import (
         EntryNotFoundError,
-        FileMetadataError,
         GatedRepoError,
         HfHubHTTPError,
         HFValidationError,
@@ -173,72 +225,49 @@ def fetch_file(
         RevisionNotFoundError,
     )
 
-    where = _where(repo_id, filename, repo_type, revision)
-    if force and local_only:
-        raise ValueError("force and local_only exclude each other")
-    if force and offline_mode():
-        raise HubError(f"{where}: cannot download again in offline mode (HF_HUB_OFFLINE=1)")
-    tqdm_class = _relay_class(on_progress) if on_progress is not None else None
-    try:
-        try:
-            path = hf_hub_download(
-                repo_id,
-                filename,
-                repo_type=repo_type,
-                revision=revision,
-                cache_dir=str(cache_dir) if cache_dir is not None else None,
-                force_download=force,
-                local_files_only=local_only,
-                tqdm_class=tqdm_class,  # type: ignore[arg-type]
-            )
-        except ValueError as exc:
-            # With force_download the client reports a failed metadata request (404, no network ...) as a bare
-            # ValueError chained to the real error; without force the same failure is a LocalEntryNotFoundError
-            # chained the same way. Treat both alike.
-            if force and exc.__cause__ is not None and not isinstance(exc, HFValidationError):
-                raise LocalEntryNotFoundError(str(exc)) from exc.__cause__
-            raise
-    except LocalEntryNotFoundError as exc:
-        # The client raises this whenever it could not ask the hub and has no cached copy; why it could not ask
-        # is in the chained cause.
-        cause = exc.__cause__
-        cache = hub_cache_dir(cache_dir)
-        if local_only:
-            reason = f"not in the cache {cache}"
-        elif isinstance(cause, OfflineModeIsEnabled) or offline_mode():
-            reason = f"not in the cache {cache} and offline mode is on (HF_HUB_OFFLINE=1)"
-        elif isinstance(cause, HfHubHTTPError):
-            reason = f"the hub at {endpoint()} answered {_http_status(cause)}"
-        elif isinstance(cause, httpx2.HTTPError):
-            reason = f"cannot reach the hub at {endpoint()}: {_first_line(cause)}"
-        elif isinstance(cause, FileMetadataError):
-            reason = f"{endpoint()} did not answer like a hub: {_first_line(cause)}"
-        else:
-            reason = _first_line(exc)
-        raise HubError(f"{where}: {reason}") from exc
-    except HFValidationError as exc:
-        raise HubError(f"{where}: not a valid repository id, revision or file name: {_first_line(exc)}") from exc
-    except OfflineModeIsEnabled as exc:
-        raise HubError(f"{where}: offline mode is on (HF_HUB_OFFLINE=1)") from exc
-    except EntryNotFoundError as exc:
-        raise HubError(f"{where}: no such file in the repository on the hub") from exc
-    except RevisionNotFoundError as exc:
-        raise HubError(f"{where}: no such revision of {repo_id} on the hub") from exc
-    except GatedRepoError as exc:
-        raise HubError(
-            f"{where}: the repository is gated: accept its conditions on the hub and log in (hf auth login)"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise HubError(
-            f"{where}: no such {repo_type} repository on the hub (or it is private: log in with hf auth login)"
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise HubError(f"{where}: the hub answered {_http_status(exc)}") from exc
-    except httpx2.HTTPError as exc:
-        raise HubError(f"{where}: transfer failed, the partial file was discarded: {_first_line(exc)}") from exc
-    except OSError as exc:
-        raise HubError(f"{where}: download failed, the partial file was discarded: {_first_line(exc)}") from exc
-    return Path(path)
+    # The classes overlap (a GatedRepoError is a RepositoryNotFoundError, an HfHubHTTPError an httpx2.HTTPError,
+    # most are OSErrors): tested from the most specific to the most general.
+    if isinstance(exc, LocalEntryNotFoundError):
+        return _not_fetched_reason(exc, cache_dir, local_only)
+    if isinstance(exc, HFValidationError):
+        return f"not a valid repository id, revision or file name: {_first_line(exc)}"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "offline mode is on (HF_HUB_OFFLINE=1)"
+    if isinstance(exc, EntryNotFoundError):
+        return "no such file in the repository on the hub"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"no such revision of {repo_id} on the hub"
+    if isinstance(exc, GatedRepoError):
+        return "the repository is gated: accept its conditions on the hub and log in (hf auth login)"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"no such {repo_type} repository on the hub (or it is private: log in with hf auth login)"
+    if isinstance(exc, HfHubHTTPError):
+        return f"the hub answered {_http_status(exc)}"
+    if isinstance(exc, httpx2.HTTPError):
+        return f"transfer failed, the partial file was discarded: {_first_line(exc)}"
+    if isinstance(exc, OSError):
+        return f"download failed, the partial file was discarded: {_first_line(exc)}"
+    return None
+
+
+def _not_fetched_reason(exc: Exception, cache_dir: str | os.PathLike | None, local_only: bool) -> str:
+    """Why the client could not ask the hub and had no cached copy: the reason is in the chained cause."""
+    import httpx2
+    from huggingface_hub.errors import FileMetadataError, HfHubHTTPError, OfflineModeIsEnabled
+
+    cause = exc.__cause__
+    cache = hub_cache_dir(cache_dir)
+    if local_only:
+        return f"not in the cache {cache}"
+    if isinstance(cause, OfflineModeIsEnabled) or offline_mode():
+        return f"not in the cache {cache} and offline mode is on (HF_HUB_OFFLINE=1)"
+    if isinstance(cause, HfHubHTTPError):
+        return f"the hub at {endpoint()} answered {_http_status(cause)}"
+    if isinstance(cause, httpx2.HTTPError):
+        return f"cannot reach the hub at {endpoint()}: {_first_line(cause)}"
+    if isinstance(cause, FileMetadataError):
+        return f"{endpoint()} did not answer like a hub: {_first_line(cause)}"
+    return _first_line(exc)
 
 
 def cached_file(

@@ -375,38 +375,80 @@ def _check_file_size(size: int, max_pixels: int | None) -> None:
         )
 
 
+def _source_bytes(source: str | os.PathLike | bytes, max_pixels: int | None) -> bytes:
+    """The bytes of ``source`` (bytes, or the path of a regular file); a file too large for ``max_pixels`` is
+    refused before it is read."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        _check_file_size(len(data), max_pixels)
+        return data
+    path = Path(source)
+    try:
+        kind = path.stat().st_mode
+        if stat.S_ISDIR(kind):
+            raise IsADirectoryError
+        if not stat.S_ISREG(kind):
+            # A device (/dev/zero), a pipe or a socket could be endless, or block: only files are read.
+            raise ImageReadError("not a regular file (a device, pipe or socket); use - to read stdin")
+        _check_file_size(path.stat().st_size, max_pixels)
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError("no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError("is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageReadError("permission denied") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot read ({exc.strerror or exc})") from None
+
+
+def _open_image(data: bytes):
+    """Image.open on the bytes (which reads the header only), its failures as ImageReadError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise ImageReadError(f"truncated or corrupt image ({exc})") from None
+
+
+def _decode(image, data: bytes, icc: bytes | None) -> tuple[np.ndarray, str, bytes | None, bytes | None]:
+    """(pixels upright, mode, ICC profile, EXIF) of an opened image; the profile changes when CMYK becomes sRGB."""
+    from PIL import ImageOps
+
+    from .color import pil_to_array
+
+    try:
+        if _needs_opencv(image, data):
+            grey_alpha = _png_ihdr(data) == (16, 4) or image.mode == "LA"
+            pixels, mode = _decode_opencv(data, _orientation(image), grey_alpha)
+        else:
+            _load_strictly(image)
+            upright = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
+            if upright.mode == "CMYK":
+                upright, icc = _cmyk_to_srgb(upright, icc)
+            pixels, mode = pil_to_array(upright)
+        exif = _exif_upright(image)  # after exif_transpose, which reads the orientation from the same object
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise ImageReadError(f"truncated or corrupt image ({exc})") from None
+    return pixels, mode, icc, exif
+
+
 def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> LoadedImage:
     """Decode an image file (a path, or its bytes), upright, with its ICC profile and EXIF.
 
     Raises ImageReadError with a one-line reason: missing file, a folder, empty file, not an image,
     truncated or corrupt, or more than ``max_pixels`` pixels (checked before decoding; None or 0: no limit).
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
 
-    from .color import pil_to_array
-
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        _check_file_size(len(data), max_pixels)
-    else:
-        path = Path(source)
-        try:
-            kind = path.stat().st_mode
-            if stat.S_ISDIR(kind):
-                raise IsADirectoryError
-            if not stat.S_ISREG(kind):
-                # A device (/dev/zero), a pipe or a socket could be endless, or block: only files are read.
-                raise ImageReadError("not a regular file (a device, pipe or socket); use - to read stdin")
-            _check_file_size(path.stat().st_size, max_pixels)
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageReadError("no such file") from None
-        except IsADirectoryError:
-            raise ImageReadError("is a folder, not an image file") from None
-        except PermissionError:
-            raise ImageReadError("permission denied") from None
-        except OSError as exc:
-            raise ImageReadError(f"cannot read ({exc.strerror or exc})") from None
+    data = _source_bytes(source, max_pixels)
     if not data:
         raise ImageReadError("empty file")
 
@@ -416,37 +458,16 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
         # Pillow warns about damaged metadata ("Corrupt EXIF data") on stderr; a damaged image is our error to
         # report, in one line, and damaged metadata alone is dropped (see _exif_upright).
         warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageReadError("not an image (unrecognised format)") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageReadError(f"refused as a decompression bomb ({exc})") from None
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
-            raise ImageReadError(f"truncated or corrupt image ({exc})") from None
-
+        image = _open_image(data)
         width, height = image.size
         _check_pixels(width, height, max_pixels)
         if image.format == "PNG":
             _check_png_complete(data)
+        # Read before decoding: loading a PNG adds the chunks after its pixel data to image.info.
         source_format = image.format
         icc = image.info.get("icc_profile") or None
         dpi = _dpi(image)
-        try:
-            if _needs_opencv(image, data):
-                grey_alpha = _png_ihdr(data) == (16, 4) or image.mode == "LA"
-                pixels, mode = _decode_opencv(data, _orientation(image), grey_alpha)
-            else:
-                _load_strictly(image)
-                upright = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
-                if upright.mode == "CMYK":
-                    upright, icc = _cmyk_to_srgb(upright, icc)
-                pixels, mode = pil_to_array(upright)
-            exif = _exif_upright(image)  # after exif_transpose, which reads the orientation from the same object
-        except ImageReadError:
-            raise
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
-            raise ImageReadError(f"truncated or corrupt image ({exc})") from None
+        pixels, mode, icc, exif = _decode(image, data, icc)
 
     return LoadedImage(np.ascontiguousarray(pixels), mode, icc, exif, source_format, dpi)
 
@@ -601,6 +622,80 @@ def _pil_image(pixels: np.ndarray):
     return Image.fromarray(np.ascontiguousarray(pixels))
 
 
+def _grey_alpha_to_rgba(pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
+
+
+def _encode_16bit(
+    pixels: np.ndarray, fmt: str, icc_profile: bytes | None, exif: bytes | None, dpi: tuple[float, float] | None
+) -> bytes:
+    """PNG or TIFF of 16-bit colour or grey+alpha, which Pillow cannot write, by the encoders here."""
+    pixels = _to_uint16(pixels)
+    if fmt == "PNG":
+        return _encode_png16(pixels, _icc_for(icc_profile, _channels(pixels)), exif, dpi)
+    if _channels(pixels) == 2:  # few readers know 16-bit grey+alpha TIFF: write it as RGBA
+        pixels = _grey_alpha_to_rgba(pixels)
+    return _encode_tiff16(pixels, _icc_for(icc_profile, _channels(pixels)), dpi)
+
+
+def _pillow_options(
+    fmt: str, quality: int, icc: bytes | None, exif: bytes | None, dpi: tuple[float, float] | None
+) -> dict:
+    """The keyword arguments of Pillow's save for ``fmt``."""
+    options: dict = {}
+    if icc:
+        options["icc_profile"] = icc
+    if dpi:
+        options["dpi"] = tuple(dpi)
+    if fmt == "JPEG":
+        options.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True)
+    elif fmt == "WEBP":
+        options.update(quality=quality, lossless=quality == 100, method=4)
+    if exif:
+        options["exif"] = exif
+    if fmt == "TIFF":
+        options["compression"] = "tiff_adobe_deflate"
+    return options
+
+
+def _jpeg_pixels(pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels as JPEG holds them: an opaque alpha dropped; ImageFormatError for transparency or a long side."""
+    pixels = _to_uint8(pixels)
+    height, width = pixels.shape[:2]
+    if max(height, width) > _JPEG_MAX_SIDE:
+        raise ImageFormatError(f"JPEG is limited to {_JPEG_MAX_SIDE} pixels a side, the image is {width}x{height}")
+    if _channels(pixels) in (2, 4):
+        if pixels[:, :, -1].min() < 255:
+            raise ImageFormatError("JPEG cannot store transparency: write PNG, WebP or TIFF instead (--format)")
+        pixels = pixels[:, :, :-1]
+    return pixels
+
+
+def _webp_pixels(pixels: np.ndarray) -> np.ndarray:
+    """8-bit RGB(A) pixels, grey widened (WebP has no grey mode); ImageFormatError for a long side."""
+    pixels = _to_uint8(pixels)
+    height, width = pixels.shape[:2]
+    if max(height, width) > _WEBP_MAX_SIDE:
+        raise ImageFormatError(f"WebP is limited to {_WEBP_MAX_SIDE} pixels a side, the image is {width}x{height}")
+    channels = _channels(pixels)
+    if channels == 1:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    elif channels == 2:
+        pixels = _grey_alpha_to_rgba(pixels)
+    return pixels
+
+
+def _pillow_pixels(pixels: np.ndarray, fmt: str) -> np.ndarray:
+    """The pixels converted for Pillow's encoder of ``fmt`` (PNG and TIFF get only 8-bit images and grey here)."""
+    if fmt == "JPEG":
+        return _jpeg_pixels(pixels)
+    if fmt == "WEBP":
+        return _webp_pixels(pixels)
+    if pixels.dtype == np.uint8 or (pixels.dtype == np.float32 and fmt == "TIFF"):
+        return pixels  # 8 bits, or float grey, which TIFF keeps as float
+    return _to_uint16(pixels)
+
+
 def encode_image(
     pixels: np.ndarray,
     fmt: str,
@@ -628,56 +723,11 @@ def encode_image(
         pixels = pixels[:, :, 0]
     icc = _icc_for(icc_profile, channels if fmt != "WEBP" else max(channels, 3))
     exif = _exif_for(exif, width, height, tiff=fmt == "TIFF")
-    options: dict = {}
-    if icc:
-        options["icc_profile"] = icc
-    if dpi:
-        options["dpi"] = tuple(dpi)
-
-    if fmt in ("PNG", "TIFF"):
-        if pixels.dtype == np.float32 and channels == 1 and fmt == "TIFF":
-            image = _pil_image(pixels.astype(np.float32))
-        elif pixels.dtype != np.uint8:
-            pixels = _to_uint16(pixels)
-            if channels >= 2 and fmt == "PNG":
-                return _encode_png16(pixels, icc, exif, dpi)
-            if channels >= 2:
-                if channels == 2:  # few readers know 16-bit grey+alpha TIFF: write it as RGBA
-                    pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
-                    icc = _icc_for(icc_profile, 4)
-                return _encode_tiff16(pixels, icc, dpi)
-            image = _pil_image(pixels)
-        else:
-            image = _pil_image(pixels)
-        if exif:
-            options["exif"] = exif
-        if fmt == "TIFF":
-            options["compression"] = "tiff_adobe_deflate"
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt, **options)
-        return buffer.getvalue()
-
-    pixels = _to_uint8(pixels)
-    if fmt == "JPEG":
-        if max(height, width) > _JPEG_MAX_SIDE:
-            raise ImageFormatError(f"JPEG is limited to {_JPEG_MAX_SIDE} pixels a side, the image is {width}x{height}")
-        if channels in (2, 4):
-            if pixels[:, :, -1].min() < 255:
-                raise ImageFormatError("JPEG cannot store transparency: write PNG, WebP or TIFF instead (--format)")
-            pixels = pixels[:, :, :-1]
-        options.update(quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True)
-    else:  # WEBP
-        if max(height, width) > _WEBP_MAX_SIDE:
-            raise ImageFormatError(f"WebP is limited to {_WEBP_MAX_SIDE} pixels a side, the image is {width}x{height}")
-        if channels == 1:
-            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-        elif channels == 2:
-            pixels = np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
-        options.update(quality=quality, lossless=quality == 100, method=4)
-    if exif:
-        options["exif"] = exif
+    options = _pillow_options(fmt, quality, icc, exif, dpi)
+    if fmt in ("PNG", "TIFF") and channels >= 2 and pixels.dtype != np.uint8:
+        return _encode_16bit(pixels, fmt, icc_profile, exif, dpi)
     buffer = io.BytesIO()
-    _pil_image(pixels).save(buffer, format=fmt, **options)
+    _pil_image(_pillow_pixels(pixels, fmt)).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
