@@ -144,7 +144,7 @@ def _is_candidate(path: Path) -> bool:
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
     if not recursive:
         return sorted(p for p in folder.iterdir() if _is_candidate(p))
-    found = []
+    found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(p for p in (Path(dirpath) / f for f in filenames) if _is_candidate(p))

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -66,7 +66,8 @@ class Checkpoint:
 
 
 def rng_state() -> dict[str, torch.Tensor]:
-    np_state = np.random.get_state()
+    # the MT19937 tuple (legacy=True is the default); numpy's stubs give the default as legacy=False
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
@@ -122,7 +123,7 @@ def _shard_tensors(
 def _unshard(parts: Mapping[str, torch.Tensor], split: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
     tensors = {key: value for key, value in parts.items() if "@" not in key}
     for key, shape in split.items():
-        pieces = []
+        pieces: list[torch.Tensor] = []
         while f"{key}@{len(pieces)}" in parts:
             pieces.append(parts[f"{key}@{len(pieces)}"])
         tensors[key] = torch.cat(pieces).view(*shape)
@@ -326,7 +327,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key in known:
             kwargs[key] = tuple(value) if isinstance(value, list) else value

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,7 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_image8(path: str | Path) -> torch.Tensor:
+def load_image8(path: str | os.PathLike) -> torch.Tensor:
     """An image file as (C, H, W) float32 on 8-bit levels (k/255): C = 3 for colour, 1 for grey.
 
     Read upright (its EXIF orientation applied), as `drcn upscale` and `drcn bench` read it: the one reader of
@@ -138,7 +139,7 @@ def save_pack(path: str | Path, images: Sequence[TrainImage]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, format=np.array(PACK_FORMAT), names=names, **arrays)
+            np.savez_compressed(f, format=np.array(PACK_FORMAT), names=names, **arrays)  # type: ignore[arg-type]  # keys are yNNNNN, never allow_pickle
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the pack private
@@ -325,7 +326,7 @@ def _plan_slots(
     offset = 0
     for i, image in enumerate(images):
         for factor in downscales:
-            height, width = tuple(image.y.shape) if factor == 1 else output_size(tuple(image.y.shape), factor)
+            height, width = tuple(image.y.shape) if factor == 1 else output_size(tuple(image.y.shape), factor)  # type: ignore[arg-type]  # y is 2-D: (H, W)
             fits = _fitting_scales(height, width, scales, patch_size)
             if fits:
                 slots.append(_Slot(i, factor, height, width, offset, fits))

@@ -166,6 +166,7 @@ def _trace(model: DRCN, recursions: int, dtype: torch.dtype):
                 dynamic_shapes={"x": {0: batch, 2: height, 3: width}},
                 verbose=False,
             )
+        assert program is not None  # None only without dynamo=True
         return program.model_proto
     except Exception as exc:  # the exporter's errors have no common base class
         first = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split()) or type(exc).__name__  # no colours

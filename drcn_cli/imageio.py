@@ -337,6 +337,7 @@ def _cmyk_to_srgb(image, icc: bytes | None):
     from PIL import ImageCms
 
     if _icc_space(icc) == b"CMYK":
+        assert icc is not None  # _icc_space found a header in it
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             srgb = ImageCms.createProfile("sRGB")
@@ -370,6 +371,7 @@ def max_file_bytes(max_pixels: int | None) -> int | None:
 def _check_file_size(size: int, max_pixels: int | None) -> None:
     limit = max_file_bytes(max_pixels)
     if limit is not None and size > limit:
+        assert max_pixels is not None  # a limit comes only from a pixel limit
         raise ImageReadError(
             f"{size / 2**20:,.0f} MiB is more than an image within the pixel limit ({_mpx(max_pixels)}) can take"
         )

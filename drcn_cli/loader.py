@@ -63,7 +63,7 @@ def prepare_for_inference(model: DRCN, device: torch.device, precision: str = "f
     """A copy of ``model`` ready to run: in eval mode on ``device``, in the faster memory layout there, with its
     conv weights in the compute dtype where the precision runs natively (bf16 on the CPU). The caller's
     module is left as it was."""
-    ready = copy.deepcopy(model).to(device=device, memory_format=preferred_memory_format(device)).eval()
+    ready = copy.deepcopy(model).to(device=device, memory_format=preferred_memory_format(device)).eval()  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
     dtype = compute_dtype(device, precision)
     for module in ready.modules():
         # embed1 stays fp32: its input is the image itself, and bf16's 8-bit mantissa would round it to steps of

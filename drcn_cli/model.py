@@ -55,6 +55,7 @@ class DRCN(nn.Module):
         """The paper's initialisation: He for the non-recursive convs, identity for the recursive one."""
         for conv in (self.embed1, self.embed2, self.recon1, self.recon2):
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            assert conv.bias is not None  # built with bias=True (the default)
             nn.init.zeros_(conv.bias)
         # Zero except the centre tap of each channel's self-connection: H_d = relu(H_{d-1}) = H_{d-1} at init,
         # so the signal neither explodes nor vanishes through the D recursions.
@@ -63,6 +64,7 @@ class DRCN(nn.Module):
         centre = self.config.kernel_size // 2
         idx = torch.arange(self.config.features)
         w[idx, idx, centre, centre] = 1.0
+        assert self.recursive.bias is not None  # built with bias=True (the default)
         nn.init.zeros_(self.recursive.bias)
         self.ensemble_logits.zero_()
         # The output layer starts small, so every y_d starts near the skip connection (the bicubic input).

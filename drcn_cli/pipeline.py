@@ -57,6 +57,7 @@ def target_size(
     if out_width is None and out_height is None:
         raise ValueError("give a scale or an output width and/or height")
     if out_height is None:
+        assert out_width is not None  # both missing was refused above
         out_height = max(1, round(height * out_width / width))
     if out_width is None:
         out_width = max(1, round(width * out_height / height))

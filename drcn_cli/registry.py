@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from . import hub
 from .errors import DrcnError
@@ -41,6 +42,7 @@ __all__ = [
     "KNOWN_WEIGHTS",
     "REPO_ID_ENV",
     "ChecksumError",
+    "HubOptions",
     "KnownWeights",
     "Located",
     "WeightsNotFoundError",
@@ -323,6 +325,15 @@ class Located:
     origin: str
 
 
+class HubOptions(TypedDict):
+    """Where the weights come from: the keyword arguments that :func:`cached_weights` and
+    :func:`download_weights` share."""
+
+    repo_id: str | None
+    revision: str | None
+    cache_dir: str | os.PathLike | None
+
+
 def locate_weights(
     name: str | None = None,
     path: str | os.PathLike | None = None,
@@ -349,7 +360,7 @@ def locate_weights(
         return Located(path, "path")
     name = name or default_model_name()
     entry = known_weights(name)
-    options = {"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir}
+    options: HubOptions = {"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir}
     if force:
         return Located(download_weights(name, force=True, on_progress=on_progress, **options), "downloaded")
     if (bundled := bundled_path(name)) is not None:

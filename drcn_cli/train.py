@@ -537,7 +537,7 @@ def _build_model(
         except RuntimeError as exc:
             reason = " ".join(str(exc).split())
             raise CheckpointError(f"{checkpoint.path}: damaged checkpoint (model: {reason})") from None
-    model = model.to(device, memory_format=preferred_memory_format(device)).train()
+    model = model.to(device, memory_format=preferred_memory_format(device)).train()  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
     trainer: nn.Module = _AllPredictions(model)
     if procs.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -622,6 +622,7 @@ def _step(run: _Run, params: Sequence[torch.Tensor]) -> tuple[float, float]:
     _zero_tiny_(params)
     run.step += 1
     run.window_steps += 1
+    assert run.sums is not None  # set by _loop before the first step
     run.sums += torch.stack([loss.detach(), intermediate.detach(), last.detach(), grad_norm.detach().float()])
     return lr, alpha
 
@@ -630,6 +631,7 @@ def _log_window(run: _Run, lr: float, alpha: float, wall_start: float, stop_aske
     """Report the means of the steps since the last report; stop every process when one is out of time or asked
     to stop. Raises TrainingError when the loss is no longer finite."""
     cfg = run.cfg
+    assert run.sums is not None  # set by _loop before the first step
     means = (all_mean(run.sums, run.procs) / run.window_steps).tolist()
     run.sums.zero_()
     run.last_loss = means[0]
@@ -663,7 +665,7 @@ def _validate(run: _Run) -> None:
             _export(run, scores)
         seconds = time.perf_counter() - t
         run.reporter.validated(
-            ValidationStats(run.step, by_psnr, by_ssim, mean, run.best_psnr, run.best_step, seconds)
+            ValidationStats(run.step, by_psnr, by_ssim, mean, run.best_psnr, run.best_step, seconds)  # type: ignore[arg-type]  # a resumed checkpoint may hold best_psnr with a null best_step
         )
         if run.log_path is not None:
             row = {"kind": "val", "step": run.step, "val_psnr": mean, "val_ssim": sum(by_ssim.values()) / len(by_ssim)}

@@ -85,7 +85,7 @@ def main(args: Sequence[str] | None = None) -> None:
         # recognise them by their interface rather than by a private import.
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
             raise
-        code = exc.exit_code
+        code = exc.exit_code  # type: ignore[attr-defined]  # checked above: Click's exceptions have it
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
             ctx = getattr(exc, "ctx", None)
             print_error(exc.format_message(), f" (see {ctx.command_path} --help)" if ctx is not None else "")

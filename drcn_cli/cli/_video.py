@@ -50,12 +50,14 @@ def _plan(sources, output: str | None, suffix: str | None, label: str, skip_exis
         out is not None and len(sources) == 1 and not out.is_dir() and not str(output).endswith(("/", os.sep))
         and out.suffix != ""
     )
-    if single_file and out.suffix.lower() not in VIDEO_EXTENSIONS:
-        raise _usage(f"cannot tell the video format from {out.name!r}: use {', '.join(sorted(VIDEO_EXTENSIONS))}")
+    if single_file and out.suffix.lower() not in VIDEO_EXTENSIONS:  # type: ignore[union-attr]  # single_file: out is set
+        raise _usage(f"cannot tell the video format from {out.name!r}: use {', '.join(sorted(VIDEO_EXTENSIONS))}")  # type: ignore[union-attr]  # single_file: out is set
+    taken: dict[Path, Path]
     jobs, taken = [], {}
     for source in sources:
         path = source.path
         if single_file:
+            assert out is not None  # single_file says so
             target = out
         else:
             beside = out is None or out.resolve() == path.parent.resolve()

@@ -204,6 +204,7 @@ def bench(
     prec = resolve_precision(precision.value, dev)
     sets = _resolve_datasets(datasets_spec, data_dir, download, info)
 
+    depths: tuple[int | None, ...]
     network, label, depths = None, "MATLAB bicubic", (None,)
     if method is Method.drcn:
         network, label, depths = _open_network(weights or model, dev, prec, self_ensemble, recursions, plot, info)

@@ -15,7 +15,7 @@ from ._errors import EXIT_FAILURE, EXIT_USAGE, fail, print_error
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..registry import WeightsStatus
+    from ..registry import HubOptions, WeightsStatus
 
 _ORIGIN_TEXT = {
     "bundled": "bundled, nothing to download",
@@ -86,7 +86,7 @@ def download_weights(
     targets = targets or [registry.default_model_name()]
 
     err = Console(stderr=True)
-    options = {"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir}
+    options: HubOptions = {"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir}
     failed = False
     for name in targets:
         try:

@@ -16,12 +16,15 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import typer
 
 from ..train_config import TrainConfig
 from ._errors import EXIT_INTERRUPTED, fail
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -116,7 +119,7 @@ def _value_type(field: dataclasses.Field, hint: Any) -> Any:
     kind = next(arg for arg in get_args(hint) if arg is not type(None)) if get_args(hint) else hint
     if "path" in field.metadata:
         kind = Path
-    return list[kind] if repeated else kind
+    return list[kind] if repeated else kind  # type: ignore[valid-type]  # a type built at run time, for typer
 
 
 def _parameter(field: dataclasses.Field, hint: Any) -> inspect.Parameter:
@@ -222,8 +225,8 @@ class _RichReporter:
 
         self.console = console
         self.progress = progress_bar(console, TextColumn("{task.fields[info]}"), elapsed=True)
-        self.prepare_task = None
-        self.train_task = None
+        self.prepare_task: TaskID | None = None
+        self.train_task: TaskID | None = None
         self.val_text = "val -"
 
     # The methods below implement drcn_cli.train.TrainReporter.
@@ -256,6 +259,7 @@ class _RichReporter:
             f"loss {stats.loss:.3e} lr {stats.lr:.2e} a {stats.alpha:.2f} |g| {stats.grad_norm:.3f} "
             f"{stats.steps_per_s:.2f} it/s {self.val_text}"
         )
+        assert self.train_task is not None  # started() comes first
         self.progress.update(self.train_task, completed=stats.step, info=info)
 
     def validated(self, stats: Any) -> None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -36,6 +36,9 @@ from ._options import (
     WeightsPath,
     tile_problem,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 DEFAULT_MAX_MPX = 100.0
 DEFAULT_MAX_OUTPUT_MPX = 1000.0
@@ -499,6 +502,7 @@ def _prepare(console, report, opts: _RunOptions, count: str):
         config = network.config
         if opts.recursions is not None and opts.recursions > config.recursions:
             raise _usage(f"--recursions {opts.recursions}: this model has {config.recursions}")
+        assert network.source is not None  # opened from a file or a name, never from a module
         model_text = f"{network.source.name} (F={config.features}, D={config.recursions})"
     settings = InferenceSettings(dev, precision, opts.tile, opts.recursions, opts.self_ensemble)
     tile_text = f"tile {opts.tile}" if opts.tile else "tile auto"
@@ -636,9 +640,9 @@ class _Reporter:
         self.live = console.is_terminal and not quiet  # a live bar on a terminal; one line per image in logs
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self.started = time.perf_counter()
-        self._progress = None
-        self._files = None
-        self._tiles = None
+        self._progress: Progress | None = None
+        self._files: TaskID | None = None
+        self._tiles: TaskID | None = None
         self._shrunk = False
 
     @property
@@ -737,12 +741,14 @@ class _Reporter:
     def start(self, job, loaded, size) -> None:
         self._shrunk = False
         if self._progress is not None:
+            assert self._files is not None and self._tiles is not None  # added with the progress
             name = f"{_shown(job.input_label)} ({loaded.width}x{loaded.height} -> {size[1]}x{size[0]})"
             self._progress.update(self._files, name=name)
             self._progress.update(self._tiles, visible=False, completed=0)
 
     def tile(self, done: int, total: int) -> None:
         if self._progress is not None and total > 1:
+            assert self._tiles is not None  # added with the progress
             self._progress.update(self._tiles, visible=True, completed=done, total=total)
 
     def shrink(self, new_tile: int) -> None:
@@ -752,5 +758,6 @@ class _Reporter:
 
     def _advance(self) -> None:
         if self._progress is not None:
+            assert self._files is not None and self._tiles is not None  # added with the progress
             self._progress.advance(self._files)
             self._progress.update(self._tiles, visible=False)
