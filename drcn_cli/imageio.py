@@ -660,12 +660,16 @@ def _pillow_options(
     return options
 
 
+def _check_side(pixels: np.ndarray, limit: int, fmt: str) -> None:
+    height, width = pixels.shape[:2]
+    if max(height, width) > limit:
+        raise ImageFormatError(f"{fmt} is limited to {limit} pixels a side, the image is {width}x{height}")
+
+
 def _jpeg_pixels(pixels: np.ndarray) -> np.ndarray:
     """8-bit pixels as JPEG holds them: an opaque alpha dropped; ImageFormatError for transparency or a long side."""
     pixels = _to_uint8(pixels)
-    height, width = pixels.shape[:2]
-    if max(height, width) > _JPEG_MAX_SIDE:
-        raise ImageFormatError(f"JPEG is limited to {_JPEG_MAX_SIDE} pixels a side, the image is {width}x{height}")
+    _check_side(pixels, _JPEG_MAX_SIDE, "JPEG")
     if _channels(pixels) in (2, 4):
         if pixels[:, :, -1].min() < 255:
             raise ImageFormatError("JPEG cannot store transparency: write PNG, WebP or TIFF instead (--format)")
@@ -676,9 +680,7 @@ def _jpeg_pixels(pixels: np.ndarray) -> np.ndarray:
 def _webp_pixels(pixels: np.ndarray) -> np.ndarray:
     """8-bit RGB(A) pixels, grey widened (WebP has no grey mode); ImageFormatError for a long side."""
     pixels = _to_uint8(pixels)
-    height, width = pixels.shape[:2]
-    if max(height, width) > _WEBP_MAX_SIDE:
-        raise ImageFormatError(f"WebP is limited to {_WEBP_MAX_SIDE} pixels a side, the image is {width}x{height}")
+    _check_side(pixels, _WEBP_MAX_SIDE, "WebP")
     channels = _channels(pixels)
     if channels == 1:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
