@@ -16,7 +16,9 @@ values) and precision, and every square output side, it times:
 Then, with the default model and precision: `drcn upscale docs/samples/pattern.png -s 3` as a command, less
 the start-up of `python -c "import torch"`; with `--data-dir` (a folder holding Set14), one Set14 image x3
 through `drcn upscale` and images/s over a folder of 20 images (Set14 and Set5 downscaled x3, and one more).
-`--ablation` times the memory layout, the weight dtype, the conv+ReLU fusion and the thread count at 512².
+`--ablation` times the memory layout, the weight dtype, the conv+ReLU fusion and the thread count at 512², and
+the allocator setting (`device.reuse_freed_memory`) against glibc's default, in fresh processes, with the
+page faults of one network call.
 The CPU's model name and flags come first: every figure belongs to the machine it was measured on.
 """
 
@@ -179,6 +181,45 @@ def ablation(source, device: torch.device, repeats: int, side: int = 512) -> Non
         print(f"  {label:<52} {measure():8.3f} s", flush=True)
 
 
+# One network call in a fresh process, with or without drcn's allocator setting: prints seconds and page faults.
+_ALLOCATOR_PROBE = """
+import resource, sys, time, torch
+import drcn_cli.loader
+if sys.argv[1] == "default":
+    drcn_cli.loader.reuse_freed_memory = lambda: False  # leave glibc's malloc as it starts
+from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y
+name, precision, side, repeats, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+if threads:
+    torch.set_num_threads(threads)
+model = open_model(name, "cpu", precision)
+y, settings = torch.rand(1, 1, side, side), InferenceSettings(torch.device("cpu"), precision)
+super_resolve_y(model, y, settings)
+best, faults = float("inf"), 0
+for _ in range(repeats):
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    super_resolve_y(model, y, settings)
+    best = min(best, time.perf_counter() - start)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(best, faults)
+"""
+
+
+def allocator_rows(name: str, precisions: list[str], sizes: list[int], repeats: int) -> None:
+    """The network on the CPU with drcn's allocator setting and with glibc's default, each in a fresh process."""
+    if not sys.platform.startswith("linux"):
+        return
+    print(f"\nallocator: {name}, the network in a fresh process; page faults of the last call")
+    for precision in precisions:
+        for side in sizes:
+            cells = []
+            for mode in ("drcn", "default"):
+                argv = [sys.executable, "-c", _ALLOCATOR_PROBE, mode, name, precision, str(side), str(repeats),
+                        str(torch.get_num_threads())]
+                seconds, faults = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.split()
+                cells.append(f"{mode:>7} {float(seconds):7.3f} s {int(faults):>7} faults")
+            print(f"  {precision} {side:>4}x{side:<5} " + "   ".join(cells), flush=True)
+
+
 def command_seconds(argv: list[str], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -263,6 +304,8 @@ def main() -> None:
         network_rows(name, source, args, device)
     if args.ablation and sources:
         ablation(sources[0][1], device, args.repeats)
+        if device.type == "cpu" and names:
+            allocator_rows(names[0], args.precisions, args.sizes, args.repeats)
     if not args.no_end_to_end:
         end_to_end(args)
 

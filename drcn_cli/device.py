@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
+
 import torch
 
 from .errors import ConfigError
@@ -15,6 +19,7 @@ __all__ = [
     "precision_reason",
     "resolve_device",
     "resolve_precision",
+    "reuse_freed_memory",
     "set_threads",
 ]
 
@@ -105,3 +110,31 @@ def memory_budget(device: torch.device, cpu_budget_bytes: int = 2 << 30) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return free // 2
     return cpu_budget_bytes
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Make the C allocator keep freed blocks of up to 32 MiB for reuse instead of handing them back to the OS.
+
+    A CPU forward allocates a fresh F-channel map for every conv (a 440x440 bf16 window: 25 MB). glibc serves
+    such blocks with fresh pages, and their first-touch page faults took 15-30% of a drcn-lite forward on a
+    2-core Xeon (30-97k faults per window; none after this call; docs/speed.md). Process-wide, done once; the
+    tile policy keeps maps under the 32 MiB threshold. Returns False where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    # A fixed mmap threshold stops glibc's dynamic one, so set it to the largest allowed; freed memory above it
+    # is then kept by the trim threshold, instead of being returned (and faulted in again at the next map).
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

@@ -70,3 +70,43 @@ def test_native_bf16_is_read_from_torchs_cpu_capabilities(monkeypatch, amx, avx5
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert device_module.cpu_has_native_bf16() is expected
+
+
+
+class _FakeLibc:
+    def __init__(self, accept: bool = True) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.accept = accept
+
+        def mallopt(param: int, value: int) -> int:
+            self.calls.append((param, value))
+            return int(self.accept)
+
+        self.mallopt = mallopt
+
+
+def test_reuse_freed_memory_sets_glibc_thresholds_once(monkeypatch):
+    libc = _FakeLibc()
+    monkeypatch.setattr(device_module.sys, "platform", "linux")
+    monkeypatch.setattr(device_module.ctypes, "CDLL", lambda name: libc)
+    device_module.reuse_freed_memory.cache_clear()
+    try:
+        assert device_module.reuse_freed_memory() and device_module.reuse_freed_memory()
+        # M_MMAP_THRESHOLD (-3) at glibc's 64-bit maximum, 32 MiB, then M_TRIM_THRESHOLD (-1) at the largest int.
+        assert libc.calls == [(-3, 32 << 20), (-1, 2**31 - 1)]
+    finally:
+        device_module.reuse_freed_memory.cache_clear()
+
+
+@pytest.mark.parametrize("case", ["not linux", "no mallopt", "refused"])
+def test_reuse_freed_memory_is_false_where_the_c_library_cannot(monkeypatch, case):
+    libc = _FakeLibc(accept=case != "refused")
+    if case == "no mallopt":
+        del libc.mallopt
+    monkeypatch.setattr(device_module.sys, "platform", "darwin" if case == "not linux" else "linux")
+    monkeypatch.setattr(device_module.ctypes, "CDLL", lambda name: libc)
+    device_module.reuse_freed_memory.cache_clear()
+    try:
+        assert device_module.reuse_freed_memory() is False
+    finally:
+        device_module.reuse_freed_memory.cache_clear()
