@@ -85,6 +85,8 @@ def super_resolve_y(
     device = settings.device
     overlap = model.config.receptive_radius
     tile = settings.tile or auto_tile(model.config, device, settings.precision)
+    # An automatic tile is a memory budget: its windows may take any shape of that area. A given one is a side.
+    by_area = not settings.tile
     # A model prepared for this precision computes in its own dtype; any other model runs under autocast.
     compute = compute_dtype(device, settings.precision)
     prepared = compute != torch.float32 and model.recursive.weight.dtype == compute
@@ -100,7 +102,7 @@ def super_resolve_y(
 
     with torch.inference_mode():
         if not settings.self_ensemble:
-            return run_tiled_adaptive(forward, y, tile, overlap, on_tile=on_tile, on_shrink=on_shrink)
+            return run_tiled_adaptive(forward, y, tile, overlap, on_tile=on_tile, on_shrink=on_shrink, by_area=by_area)
 
         def shrunk(new_tile: int) -> None:
             nonlocal tile
@@ -116,7 +118,7 @@ def super_resolve_y(
                     on_tile(index * count + done, len(_DIHEDRAL) * count)
 
             view = _dihedral(y, rotations, flip)
-            out = run_tiled_adaptive(forward, view, tile, overlap, on_tile=report, on_shrink=shrunk)
+            out = run_tiled_adaptive(forward, view, tile, overlap, on_tile=report, on_shrink=shrunk, by_area=by_area)
             total += _dihedral_inverse(out, rotations, flip)
         return total / len(_DIHEDRAL)
 

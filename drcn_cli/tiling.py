@@ -26,21 +26,51 @@ class Tile:
     window: tuple[int, int, int, int]
 
 
-def _spans(length: int, tile: int) -> list[tuple[int, int]]:
+def _spans(length: int, count: int) -> list[tuple[int, int]]:
     # Equal-ish spans, so the last tile is not a sliver that costs a full window of context.
-    count = max(1, math.ceil(length / tile))
     edges = [round(i * length / count) for i in range(count + 1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """Tiles whose cores partition the (height, width) image; ``tile`` <= 0 means one tile for all of it."""
+def _window(length: int, count: int, overlap: int) -> int:
+    """The window side of ``count`` equal-ish spans of ``length``: the longest span plus its context."""
+    return min(length, math.ceil(length / count) + 2 * overlap)
+
+
+def _grid(height: int, width: int, window_pixels: int, overlap: int) -> tuple[int, int]:
+    """(rows, columns) of the grid whose windows hold at most ``window_pixels`` pixels each and, together, the
+    fewest pixels (the least context computed twice); fewer tiles on a tie. None fits: a 1-pixel core grid."""
+    best: tuple[int, int, int] | None = None
+    for rows in range(1, height + 1):
+        win_h = _window(height, rows, overlap)
+        widest = window_pixels // win_h
+        if widest < min(width, 1 + 2 * overlap):
+            continue
+        cols = 1 if width <= widest else math.ceil(width / (widest - 2 * overlap))
+        total = rows * cols * win_h * _window(width, cols, overlap)
+        if best is None or (total, rows * cols) < (best[0], best[1] * best[2]):
+            best = (total, rows, cols)
+    return (best[1], best[2]) if best is not None else (height, width)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, by_area: bool = False) -> list[Tile]:
+    """Tiles whose cores partition the (height, width) image; ``tile`` <= 0 means one tile for all of it.
+
+    Cores are at most ``tile`` pixels a side; with ``by_area``, windows may take any shape that holds no more
+    pixels than a square one, (tile + 2 * overlap)², in the grid that computes the least overlap (a 512² image
+    with tile 400 and overlap 20: two windows of 512x296 instead of four of 296x296).
+    """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
-    rows = _spans(height, height if tile <= 0 else tile)
-    cols = _spans(width, width if tile <= 0 else tile)
+    if tile <= 0:
+        row_count, col_count = 1, 1
+    elif by_area:
+        row_count, col_count = _grid(height, width, (tile + 2 * overlap) ** 2, overlap)
+    else:
+        row_count, col_count = math.ceil(height / tile), math.ceil(width / tile)
+    rows, cols = _spans(height, row_count), _spans(width, col_count)
     # Every window has the same shape: the largest core plus its context, moved inwards at the image's edges
     # (more context on one side changes nothing). A new input shape costs oneDNN a kernel build for each conv,
     # which for a 1500x1440 output in tiles of a few shapes took longer than the network itself.
@@ -61,14 +91,15 @@ def run_tiled(
     tile: int,
     overlap: int,
     on_tile: Callable[[int, int], None] | None = None,
+    by_area: bool = False,
 ) -> torch.Tensor:
-    """Apply ``fn`` to x (N, C, H, W) tile by tile; fn maps (N, C, h, w) to (N, C', h, w).
+    """Apply ``fn`` to x (N, C, H, W) tile by tile (:func:`plan_tiles`); fn maps (N, C, h, w) to (N, C', h, w).
 
     Returns (N, C', H, W) on x's device and dtype. ``on_tile(done, total)`` is called after each tile.
     Errors from ``fn`` propagate: no tile is ever left undefined in the result.
     """
     n, _, height, width = x.shape
-    tiles = plan_tiles(height, width, tile, overlap)
+    tiles = plan_tiles(height, width, tile, overlap, by_area)
     out: torch.Tensor | None = None
     for i, t in enumerate(tiles):
         wt, wb, wl, wr = t.window
@@ -95,6 +126,7 @@ def run_tiled_adaptive(
     min_tile: int = 32,
     on_tile: Callable[[int, int], None] | None = None,
     on_shrink: Callable[[int], None] | None = None,
+    by_area: bool = False,
 ) -> torch.Tensor:
     """:func:`run_tiled`, halving the tile and starting again on out-of-memory until ``min_tile``.
 
@@ -104,7 +136,7 @@ def run_tiled_adaptive(
     size = tile if tile > 0 else max(x.shape[-2:])
     while True:
         try:
-            return run_tiled(fn, x, size, overlap, on_tile)
+            return run_tiled(fn, x, size, overlap, on_tile, by_area)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc) or size <= min_tile:
                 raise

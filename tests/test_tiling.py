@@ -31,18 +31,47 @@ def test_cores_partition_the_image_and_windows_hold_them(height, width, tile):
     assert len({(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in tiles}) == 1
 
 
+@pytest.mark.parametrize("height,width,tile", [(37, 53, 16), (40, 23, 9), (17, 17, 64), (5, 70, 8), (90, 33, 10)])
+def test_by_area_cores_partition_the_image_in_windows_within_the_square_area(height, width, tile):
+    tiles = plan_tiles(height, width, tile, overlap=4, by_area=True)
+    covered = torch.zeros(height, width, dtype=torch.int32)
+    for t in tiles:
+        top, bottom, left, right = t.core
+        covered[top:bottom, left:right] += 1
+        wt, wb, wl, wr = t.window
+        assert 0 <= wt <= max(0, top - 4) and min(height, bottom + 4) <= wb <= height
+        assert 0 <= wl <= max(0, left - 4) and min(width, right + 4) <= wr <= width
+        assert (wb - wt) * (wr - wl) <= (tile + 8) ** 2
+    assert torch.all(covered == 1)
+    assert len({(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in tiles}) == 1
+    square = plan_tiles(height, width, tile, overlap=4)
+    computed = len(tiles) * (wb - wt) * (wr - wl)
+    assert computed <= len(square) * (square[0].window[1] - square[0].window[0]) * (
+        square[0].window[3] - square[0].window[2]
+    )
+
+
+def test_by_area_picks_the_grid_with_the_least_overlap():
+    # 512x512 with 400-pixel tiles and 20 pixels of context: two windows of 512x296 (1.16x the pixels) where
+    # square tiles take four of 296x296 (1.34x).
+    tiles = plan_tiles(512, 512, 400, overlap=20, by_area=True)
+    assert [t.window for t in tiles] == [(0, 512, 0, 296), (0, 512, 216, 512)]
+    assert len(plan_tiles(512, 512, 400, overlap=20)) == 4
+
+
 def test_tile_zero_means_one_tile():
     assert len(plan_tiles(30, 40, 0, overlap=5)) == 1
 
 
-@pytest.mark.parametrize("tile", [8, 13, 29])
-def test_tiled_equals_untiled_with_receptive_field_overlap(tile):
+@pytest.mark.parametrize("tile,by_area", [(8, False), (13, False), (29, False), (8, True), (13, True)])
+def test_tiled_equals_untiled_with_receptive_field_overlap(tile, by_area):
     model = random_model()
     x = torch.rand(2, 1, 45, 38)
     with torch.no_grad():
         whole = model(x)
         seen = []
-        tiled = run_tiled(model, x, tile, model.config.receptive_radius, on_tile=lambda i, n: seen.append((i, n)))
+        tiled = run_tiled(model, x, tile, model.config.receptive_radius, on_tile=lambda i, n: seen.append((i, n)),
+                          by_area=by_area)
     assert (tiled - whole).abs().max().item() <= 1e-5
     assert seen[-1][0] == seen[-1][1] == len(seen) > 1
 
