@@ -114,8 +114,8 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="d78f5331de0a89f5d067755dc7ca367e0c3013e3c7d2a4d2eacb9ecde7f68606",
-            size=449876,
+            sha256="b4a495bf9d1034165216c9c7784c57085d0096fce2851bcc88b9e2a4332c42a8",
+            size=449948,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
