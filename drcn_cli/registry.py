@@ -114,7 +114,7 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="b4a495bf9d1034165216c9c7784c57085d0096fce2851bcc88b9e2a4332c42a8",
+            sha256="4dc090618dffb18c7fa52c9c1509da7e012cce484641a7bc42904543f5cde6f8",
             size=449948,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
