@@ -72,7 +72,7 @@ from .errors import ConfigError, DrcnError
 from .model import DRCN, DRCNConfig, widen
 from .pipeline import InferenceSettings, open_model
 from .processes import Processes, all_mean, any_process, barrier, join, leave, processes
-from .protocol import BenchError, Sample, Score, evaluate, make_sample
+from .protocol import BenchError, Sample, Score, evaluate, make_sample, min_image_side
 from .train_config import RECIPE_FIELDS, TrainConfig, check_config
 from .weights import TINY, WeightsError, load_weights, save_weights
 
@@ -217,8 +217,11 @@ def prepare_validation(paths: Sequence[str | os.PathLike], scales: Sequence[floa
         for scale in scales:
             try:
                 samples.append(make_sample(image, scale, Path(path).name))
-            except BenchError as exc:
-                raise DataError(f"{path}: too small to validate at x{scale:g} ({exc})") from None
+            except BenchError:
+                raise DataError(
+                    f"{path}: too small to validate at x{scale:g} (needs {min_image_side(scale)} pixels a side "
+                    f"once cropped to a multiple of {scale:g})"
+                ) from None
     return samples
 
 

@@ -313,7 +313,6 @@ def test_init_starts_from_the_given_weights(data_dir, tmp_path):
     assert all(torch.allclose(trained[k], v, atol=1e-6) for k, v in start.state_dict().items())
 
 
-
 def test_init_from_a_narrower_model_widens_it_keeping_its_function(data_dir, tmp_path):
     torch.manual_seed(3)
     start = DRCN(DRCNConfig(features=4, recursions=3))
