@@ -17,8 +17,8 @@ Then, with the default model and precision: `drcn upscale docs/samples/pattern.p
 the start-up of `python -c "import torch"`; with `--data-dir` (a folder holding Set14), one Set14 image x3
 through `drcn upscale` and images/s over a folder of 20 images (Set14 and Set5 downscaled x3, and one more).
 `--ablation` times the memory layout, the weight dtype, the conv+ReLU fusion and the thread count at 512², and
-the allocator setting (`device.reuse_freed_memory`) against glibc's default, in fresh processes, with the
-page faults of one network call.
+the allocator settings (`device.reuse_freed_memory` and the huge pages `drcn` asks torch for) against the
+defaults, in fresh processes, with the page faults of one network call.
 The CPU's model name and flags come first: every figure belongs to the machine it was measured on.
 """
 
@@ -35,15 +35,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+from drcn_cli.cli import prefer_huge_pages
 
-from drcn_cli import model as model_module
-from drcn_cli.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads
-from drcn_cli.model import DRCN, DRCNConfig, conv_flops_per_pixel
-from drcn_cli.pipeline import InferenceSettings, open_model, prepare_for_inference, super_resolve_y, upscale_image
-from drcn_cli.weights import BUNDLED_DIR, flush_tiny
+prefer_huge_pages()  # as `drcn` does, before torch is imported: the figures are those of the command
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from drcn_cli import model as model_module  # noqa: E402
+from drcn_cli.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads  # noqa: E402
+from drcn_cli.model import DRCN, DRCNConfig, conv_flops_per_pixel  # noqa: E402
+from drcn_cli.pipeline import InferenceSettings, open_model, prepare_for_inference, super_resolve_y, upscale_image  # noqa: E402
+from drcn_cli.weights import BUNDLED_DIR, flush_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "docs" / "samples" / "pattern.png"
@@ -181,7 +185,8 @@ def ablation(source, device: torch.device, repeats: int, side: int = 512) -> Non
         print(f"  {label:<52} {measure():8.3f} s", flush=True)
 
 
-# One network call in a fresh process, with or without drcn's allocator setting: prints seconds and page faults.
+# One network call in a fresh process, with or without drcn's allocator settings: prints seconds and page faults.
+# The huge pages are the environment's (set by the caller); glibc's thresholds are drcn's unless mode is default.
 _ALLOCATOR_PROBE = """
 import resource, sys, time, torch
 import drcn_cli.loader
@@ -204,19 +209,26 @@ print(best, faults)
 """
 
 
+# (label, glibc thresholds, huge pages): drcn's settings, then each taken away.
+_ALLOCATOR_MODES = (("drcn", "drcn", "1"), ("4k-pages", "drcn", "0"), ("default", "default", "0"))
+
+
 def allocator_rows(name: str, precisions: list[str], sizes: list[int], repeats: int) -> None:
-    """The network on the CPU with drcn's allocator setting and with glibc's default, each in a fresh process."""
+    """The network on the CPU with drcn's allocator settings, without huge pages, and with neither (glibc's and
+    torch's defaults), each in a fresh process."""
     if not sys.platform.startswith("linux"):
         return
     print(f"\nallocator: {name}, the network in a fresh process; page faults of the last call")
     for precision in precisions:
         for side in sizes:
             cells = []
-            for mode in ("drcn", "default"):
-                argv = [sys.executable, "-c", _ALLOCATOR_PROBE, mode, name, precision, str(side), str(repeats),
+            for label, thresholds, huge_pages in _ALLOCATOR_MODES:
+                argv = [sys.executable, "-c", _ALLOCATOR_PROBE, thresholds, name, precision, str(side), str(repeats),
                         str(torch.get_num_threads())]
-                seconds, faults = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.split()
-                cells.append(f"{mode:>7} {float(seconds):7.3f} s {int(faults):>7} faults")
+                env = {**os.environ, "THP_MEM_ALLOC_ENABLE": huge_pages}
+                run = subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+                seconds, faults = run.stdout.split()
+                cells.append(f"{label:>8} {float(seconds):7.3f} s {int(faults):>7} faults")
             print(f"  {precision} {side:>4}x{side:<5} " + "   ".join(cells), flush=True)
 
 

@@ -1,5 +1,6 @@
 """The root app: start-up without torch, --version, --help, python -m."""
 
+import os
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from drcn_cli import __version__
-from drcn_cli.cli import app, main
+from drcn_cli.cli import app, main, prefer_huge_pages
 
 
 def test_cli_start_up_does_not_import_torch():
@@ -16,6 +17,26 @@ def test_cli_start_up_does_not_import_torch():
     code = "import sys, drcn_cli.cli; print('torch' in sys.modules, 'huggingface_hub' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_huge_pages_are_asked_for_before_torch_is_imported():
+    # torch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: `drcn` must set it before importing torch.
+    code = (
+        "import os, sys\nfrom drcn_cli.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.split()[-2:] == ["1", "False"]
+
+
+def test_huge_pages_leave_the_users_setting(monkeypatch):
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    prefer_huge_pages()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    prefer_huge_pages()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
 
 
 def test_version_and_help():

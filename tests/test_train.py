@@ -13,6 +13,7 @@ import torch
 from conftest import write_training_images
 from safetensors.torch import load_file
 
+from drcn_cli import train as train_module
 from drcn_cli.data import DataError, build_patch_bank, load_images, sample_batch
 from drcn_cli.model import DRCN, DRCNConfig
 from drcn_cli.train import (
@@ -193,6 +194,13 @@ def test_time_limit_stops_with_a_checkpoint(data_dir, tmp_path):
     result = train(_config(data_dir, tmp_path, steps=50, log_every=2, time_limit=0.0))
     assert result.step == 2 and not result.finished
     assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == 2
+
+
+def test_training_on_the_cpu_keeps_freed_memory_for_reuse(data_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_module, "reuse_freed_memory", lambda: calls.append(True) or True)
+    train(_config(data_dir, tmp_path, steps=1, time_limit=0.0))
+    assert calls == [True]
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------
