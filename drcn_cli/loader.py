@@ -75,9 +75,11 @@ def prepare_for_inference(model: DRCN, device: torch.device, precision: str = "f
 
 # -- tile policy -------------------------------------------------------------------------------------------------
 
-# On the CPU a tile whose F-channel map fits in about this many bytes runs from the caches: with AMX, a
-# 1024x1024 output in 384-pixel tiles took 1.62 s against 2.63 s in one piece (bf16, docs/speed.md), the
-# recomputed overlap included. The floor of 256 keeps that overlap (20 px a side) under 1.35x the work.
+# A bf16 CPU tile whose F-channel map fits in about this many bytes runs from the caches: with AMX, a
+# 1024x1024 output in 384-pixel tiles took 1.62 s against 2.63 s in one piece (docs/speed.md), the recomputed
+# overlap included. The floor of 256 keeps that overlap (20 px a side) under 1.35x the work. fp32 convolutions
+# are bound by arithmetic, not memory: per output pixel they ran as fast on a whole 1024² map as in 312-px
+# windows, so fp32 tiles are as large as memory allows (1024² in one piece: 10.2-10.9 s against 12.2 s).
 _CPU_TILE_MAP_BYTES = 24 << 20
 
 
@@ -89,16 +91,15 @@ def _bytes_per_pixel(config: DRCNConfig, precision: str) -> int:
 
 
 def _cache_tile_cap(config: DRCNConfig, device: torch.device, precision: str) -> int:
-    if device.type != "cpu":
+    if device.type != "cpu" or precision != "bf16":
         return 4096
-    element = 2 if precision == "bf16" else 4
-    side = int(math.sqrt(_CPU_TILE_MAP_BYTES / (config.features * element))) - 2 * config.receptive_radius
+    side = int(math.sqrt(_CPU_TILE_MAP_BYTES / (config.features * 2))) - 2 * config.receptive_radius
     return max(256, side // 8 * 8)
 
 
 def auto_tile(config: DRCNConfig, device: torch.device, precision: str) -> int:
-    """The tile side (output pixels) for ``tile=0``: what the memory of ``device`` holds, capped on the CPU so
-    one tile's feature maps stay in the caches."""
+    """The tile side (output pixels) for ``tile=0``: what the memory of ``device`` holds, capped for bf16 on the
+    CPU so one tile's feature maps stay in the caches."""
     return auto_tile_size(
         _bytes_per_pixel(config, precision),
         memory_budget(device),

@@ -111,6 +111,14 @@ def test_ready_model_holds_what_a_run_needs(tmp_path):
     assert open_model(path, "cpu", "fp32").network is ready.network  # a file is loaded once per device/precision
 
 
+def test_cpu_tiles_are_capped_by_the_caches_in_bf16_and_by_memory_in_fp32():
+    cpu, lite = torch.device("cpu"), DRCNConfig(64, 16)
+    bf16, fp32 = loader.auto_tile(lite, cpu, "bf16"), loader.auto_tile(lite, cpu, "fp32")
+    # bf16: one 64-channel window map within the cache budget; fp32 (bound by arithmetic): as memory allows.
+    assert (bf16 + 2 * lite.receptive_radius) ** 2 * 64 * 2 <= loader._CPU_TILE_MAP_BYTES
+    assert fp32 >= 1024 > bf16
+
+
 def test_name_or_path_is_decided_in_one_place(tmp_path):
     existing = tmp_path / "plain"
     existing.write_bytes(b"")
