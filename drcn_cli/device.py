@@ -125,7 +125,9 @@ def reuse_freed_memory() -> bool:
     A CPU forward allocates a fresh F-channel map for every conv (a 440x440 bf16 window: 25 MB). glibc serves
     such blocks with fresh pages, and their first-touch page faults took 15-30% of a drcn-lite forward on a
     2-core Xeon (30-97k faults per window; none after this call; docs/speed.md). Process-wide, done once; the
-    tile policy keeps maps under the 32 MiB threshold. Returns False where the C library is not glibc.
+    bf16 tile policy keeps maps under the 32 MiB threshold (fp32 tiles are larger: their maps come fresh from
+    mmap, a small cost beside fp32 arithmetic, smaller still in huge pages). Returns False where the C library
+    is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
