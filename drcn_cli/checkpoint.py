@@ -149,7 +149,10 @@ def write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_weights(model, tmp / "model.safetensors", {"checkpoint_step": str(state["step"])})
+        # The steps behind these weights, their init's included, so that `--init` from a checkpoint counts them.
+        steps_total = int(state.get("init_steps", 0)) + int(state["step"])
+        metadata = {"checkpoint_step": str(state["step"]), "training_steps_total": str(steps_total)}
+        save_weights(model, tmp / "model.safetensors", metadata)
         flat = {
             f"{index}.{name}": value
             for index, entries in optimizer.state_dict()["state"].items()

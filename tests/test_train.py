@@ -341,6 +341,8 @@ def test_exported_weights_count_the_steps_behind_their_init(data_dir, tmp_path):
     cfg = _config(data_dir, tmp_path, init=str(tmp_path / "start.safetensors"), steps=4, stop_at=2, out=str(out))
     train(cfg)
     assert load_weights(out)[1]["training_steps_total"] == "9"
+    # A checkpoint's weights count the same steps, so a warm restart from them (--init) keeps the total.
+    assert load_weights(tmp_path / "ckpt" / "model.safetensors")[1]["training_steps_total"] == "9"
     (tmp_path / "start.safetensors").unlink()  # a resumed run keeps the count without its init file
     train(resume_config(str(tmp_path / "ckpt")))
     metadata = load_weights(out)[1]
