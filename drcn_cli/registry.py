@@ -114,8 +114,8 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="4dc090618dffb18c7fa52c9c1509da7e012cce484641a7bc42904543f5cde6f8",
-            size=449948,
+            sha256="e77c1cc0c38b32e73bcb4bacf3ef1b738a13a3249f96e95aae222b548c638e9e",
+            size=449956,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
