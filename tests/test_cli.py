@@ -19,15 +19,28 @@ def test_cli_start_up_does_not_import_torch():
     assert result.stdout.split() == ["False", "False"]
 
 
-def test_huge_pages_are_asked_for_before_torch_is_imported():
-    # torch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: `drcn` must set it before importing torch.
+def test_huge_pages_are_asked_for_before_torch_is_imported(tmp_path):
+    # torch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: the variable must be set when a command
+    # first imports torch. An import hook records it at that moment.
     code = (
-        "import os, sys\nfrom drcn_cli.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
-        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)"
+        "import os, sys\n"
+        "seen = []\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' and not seen:\n"
+        "            seen.append(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "from drcn_cli.cli import main\n"
+        "try:\n"
+        "    main(['upscale', sys.argv[1], '-s', '2'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch imported with', seen)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert result.stdout.split()[-2:] == ["1", "False"]
+    missing = str(tmp_path / "missing.png")
+    result = subprocess.run([sys.executable, "-c", code, missing], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.strip().splitlines()[-1] == "torch imported with ['1']"
 
 
 def test_huge_pages_leave_the_users_setting(monkeypatch):
