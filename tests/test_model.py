@@ -103,6 +103,39 @@ def test_fused_cpu_inference_equals_the_training_forward(memory_format):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_shifted_taps_add_up_to_the_zero_padded_conv(size):
+    from drcn_cli.model import shift_and_add_taps
+
+    gen = torch.Generator().manual_seed(size)
+    h = torch.randn(2, 6, 9, 7, generator=gen)
+    weight = torch.randn(1, 6, size, size, generator=gen)
+    taps = weight[0].permute(1, 2, 0).reshape(size * size, 6, 1, 1)
+    got = shift_and_add_taps(torch.nn.functional.conv2d(h, taps), size)
+    torch.testing.assert_close(got, torch.nn.functional.conv2d(h, weight, padding=size // 2))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fp32_cpu_inference_adds_up_recon2_taps_and_matches_the_plain_loop(memory_format, monkeypatch):
+    from drcn_cli import model as model_module
+
+    model = tiny(seed=4, features=8, recursions=5).to(memory_format=memory_format)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(2, 1, 13, 11).contiguous(memory_format=memory_format)
+    calls = []
+    by_taps = model_module.DRCN._residuals_by_taps
+    monkeypatch.setattr(model_module.DRCN, "_residuals_by_taps", lambda *a: calls.append(1) or by_taps(*a))
+    with torch.inference_mode():
+        got = model(x, recursions=4)
+        assert calls == [1]  # the tap path ran
+        monkeypatch.setattr(model_module, "_taps_apply", lambda conv, h: False)
+        expected = model(x, recursions=4)
+    assert calls == [1]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 def test_bf16_conv_weights_compute_in_bf16_and_return_float32():
     model = tiny(seed=1)
     x = torch.rand(1, 1, 12, 12)
