@@ -16,9 +16,10 @@ values) and precision, and every square output side, it times:
 Then, with the default model and precision: `drcn upscale docs/samples/pattern.png -s 3` as a command, less
 the start-up of `python -c "import torch"`; with `--data-dir` (a folder holding Set14), one Set14 image x3
 through `drcn upscale` and images/s over a folder of 20 images (Set14 and Set5 downscaled x3, and one more).
-`--ablation` times the memory layout, the weight dtype, the conv+ReLU fusion and the thread count at 512², and
-the allocator settings (`device.reuse_freed_memory` and the huge pages `drcn` asks torch for) against the
-defaults, in fresh processes, with the page faults of one network call.
+`--ablation` times the memory layout, the weight dtype, the conv+ReLU fusion, fp32's recon2 as separate taps
+(model.py, `_residuals_by_taps`) and the thread count at 512², and the allocator settings
+(`device.reuse_freed_memory` and the huge pages `drcn` asks torch for) against the defaults, in fresh processes,
+with the page faults of one network call.
 The CPU's model name and flags come first: every figure belongs to the machine it was measured on.
 """
 
@@ -147,11 +148,13 @@ def ablation(source, device: torch.device, repeats: int, side: int = 512) -> Non
     """The network at side², with one speed setting changed at a time (what each one is worth here)."""
     base = open_model(source, device, "fp32").network
     y = torch.rand(1, 1, side, side, device=device)
-    fused = model_module._fused_conv_relu_applies
+    fused, taps = model_module._fused_conv_relu_applies, model_module._taps_apply
 
-    def run(model: DRCN, precision: str, layout: torch.memory_format, fuse: bool, threads: int | None = None) -> float:
+    def run(model: DRCN, precision: str, layout: torch.memory_format, fuse: bool, threads: int | None = None,
+            split_taps: bool = True) -> float:
         before = torch.get_num_threads()
         model_module._fused_conv_relu_applies = fused if fuse else (lambda conv, h: False)
+        model_module._taps_apply = taps if split_taps else (lambda conv, h: False)
         try:
             if threads:
                 torch.set_num_threads(threads)
@@ -165,14 +168,17 @@ def ablation(source, device: torch.device, repeats: int, side: int = 512) -> Non
 
             return timed(forward, device, repeats)
         finally:
-            model_module._fused_conv_relu_applies = fused
+            model_module._fused_conv_relu_applies, model_module._taps_apply = fused, taps
             torch.set_num_threads(before)
 
     bf16 = prepare_for_inference(base, device, "bf16")
     rows = [
         ("fp32, NCHW, unfused (the old CPU default)", lambda: run(base, "fp32", torch.contiguous_format, False)),
         ("fp32, channels_last, unfused", lambda: run(base, "fp32", torch.channels_last, False)),
-        ("fp32, channels_last, fused (fp32 default)", lambda: run(base, "fp32", torch.channels_last, True)),
+        ("fp32, channels_last, fused, recon2 one 3x3 conv",
+         lambda: run(base, "fp32", torch.channels_last, True, split_taps=False)),
+        ("fp32, channels_last, fused, recon2 taps (fp32 default)",
+         lambda: run(base, "fp32", torch.channels_last, True)),
         ("bf16 autocast, NCHW, unfused", lambda: run(base, "bf16", torch.contiguous_format, False)),
         ("bf16 autocast, channels_last, unfused", lambda: run(base, "bf16", torch.channels_last, False)),
         ("bf16 weights, channels_last, unfused", lambda: run(bf16, "bf16", torch.channels_last, False)),
@@ -182,7 +188,7 @@ def ablation(source, device: torch.device, repeats: int, side: int = 512) -> Non
     threads = torch.get_num_threads()
     print(f"\nablation: the network at {side}x{side}, {base.config.features} filters, {threads} threads")
     for label, measure in rows:
-        print(f"  {label:<52} {measure():8.3f} s", flush=True)
+        print(f"  {label:<56} {measure():8.3f} s", flush=True)
 
 
 # One network call in a fresh process, with or without drcn's allocator settings: prints seconds and page faults.
