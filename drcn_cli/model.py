@@ -120,11 +120,11 @@ class DRCN(nn.Module):
     def _residuals_by_taps(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """sum_d w_d recon2(relu(recon1(H_d))) for the embedding h, each H_d computed from the last; (N, 1, H, W).
 
-        recon2 (F -> 1 channel) is linear and shared, and the w_d sum to one, so the sum is recon2 of a weighted
-        sum: this keeps the k*k taps of recon2 apart, as k*k channels (a 1x1 conv adds each recursion's taps into
-        them in place) and shifts and adds them once at the end. Same result as the loop in ``forward`` up to
-        float rounding; much faster in fp32 on the CPU, where oneDNN's F -> 1 3x3 conv runs at a fraction of its
-        usual rate (docs/speed.md).
+        recon2 (F -> 1 channel, k x k) is linear and shared, and the w_d sum to one, so the sum is recon2's bias
+        plus, for each of its k*k taps (i, j), the map sum_d w_d W_ij . r_d shifted by (i, j). Those k*k maps are
+        the channels of ``sums``: a 1x1 conv adds each recursion's share into them in place, and they are shifted
+        and added once at the end. Same result as the loop in ``forward`` up to float rounding; faster in fp32 on
+        the CPU, where oneDNN's F -> 1 3x3 conv runs at a fraction of its usual rate (docs/speed.md).
         """
         conv = self.recon2
         size = conv.kernel_size[0]
@@ -157,8 +157,8 @@ def shift_and_add_taps(taps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _taps_apply(conv: nn.Conv2d, h: torch.Tensor) -> bool:
-    # fp32 only: in bf16 the taps would be rounded one by one before they are added (errors of 1e-3 of the
-    # output measured, against one rounding of the sum), and bf16's own F -> 1 conv is not slow.
+    # fp32 only: in bf16 each tap's map would be rounded before the taps are added (errors of 3-5e-3 on random
+    # maps in a probe, against one rounding of the sum), and bf16's own F -> 1 conv is not as slow.
     return (
         _fused_conv_relu_applies(conv, h)
         and h.dtype == torch.float32
