@@ -86,7 +86,13 @@ def cpu_description() -> str:
         pass
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
     shown = [flag for flag in wanted if flag in flags] or ["(flags unknown)"]
-    return f"{name}; {os.cpu_count()} logical CPUs; {' '.join(shown)}; native bf16: {cpu_has_native_bf16()}"
+    line = f"{name}; {os.cpu_count()} logical CPUs; {' '.join(shown)}; native bf16: {cpu_has_native_bf16()}"
+    # A CPU without AVX-512 or AMX can be imitated on one that has them: oneDNN's kernels stop at
+    # ONEDNN_MAX_CPU_ISA (e.g. AVX2) and torch's own at ATEN_CPU_CAPABILITY (e.g. avx2).
+    limits = [f"{var}={os.environ[var]}" for var in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if var in os.environ]
+    if limits:
+        line += f"; limited to {', '.join(limits)} (torch kernels: {torch.backends.cpu.get_cpu_capability()})"
+    return line
 
 
 def conv_rate(device: torch.device, precision: str, features: int, side: int, repeats: int) -> tuple[float, str]:
