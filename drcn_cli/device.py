@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 
 import torch
@@ -49,7 +50,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 matrix or vector units (AMX tiles or AVX512-BF16), as torch reports them."""
+    """True where the CPU has bf16 matrix or vector units (AMX tiles or AVX512-BF16), as torch reports them, and
+    oneDNN may use them: ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) set to an ISA without bf16, e.g. AVX2 or
+    AVX512_CORE, keeps its convolutions off those units, and bf16 would then be emulated, slower than fp32."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if limit and not any(word in limit.upper() for word in ("BF16", "AMX", "AVX10", "ALL", "DEFAULT")):
+        return False
     checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     return any(check() for check in checks if check is not None)
 

@@ -67,10 +67,25 @@ def test_precision_auto_is_bf16_on_a_cpu_with_bf16_units(monkeypatch):
 )
 def test_native_bf16_is_read_from_torchs_cpu_capabilities(monkeypatch, amx, avx512_bf16, expected):
     monkeypatch.undo()  # the conftest fixture replaced the function under test
+    for limit in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(limit, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert device_module.cpu_has_native_bf16() is expected
 
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True)],
+)
+def test_an_isa_limit_without_bf16_turns_native_bf16_off(monkeypatch, limit, expected):
+    monkeypatch.undo()  # the conftest fixture replaced the function under test
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    assert device_module.cpu_has_native_bf16() is expected
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if expected else "fp32")
 
 
 class _FakeLibc:
