@@ -14,6 +14,7 @@ softmax over the first k logits. This file imports torch only.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -178,7 +179,16 @@ def _fused_conv_relu_applies(conv: nn.Conv2d, h: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and (h.dtype != torch.bfloat16 or _onednn_runs_bf16())
     )
+
+
+@functools.cache
+def _onednn_runs_bf16() -> bool:
+    # oneDNN's bf16 convolution needs AVX512 (BW, VL, DQ) or AVX-NE-CONVERT; without them (an AVX2-only CPU, or
+    # ONEDNN_MAX_CPU_ISA=AVX2) the direct op raises, while conv2d falls back to torch's own bf16 kernels.
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def _conv_relu(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:

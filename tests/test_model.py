@@ -149,6 +149,28 @@ def test_bf16_conv_weights_compute_in_bf16_and_return_float32():
     assert 0 < (out - reference).abs().max() < 0.02
 
 
+def test_bf16_runs_without_onednns_bf16_kernels(monkeypatch):
+    # A CPU without AVX512-BW/VL/DQ (or AVX-NE-CONVERT) has no oneDNN bf16 conv: the fused op would raise there,
+    # so the model takes conv2d, which falls back to torch's own kernels.
+    from drcn_cli import model as model_module
+
+    model = tiny(seed=2)
+    x = torch.rand(1, 1, 12, 12)
+    h = torch.rand(1, 8, 6, 6, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        reference = model(x)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(torch.bfloat16)
+        monkeypatch.setattr(model_module, "_onednn_runs_bf16", lambda: True)
+        assert model_module._fused_conv_relu_applies(model.recursive, h) == torch.backends.mkldnn.is_available()
+        monkeypatch.setattr(model_module, "_onednn_runs_bf16", lambda: False)
+        assert not model_module._fused_conv_relu_applies(model.recursive, h)
+        out = model(x)
+    assert out.dtype == torch.float32
+    assert 0 < (out - reference).abs().max() < 0.02
+
+
 def test_widen_keeps_the_function_and_lets_the_new_channels_learn():
     from drcn_cli.model import widen
 
