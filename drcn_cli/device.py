@@ -80,8 +80,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def precision_reason(requested: str, resolved: str, device: torch.device) -> str:
-    """Why ``resolved`` was chosen, in a few words, for the device line ('' when the user asked for it)."""
+    """Why ``resolved`` was chosen, in a few words, for the device line ('' when the user asked for it, unless it
+    is bf16 on a CPU without bf16 units: emulated, it is far slower than fp32)."""
     if requested != "auto":
+        if device.type == "cpu" and resolved == "bf16" and not cpu_has_native_bf16():
+            return "emulated: this CPU has no bf16 units, fp32 is faster"
         return ""
     if device.type == "cpu":
         return "CPU has native bf16" if resolved == "bf16" else "CPU has no native bf16"

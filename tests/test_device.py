@@ -28,6 +28,7 @@ def test_precision_auto_is_fp32_on_a_cpu_without_bf16_units_and_half_on_cpu_is_r
     assert resolve_precision("auto", cpu) == "fp32"
     assert precision_reason("auto", "fp32", cpu) == "CPU has no native bf16"
     assert resolve_precision("bf16", cpu) == "bf16"
+    assert precision_reason("bf16", "bf16", cpu) == "emulated: this CPU has no bf16 units, fp32 is faster"
     with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
         resolve_precision("fp16", cpu)
     with pytest.raises(ValueError, match="unknown precision"):
