@@ -2,6 +2,7 @@
 
     state.json               format, step, run config, best validation PSNR, data fingerprint, file list
     model.safetensors        the weights (readable by ``drcn upscale --weights``)
+    ema.safetensors          with --ema: the moving average of the weights (what validation scores)
     optimizer-NN.safetensors the optimiser state, split so that no file exceeds MAX_FILE_BYTES
     rng.pt                   torch / CUDA / numpy / python RNG states as plain tensors (weights_only load)
     log.csv                  the training log up to this point (appended to while the run goes on)
@@ -63,6 +64,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict[int, dict[str, torch.Tensor]]  # the `state` part of an optimizer state dict
     rng: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None = None  # the moving average of the weights, where the run keeps one
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -137,9 +139,11 @@ def write_checkpoint(
     state: Mapping[str, Any],
     log: str | os.PathLike | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
+    ema: DRCN | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically: everything goes into a temporary sibling, which then replaces
-    ``path`` (the old folder is removed only once the new one is in place). ``log`` is copied in."""
+    ``path`` (the old folder is removed only once the new one is in place). ``log`` is copied in; ``ema``, the
+    moving average of the weights, is written beside them."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -153,6 +157,8 @@ def write_checkpoint(
         steps_total = int(state.get("init_steps", 0)) + int(state["step"])
         metadata = {"checkpoint_step": str(state["step"]), "training_steps_total": str(steps_total)}
         save_weights(model, tmp / "model.safetensors", metadata)
+        if ema is not None:
+            save_weights(ema, tmp / "ema.safetensors", {**metadata, "average": "exponential moving average"})
         flat = {
             f"{index}.{name}": value
             for index, entries in optimizer.state_dict()["state"].items()
@@ -171,6 +177,7 @@ def write_checkpoint(
             "format": CHECKPOINT_FORMAT,
             **state,
             "model": "model.safetensors",
+            **({"ema": "ema.safetensors"} if ema is not None else {}),
             "optimizer_files": files,
             "optimizer_split": split,
         }
@@ -233,6 +240,7 @@ def _is_shape_table(value: Any) -> bool:
 _STATE_FIELDS: dict[str, tuple[bool, Any, str]] = {
     "step": (True, lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
     "model": (True, _is_file_name, "a file name"),
+    "ema": (False, _is_file_name, "a file name"),
     "optimizer_files": (True, lambda v: isinstance(v, list) and all(map(_is_file_name, v)), "a list of file names"),
     "optimizer_split": (False, _is_shape_table, "a table of tensor shapes"),
     "config": (False, lambda v: isinstance(v, dict), "a table of options"),
@@ -306,6 +314,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         model_state = canonical_state_dict(load_file(str(path / state["model"])))
         config_from_state_dict(model_state)
+        ema_state = canonical_state_dict(load_file(str(path / state["ema"]))) if "ema" in state else None
+        if ema_state is not None and config_from_state_dict(ema_state) != config_from_state_dict(model_state):
+            raise ValueError("the moving average is of another architecture than the weights")
         parts: dict[str, torch.Tensor] = {}
         for name in state["optimizer_files"]:
             parts.update(load_file(str(path / name)))
@@ -325,7 +336,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             optimizer_state.setdefault(int(index), {})[name] = value
     except (ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint (optimizer state: {exc})") from None
-    return Checkpoint(path, state, model_state, optimizer_state, rng)
+    return Checkpoint(path, state, model_state, optimizer_state, rng, ema_state)
 
 
 def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:

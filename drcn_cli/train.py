@@ -24,6 +24,7 @@ functions over one ``_Run``: ``_start`` -> ``_loop`` (``_step``, ``_log_window``
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -444,6 +445,7 @@ class _Run:
     checkpoint_dir: Path | None
     log_path: Path | None
     out_path: Path | None
+    ema: DRCN | None = None  # with cfg.ema: the moving average of the weights (what is validated and exported)
     # -- changes as the run goes
     step: int = 0
     stop: int = 0  # the step this call ends at
@@ -471,6 +473,7 @@ def _start(cfg: TrainConfig, reporter: TrainReporter, procs: Processes, device: 
         checkpoint_dir=Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None,
         log_path=Path(cfg.checkpoint_dir) / "log.csv" if cfg.checkpoint_dir else None,
         out_path=Path(cfg.out) if cfg.out else None,
+        ema=_build_ema(model, checkpoint) if cfg.ema else None,
     )  # fmt: skip
     if checkpoint is not None:
         _resume(run, checkpoint)
@@ -553,6 +556,29 @@ def _build_model(
     return model, trainer, _make_optimizer(model, cfg, device)
 
 
+def _build_ema(model: DRCN, checkpoint: Checkpoint | None) -> DRCN:
+    """The moving average: the checkpoint's, or a copy of the starting weights."""
+    ema = copy.deepcopy(model).requires_grad_(False)
+    if checkpoint is not None:
+        if checkpoint.ema is None:  # the recipe check lets no run without one resume with --ema
+            raise CheckpointError(f"{checkpoint.path}: damaged checkpoint (state.json names no ema file)")
+        ema.load_state_dict({k: v.float() for k, v in checkpoint.ema.items()})
+    return ema
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The decay used after optimiser step ``step`` (0-based): ``decay``, but lower over the first steps, so
+    that the average does not hold on to the starting weights (timm's warm-up: (1 + step) / (10 + step))."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: DRCN, model: DRCN, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, for every parameter."""
+    for average, param in zip(ema.parameters(), model.parameters(), strict=True):
+        average.lerp_(param, 1.0 - decay)
+
+
 def _resume(run: _Run, checkpoint: Checkpoint) -> None:
     """The optimizer moments, random generators, step and best score of the checkpoint."""
     # load_state_dict moves each tensor where its parameter lives (Adam's step stays on the CPU unless fused).
@@ -627,6 +653,9 @@ def _step(run: _Run, params: Sequence[torch.Tensor]) -> tuple[float, float]:
     grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
     run.optimizer.step()
     _zero_tiny_(params)
+    if run.ema is not None:
+        update_ema(run.ema, run.model, ema_decay(cfg.ema, run.step))
+        _zero_tiny_(list(run.ema.parameters()))
     run.step += 1
     run.window_steps += 1
     assert run.sums is not None  # set by _loop before the first step
@@ -662,7 +691,7 @@ def _validate(run: _Run) -> None:
     """Score the model on the validation images (main process); a new best is exported."""
     if run.procs.main:
         t = time.perf_counter()
-        ready = open_model(run.model, run.device, run.precision)  # a copy, as `drcn upscale` runs it
+        ready = open_model(_scored(run), run.device, run.precision)  # a copy, as `drcn upscale` runs it
         scores = evaluate(run.data.val_samples, ready, InferenceSettings(run.device, run.precision))
         by_psnr = {scale: score.psnr for scale, score in scores.items()}
         by_ssim = {scale: score.ssim for scale, score in scores.items()}
@@ -682,11 +711,16 @@ def _validate(run: _Run) -> None:
     barrier(run.procs)
 
 
+def _scored(run: _Run) -> DRCN:
+    """The weights validation scores and the export writes: the moving average where the run keeps one."""
+    return run.ema if run.ema is not None else run.model
+
+
 def _export(run: _Run, scores: Mapping[float, Score] | None) -> None:
     """Write the weights to ``out`` (main process), with the run's description in their metadata."""
     if run.procs.main and run.out_path is not None:
         metadata = _export_metadata(run.cfg, run.data.images, run.step, scores, run.data.init_steps)
-        save_weights(run.model, run.out_path, metadata)
+        save_weights(_scored(run), run.out_path, metadata)
         mean = sum(score.psnr for score in scores.values()) / len(scores) if scores else None
         run.reporter.exported(run.out_path, run.step, mean)
 
@@ -708,7 +742,7 @@ def _save_checkpoint(run: _Run) -> None:
             "torch_version": torch.__version__,
             "config": dataclasses.asdict(cfg),
         }
-        write_checkpoint(run.checkpoint_dir, run.model, run.optimizer, state, run.log_path)
+        write_checkpoint(run.checkpoint_dir, run.model, run.optimizer, state, run.log_path, ema=run.ema)
         run.reporter.checkpointed(run.checkpoint_dir, step)
     barrier(run.procs)
 

@@ -87,6 +87,11 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_cli("L2 on conv kernels; use with adamw.", _MODEL, min=0.0))
     # the max global gradient norm: a guard against spikes
     grad_clip: float = field(default=1.0, metadata=_cli("Max gradient norm, 0 = off.", _MODEL, min=0.0))
+    # an average of the weights scores better than the weights of any one step while the lr is high
+    # (docs/training.md); 0.999 averages about the last 1,000 steps
+    ema: float = field(default=0.0, metadata=_cli(
+        "Decay of an exponential moving average of the weights, which validation scores and --out gets "
+        "(0 = off, else in (0, 1); 0.999 averages about the last 1,000 steps).", _MODEL, min=0.0))
     alpha_start: float = 1.0
     alpha_end: float = 0.0
     alpha_decay: float = field(default=0.25, metadata=_cli(
@@ -124,7 +129,7 @@ class TrainConfig:
 RECIPE_FIELDS = (
     "scales", "downscales", "patch_size", "stride", "augment", "quantize_lr", "features", "recursions",
     "batch_size", "optimizer", "lr", "lr_min", "schedule", "warmup", "weight_decay", "grad_clip",
-    "alpha_start", "alpha_end", "alpha_decay", "loss", "seed",
+    "alpha_start", "alpha_end", "alpha_decay", "loss", "seed", "ema",
 )  # fmt: skip
 
 
@@ -155,6 +160,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append("alpha_start and alpha_end must be in [0, 1]")
     if cfg.weight_decay < 0 or cfg.grad_clip < 0:
         problems.append("weight decay and grad clip must be >= 0")
+    if not 0 <= cfg.ema < 1:
+        problems.append(f"ema is a decay in [0, 1), got {cfg.ema:g}")
     if cfg.checkpoint_every < 0 or cfg.val_every < 0 or cfg.log_every < 1:
         problems.append("checkpoint_every and val_every must be >= 0 and log_every >= 1")
     if problems:

@@ -167,6 +167,52 @@ def test_resume_continues_bit_for_bit(data_dir, tmp_path):
     assert [line.split(",")[1] for line in log[1:]] == ["1", "2", "3", "4", "5", "6"]
 
 
+def test_ema_decay_warms_up_then_holds():
+    assert train_module.ema_decay(0.999, 0) == pytest.approx(0.1)
+    assert train_module.ema_decay(0.999, 90) == pytest.approx(91 / 100)
+    assert train_module.ema_decay(0.999, 100_000) == 0.999
+    assert train_module.ema_decay(0.5, 0) == pytest.approx(0.1) and train_module.ema_decay(0.5, 10) == 0.5
+
+
+def test_update_ema_moves_each_parameter_towards_the_model():
+    torch.manual_seed(0)
+    model, ema = DRCN(DRCNConfig(features=4, recursions=2)), DRCN(DRCNConfig(features=4, recursions=2))
+    before = {name: p.detach().clone() for name, p in ema.named_parameters()}
+    train_module.update_ema(ema, model, 0.75)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(dict(ema.named_parameters())[name], 0.75 * before[name] + 0.25 * param)
+
+
+def test_with_ema_the_average_is_validated_exported_checkpointed_and_resumed(data_dir, tmp_path):
+    val_dir = write_training_images(tmp_path / "val", count=1, size=40, seed=9)
+    common = dict(val=str(val_dir), val_every=6, ema=0.9)
+    straight = _config(data_dir, tmp_path, checkpoint_dir=str(tmp_path / "straight"),
+                       out=str(tmp_path / "straight.safetensors"), **common)
+    train(straight)
+    folder = tmp_path / "straight"
+    state = json.loads((folder / "state.json").read_text())
+    assert state["ema"] == "ema.safetensors" and state["config"]["ema"] == 0.9
+    raw, average = _weights(folder), load_file(str(folder / "ema.safetensors"))
+    exported = load_file(str(tmp_path / "straight.safetensors"))  # validated at the last step, the only one
+    assert all(torch.equal(exported[k], average[k]) for k in average)
+    assert not all(torch.equal(raw[k], average[k]) for k in raw)
+    _, metadata = load_weights(tmp_path / "straight.safetensors")
+    assert json.loads(metadata["training_recipe"])["ema"] == 0.9
+    # A run stopped and resumed keeps its average bit for bit.
+    split = _config(data_dir, tmp_path, checkpoint_dir=str(tmp_path / "split"), stop_at=3, **common)
+    train(split)
+    train(resume_config(tmp_path / "split"))
+    again = load_file(str(tmp_path / "split" / "ema.safetensors"))
+    assert all(torch.equal(again[k], average[k]) for k in average)
+    # A run without the average cannot resume with one (nor the other way round).
+    plain = _config(data_dir, tmp_path, checkpoint_dir=str(tmp_path / "plain"), stop_at=3)
+    train(plain)
+    with pytest.raises(CheckpointError, match="ema"):
+        train(dataclasses.replace(resume_config(tmp_path / "plain"), ema=0.9))
+    with pytest.raises(CheckpointError, match="ema"):
+        train(dataclasses.replace(resume_config(tmp_path / "split"), ema=0.0))
+
+
 def test_resume_refuses_a_different_architecture_or_recipe(data_dir, tmp_path):
     train(_config(data_dir, tmp_path, stop_at=2))
     with pytest.raises(CheckpointError, match="features=8.*architecture"):
