@@ -8,7 +8,8 @@
 #
 # Settings (environment): TRAIN_MINUTES (default 6), STEPS (the schedule's length, default 30000),
 # INIT (weights to start from, default state/drcn.safetensors when it exists; INIT=drcn-lite starts from the
-# bundled drcn-lite widened to F=256, the same function), BATCH (default 64).
+# bundled drcn-lite widened to F=256, the same function), BATCH (default 64), EMA (the --ema decay, default
+# 0.999: a window stops while the lr is still high, where the moving average scores better than the last weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.
@@ -18,6 +19,7 @@ DRY=${DRY:-0}
 TRAIN_MINUTES=${TRAIN_MINUTES:-6}
 STEPS=${STEPS:-30000}
 BATCH=${BATCH:-64}
+EMA=${EMA:-0.999}
 INIT=${INIT:-}
 if [[ -z "$INIT" && -f state/drcn.safetensors ]]; then INIT=state/drcn.safetensors; fi
 
@@ -33,11 +35,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 
 if [[ "$DRY" == 1 ]]; then
   DEVICE=cpu; QUICK=--quick; FEATURES=8; SPEED_ARGS=(--random 8 --sizes 64 --precisions fp32 --models drcn-lite)
-  TRAIN_ARGS=(--steps 6 --batch-size 4 --val-every 3 --checkpoint-every 3 --log-every 3 --time-limit 2)
+  TRAIN_ARGS=(--steps 6 --batch-size 4 --val-every 3 --checkpoint-every 3 --log-every 3 --time-limit 2 --ema "$EMA")
 else
   DEVICE=cuda; QUICK=; FEATURES=256; SPEED_ARGS=(--random 256 --sizes 1024 2048 --precisions bf16 --models drcn-lite)
   TRAIN_ARGS=(--steps "$STEPS" --batch-size "$BATCH" --val-every 2000 --checkpoint-every 1000 --log-every 100
-              --time-limit "$TRAIN_MINUTES")
+              --time-limit "$TRAIN_MINUTES" --ema "$EMA")
 fi
 
 log "CUDA checks"
@@ -53,8 +55,9 @@ python -m drcn_cli train --pack .data/t291.npz --val .data/Set5 --device "$DEVIC
   --recursions 16 "${INIT_ARGS[@]}" "${TRAIN_ARGS[@]}" --quiet --overwrite \
   --out "$OUT/drcn.safetensors" --checkpoint-dir .checkpoints/window 2>&1 | tail -5 || echo "training FAILED"
 # What comes back (at most 8 files): checks.json, speed.txt, the best validated export (drcn.safetensors), the
-# latest weights (last.safetensors) and the log. The next window starts from one of them with --init (INIT=...),
-# so the optimiser moments (14 MB for F=256) need not come back.
+# latest weights (last.safetensors) and their moving average (last-ema.safetensors), and the log. The next window
+# starts from one of them with --init (INIT=...), so the optimiser moments (14 MB for F=256) need not come back.
 cp .checkpoints/window/model.safetensors "$OUT/last.safetensors" 2>/dev/null || true
+cp .checkpoints/window/ema.safetensors "$OUT/last-ema.safetensors" 2>/dev/null || true
 cp .checkpoints/window/log.csv "$OUT/log.csv" 2>/dev/null || true
 log "done"; ls -la "$OUT"
