@@ -623,8 +623,8 @@ def _loop(run: _Run, wall_start: float, should_stop: Callable[[], bool] | None) 
             run.stop = run.step
         if run.step % cfg.log_every == 0 or run.step == run.stop:
             _log_window(run, lr, alpha, wall_start, stop_asked)
-        finishing = run.step == run.stop
-        if run.data.val_samples and ((cfg.val_every and run.step % cfg.val_every == 0) or run.step == cfg.steps):
+        finishing = run.step == run.stop  # the last step, or a stop (time limit, --stop-at, Ctrl-C) before it
+        if run.data.val_samples and ((cfg.val_every and run.step % cfg.val_every == 0) or finishing):
             _validate(run)
         if (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or finishing:
             if not run.data.val_samples:

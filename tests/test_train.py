@@ -242,6 +242,16 @@ def test_time_limit_stops_with_a_checkpoint(data_dir, tmp_path):
     assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["step"] == 2
 
 
+def test_a_run_that_stops_early_validates_and_exports_where_it_stops(data_dir, tmp_path):
+    val_dir = write_training_images(tmp_path / "val", count=1, size=40, seed=9)
+    recorder = _Recorder()
+    cfg = _config(data_dir, tmp_path, steps=50, log_every=2, time_limit=0.0, val=str(val_dir), val_every=1000,
+                  out=str(tmp_path / "out.safetensors"))
+    result = train(cfg, recorder)
+    assert result.step == 2 and [v.step for v in recorder.vals] == [2] and result.best_step == 2
+    assert load_weights(tmp_path / "out.safetensors")[1]["training_steps"] == "2"
+
+
 def test_training_on_the_cpu_keeps_freed_memory_for_reuse(data_dir, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(train_module, "reuse_freed_memory", lambda: calls.append(True) or True)
