@@ -114,8 +114,8 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="e77c1cc0c38b32e73bcb4bacf3ef1b738a13a3249f96e95aae222b548c638e9e",
-            size=449956,
+            sha256="736576cc36117bcb72cd36f8981202212900a1f8ba9647e0c23286bc1e471424",
+            size=449948,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
