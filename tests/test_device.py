@@ -75,7 +75,6 @@ def test_native_bf16_is_read_from_torchs_cpu_capabilities(monkeypatch, amx, avx5
     assert device_module.cpu_has_native_bf16() is expected
 
 
-
 @pytest.mark.parametrize(
     ("limit", "expected"),
     [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("ALL", True)],
