@@ -97,9 +97,18 @@ class DRCN(nn.Module):
         w = self.ensemble_weights(k).to(stacked.dtype).view(k, 1, 1, 1, 1)
         return stacked, (w * stacked).sum(dim=0)
 
-    def forward(self, x: torch.Tensor, recursions: int | None = None) -> torch.Tensor:
-        """Inference. x: (N, 1, H, W) float, the bicubic-upsampled Y in [0, 1]; returns (N, 1, H, W) in x's dtype,
+    def forward(
+        self, x: torch.Tensor, recursions: int | None = None, context: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
+        """Inference. x: (N, 1, H, W) float, the bicubic-upsampled Y in [0, 1]; returns (N, 1, H', W) in x's dtype,
         unclamped.
+
+        ``context`` = (top, bottom): rows of x, above and below, that are there only as context for the rows
+        between them (x is a window of a larger image); the result holds the H' = H - top - bottom rows between.
+        Each side of x must be the image's edge or hold at least the receptive radius of context, as the tiler
+        guarantees. A side with that much context gives up its rows as the layers consume them (a map of k rows
+        less is k rows less work; channels_last maps are cut without a copy); a side with less is the image's
+        edge and keeps them to the end.
 
         Each convolution runs in the dtype of its weights (cast them to bf16 for a bf16 inference without
         autocast; embed1 may stay fp32, so the input keeps its precision); the skip connection and the weighted
@@ -108,17 +117,30 @@ class DRCN(nn.Module):
         """
         k = self._check_recursions(recursions)
         w = self.ensemble_weights(k)
-        h = _conv_relu(self.embed1, x.to(self.embed1.weight.dtype)).to(self.embed2.weight.dtype)
-        h = _conv_relu(self.embed2, h)
+        height, (top, bottom) = x.shape[2], context
+        if top < 0 or bottom < 0 or top + bottom >= height:
+            raise ValueError(f"context rows {context} must be >= 0 and leave some of the {height} rows")
+        half = self.config.kernel_size // 2
+        rows = _RowCut(height, top, bottom, k + 4, half)
+        h = rows.cut(_conv_relu(self.embed1, x.to(self.embed1.weight.dtype)).to(self.embed2.weight.dtype), 0, 1)
+        h = rows.cut(_conv_relu(self.embed2, h), 1, 2)
         if _taps_apply(self.recon2, h):
-            return x + self._residuals_by_taps(h, w).to(x.dtype)
-        residual = torch.zeros_like(x)
+            return rows.cut(x, 0, rows.depth) + self._residuals_by_taps(h, w, rows).to(x.dtype)
+        residual = None
         for d in range(k):
-            h = _conv_relu(self.recursive, h)
-            residual += w[d].to(x.dtype) * self.recon2(_conv_relu(self.recon1, h)).to(x.dtype)
-        return x + residual
+            h = rows.cut(_conv_relu(self.recursive, h), 2 + d, 3 + d)
+            r = self._reconstruct_residual(h, 3 + d, rows)
+            r = w[d].to(x.dtype) * rows.cut(self.recon2(r), rows.depth - 1, rows.depth).to(x.dtype)
+            residual = r if residual is None else residual.add_(r)
+        assert residual is not None  # k >= 1
+        return rows.cut(x, 0, rows.depth) + residual
 
-    def _residuals_by_taps(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _reconstruct_residual(self, h: torch.Tensor, depth: int, rows: _RowCut) -> torch.Tensor:
+        """relu(recon1(H_d)) on the rows recon2 needs, for H_d at ``depth``; recon2 is the caller's."""
+        h = rows.cut(h, depth, rows.depth - 2)
+        return rows.cut(_conv_relu(self.recon1, h), rows.depth - 2, rows.depth - 1)
+
+    def _residuals_by_taps(self, h: torch.Tensor, w: torch.Tensor, rows: _RowCut) -> torch.Tensor:
         """sum_d w_d recon2(relu(recon1(H_d))) for the embedding h, each H_d computed from the last; (N, 1, H, W).
 
         recon2 (F -> 1 channel, k x k) is linear and shared, and the w_d sum to one, so the sum is recon2's bias
@@ -131,17 +153,56 @@ class DRCN(nn.Module):
         size = conv.kernel_size[0]
         # (k*k, F, 1, 1): output channel size*i + j holds the weights of tap (i, j)
         taps = conv.weight[0].permute(1, 2, 0).reshape(size * size, -1, 1, 1)
-        n, _, height, width = h.shape
         layout = torch.channels_last if h.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        sums = h.new_zeros((n, size * size, height, width)).contiguous(memory_format=layout)
+        sums = None
         for d in range(len(w)):
-            h = _conv_relu(self.recursive, h)
+            h = rows.cut(_conv_relu(self.recursive, h), 2 + d, 3 + d)
+            r = self._reconstruct_residual(h, 3 + d, rows)
+            if sums is None:
+                sums = r.new_zeros((r.shape[0], size * size, *r.shape[2:])).contiguous(memory_format=layout)
             torch.ops.mkldnn._convolution_pointwise_.binary(
-                sums, _conv_relu(self.recon1, h), (taps * w[d]).contiguous(), None,
-                [0, 0], [1, 1], [1, 1], 1, "add", None, None, [None], None,
+                sums, r, (taps * w[d]).contiguous(), None, [0, 0], [1, 1], [1, 1], 1, "add", None, None, [None], None,
             )
-        assert conv.bias is not None  # built with bias=True
-        return shift_and_add_taps(sums, size) + conv.bias.view(1, 1, 1, 1)
+        assert conv.bias is not None and sums is not None  # built with bias=True; len(w) >= 1
+        return rows.cut(shift_and_add_taps(sums, size), rows.depth - 1, rows.depth) + conv.bias.view(1, 1, 1, 1)
+
+
+@dataclass(frozen=True)
+class _RowCut:
+    """The rows of a window that each layer's map still needs, for :meth:`DRCN.forward`'s ``context``.
+
+    Depth l counts convs along the longest path (embed1 = 1, the output conv = ``depth``). A conv's output is
+    valid for ``half`` fewer rows than its input at a side where the window was cut, and the output rows need
+    ``half * (depth - l)`` rows of context from the map at depth l: the rest are cut, a view (the rows of a
+    channels_last map are contiguous). A side with less context than the radius is the image's edge: its rows
+    are valid at every depth and are kept until the output.
+    """
+
+    height: int
+    top: int
+    bottom: int
+    depth: int
+    half: int
+
+    @property
+    def radius(self) -> int:
+        return self.depth * self.half
+
+    def span(self, depth: int) -> tuple[int, int]:
+        """The rows [start, end) of the input window that the map at ``depth`` keeps (depth 0: the input)."""
+        if depth <= 0:
+            return 0, self.height
+        if depth >= self.depth:
+            return self.top, self.height - self.bottom
+        need = self.half * (self.depth - depth)
+        start = self.top - need if self.top >= self.radius else 0
+        end = self.height - self.bottom + need if self.bottom >= self.radius else self.height
+        return start, end
+
+    def cut(self, h: torch.Tensor, computed: int, depth: int) -> torch.Tensor:
+        """h holds the rows of the span at depth ``computed``; its rows of the span at ``depth``."""
+        (have_start, have_end), (start, end) = self.span(computed), self.span(depth)
+        return h[:, :, start - have_start : h.shape[2] - (have_end - end)]
 
 
 def shift_and_add_taps(taps: torch.Tensor, size: int) -> torch.Tensor:
@@ -222,6 +283,21 @@ def widen(model: DRCN, features: int) -> DRCN:
         big.bias[:rows] = small.bias
     wide.ensemble_logits.copy_(model.ensemble_logits)
     return wide.to(next(model.parameters()).device)
+
+
+def context_row_cost(config: DRCNConfig, recursions: int | None = None) -> float:
+    """What :meth:`DRCN.forward` spends on a window's context rows, against as many core rows, where both sides
+    are cut: each conv runs on the rows the output still needs, so the share falls with depth (1/3 for
+    F=64, D=16: the recursions run on ever fewer context rows and recon1 on 4)."""
+    k = config.recursions if recursions is None else recursions
+    half, f, taps = config.kernel_size // 2, config.features, config.kernel_size**2
+    depth = k + 4
+    # (FLOPs per pixel, context rows of the conv's input) for each conv; a conv at depth l reads depth l - 1
+    convs = [(taps * f, 2 * half * depth), (taps * f * f, 2 * half * (depth - 1))]
+    convs += [(taps * f * f, 2 * half * (depth - 2 - d)) for d in range(k)]
+    convs += [(taps * f * f, 2 * half * 2), (taps * f, 2 * half * 1)] * k
+    total = sum(flops for flops, _ in convs)
+    return sum(flops * rows for flops, rows in convs) / (total * 2 * half * depth)
 
 
 def conv_weight_count(model: DRCN) -> int:

@@ -37,28 +37,34 @@ def _window(length: int, count: int, overlap: int) -> int:
     return min(length, math.ceil(length / count) + 2 * overlap)
 
 
-def _grid(height: int, width: int, window_pixels: int, overlap: int) -> tuple[int, int]:
-    """(rows, columns) of the grid whose windows hold at most ``window_pixels`` pixels each and, together, the
-    fewest pixels (the least context computed twice); fewer tiles on a tie. None fits: a 1-pixel core grid."""
-    best: tuple[int, int, int] | None = None
+def _grid(height: int, width: int, window_pixels: int, overlap: int, row_context_cost: float) -> tuple[int, int]:
+    """(rows, columns) of the grid whose windows hold at most ``window_pixels`` pixels each and, together, cost
+    the least (the least context computed twice; a context row costs ``row_context_cost`` of a core row); fewer
+    tiles on a tie. None fits: a 1-pixel core grid."""
+    best: tuple[float, int, int] | None = None
     for rows in range(1, height + 1):
         win_h = _window(height, rows, overlap)
         widest = window_pixels // win_h
         if widest < min(width, 1 + 2 * overlap):
             continue
         cols = 1 if width <= widest else math.ceil(width / (widest - 2 * overlap))
-        total = rows * cols * win_h * _window(width, cols, overlap)
+        core_h = min(win_h, math.ceil(height / rows))
+        total = rows * cols * (core_h + row_context_cost * (win_h - core_h)) * _window(width, cols, overlap)
         if best is None or (total, rows * cols) < (best[0], best[1] * best[2]):
             best = (total, rows, cols)
     return (best[1], best[2]) if best is not None else (height, width)
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int, by_area: bool = False) -> list[Tile]:
+def plan_tiles(
+    height: int, width: int, tile: int, overlap: int, by_area: bool = False, row_context_cost: float = 1.0
+) -> list[Tile]:
     """Tiles whose cores partition the (height, width) image; ``tile`` <= 0 means one tile for all of it.
 
     Cores are at most ``tile`` pixels a side; with ``by_area``, windows may take any shape that holds no more
     pixels than a square one, (tile + 2 * overlap)², in the grid that computes the least overlap (a 512² image
-    with tile 400 and overlap 20: two windows of 512x296 instead of four of 296x296).
+    with tile 400 and overlap 20: two windows of 512x296 instead of four of 296x296). ``row_context_cost``
+    weighs a window's context rows against its core rows in that choice: below 1 for a function that cuts
+    the context rows as it goes (:func:`run_tiled` with ``cuts_rows``).
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -67,7 +73,7 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, by_area: bool =
     if tile <= 0:
         row_count, col_count = 1, 1
     elif by_area:
-        row_count, col_count = _grid(height, width, (tile + 2 * overlap) ** 2, overlap)
+        row_count, col_count = _grid(height, width, (tile + 2 * overlap) ** 2, overlap, row_context_cost)
     else:
         row_count, col_count = math.ceil(height / tile), math.ceil(width / tile)
     rows, cols = _spans(height, row_count), _spans(width, col_count)
@@ -86,28 +92,35 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, by_area: bool =
 
 
 def run_tiled(
-    fn: Callable[[torch.Tensor], torch.Tensor],
+    fn: Callable[..., torch.Tensor],
     x: torch.Tensor,
     tile: int,
     overlap: int,
     on_tile: Callable[[int, int], None] | None = None,
     by_area: bool = False,
+    row_context_cost: float = 1.0,
+    cuts_rows: bool = False,
 ) -> torch.Tensor:
     """Apply ``fn`` to x (N, C, H, W) tile by tile (:func:`plan_tiles`); fn maps (N, C, h, w) to (N, C', h, w).
 
-    Returns (N, C', H, W) on x's device and dtype. ``on_tile(done, total)`` is called after each tile.
-    Errors from ``fn`` propagate: no tile is ever left undefined in the result.
+    With ``cuts_rows``, fn is called as ``fn(window, (top, bottom))``, the rows of the window above and below
+    its core, and returns the core's rows alone, (N, C', h - top - bottom, w). Returns (N, C', H, W) on x's
+    device and dtype. ``on_tile(done, total)`` is called after each tile. Errors from ``fn`` propagate: no
+    tile is ever left undefined in the result.
     """
     n, _, height, width = x.shape
-    tiles = plan_tiles(height, width, tile, overlap, by_area)
+    tiles = plan_tiles(height, width, tile, overlap, by_area, row_context_cost)
     out: torch.Tensor | None = None
     for i, t in enumerate(tiles):
         wt, wb, wl, wr = t.window
         ct, cb, cl, cr = t.core
-        y = fn(x[:, :, wt:wb, wl:wr])
+        if not cuts_rows:
+            y = fn(x[:, :, wt:wb, wl:wr])[:, :, ct - wt : cb - wt]
+        else:
+            y = fn(x[:, :, wt:wb, wl:wr], (ct - wt, wb - cb))
         if out is None:
             out = torch.empty((n, y.shape[1], height, width), dtype=x.dtype, device=x.device)
-        out[:, :, ct:cb, cl:cr] = y[:, :, ct - wt:cb - wt, cl - wl:cr - wl].to(x.dtype)
+        out[:, :, ct:cb, cl:cr] = y[:, :, :, cl - wl : cr - wl].to(x.dtype)
         if on_tile is not None:
             on_tile(i + 1, len(tiles))
     assert out is not None
@@ -119,7 +132,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run_tiled_adaptive(
-    fn: Callable[[torch.Tensor], torch.Tensor],
+    fn: Callable[..., torch.Tensor],
     x: torch.Tensor,
     tile: int,
     overlap: int,
@@ -127,6 +140,8 @@ def run_tiled_adaptive(
     on_tile: Callable[[int, int], None] | None = None,
     on_shrink: Callable[[int], None] | None = None,
     by_area: bool = False,
+    row_context_cost: float = 1.0,
+    cuts_rows: bool = False,
 ) -> torch.Tensor:
     """:func:`run_tiled`, halving the tile and starting again on out-of-memory until ``min_tile``.
 
@@ -136,7 +151,7 @@ def run_tiled_adaptive(
     size = tile if tile > 0 else max(x.shape[-2:])
     while True:
         try:
-            return run_tiled(fn, x, size, overlap, on_tile, by_area)
+            return run_tiled(fn, x, size, overlap, on_tile, by_area, row_context_cost, cuts_rows)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc) or size <= min_tile:
                 raise

@@ -190,3 +190,69 @@ def test_widen_keeps_the_function_and_lets_the_new_channels_learn():
     assert wide.recon2.weight.grad[:, 6:].abs().sum() > 0
     with pytest.raises(ValueError, match="fewer filters"):
         widen(wide, 6)
+
+
+def _shaken(seed: int, features: int = 8, recursions: int = 5) -> DRCN:
+    model = tiny(seed=seed, features=features, recursions=recursions)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("path", ["taps", "loop", "autograd"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_a_window_with_context_rows_gives_the_rows_of_the_whole_image(path, memory_format, monkeypatch):
+    from drcn_cli import model as model_module
+
+    model = _shaken(seed=5).to(memory_format=memory_format)
+    radius = model.config.receptive_radius  # 9 for D=5
+    x = torch.rand(1, 1, 50, 11).contiguous(memory_format=memory_format)
+    if path == "loop":
+        monkeypatch.setattr(model_module, "_taps_apply", lambda conv, h: False)
+    grad = torch.enable_grad() if path == "autograd" else torch.no_grad()
+    with grad:
+        for k in (2, 5):
+            whole = model(x, recursions=k)
+            # (core rows, window rows): interior, at either edge with more context than needed, at the image's
+            # edge with less context than the radius (never cut there), the whole image
+            for (a, b), (wt, wb) in [((20, 30), (11, 39)), ((0, 10), (0, 30)), ((40, 50), (20, 50)),
+                                     ((4, 20), (0, 29)), ((0, 50), (0, 50))]:
+                window = x[:, :, wt:wb].contiguous(memory_format=memory_format)
+                got = model(window, recursions=k, context=(a - wt, wb - b))
+                assert got.shape == (1, 1, b - a, 11)
+                torch.testing.assert_close(got, whole[:, :, a:b], rtol=0, atol=1e-6)
+    assert radius == 9
+
+
+def test_context_rows_are_cut_as_the_layers_consume_them(monkeypatch):
+    from drcn_cli import model as model_module
+
+    model = _shaken(seed=6)  # D=5: depth 9, the output needs 9 - l rows of context from the map at depth l
+    heights = []
+    conv_relu = model_module._conv_relu
+    monkeypatch.setattr(
+        model_module, "_conv_relu", lambda conv, h: heights.append((conv, h.shape[2])) or conv_relu(conv, h)
+    )
+    with torch.inference_mode():
+        model(torch.rand(1, 1, 28, 6), context=(9, 9))  # a core of 10 rows, 9 rows of context above and below
+    assert [rows for conv, rows in heights if conv is model.recursive] == [10 + 2 * c for c in (7, 6, 5, 4, 3)]
+    assert {rows for conv, rows in heights if conv is model.recon1} == {10 + 2 * 2}
+    heights.clear()
+    with torch.inference_mode():
+        model(torch.rand(1, 1, 28, 6), context=(4, 0))  # less context than the radius: the image's edge, not cut
+    assert {rows for _, rows in heights} == {28}
+
+
+@pytest.mark.parametrize("context", [(-1, 0), (0, -2), (5, 5), (10, 0)])
+def test_context_must_leave_rows(context):
+    with pytest.raises(ValueError, match="context rows"):
+        tiny()(torch.rand(1, 1, 10, 4), context=context)
+
+
+def test_context_row_cost_weighs_each_conv_by_its_work():
+    from drcn_cli.model import context_row_cost
+
+    # F=1, D=1, 3x3: five convs of equal work reading 10, 8, 6, 4 and 2 context rows, against 10 each
+    assert context_row_cost(DRCNConfig(features=1, recursions=1)) == pytest.approx(30 / 50)
+    assert context_row_cost(DRCNConfig(features=64, recursions=16)) == pytest.approx(0.330, abs=5e-4)

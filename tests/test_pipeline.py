@@ -166,3 +166,23 @@ def test_bad_arguments(model):
         upscale_image(image, 2, method="lanczos")
     with pytest.raises(ValueError, match="fp16"):
         upscale_image(image, 2, weights=model, device="cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("height,width,bands", [(1024, 1024, True), (512, 512, True), (768, 768, False),
+                                                (720, 1280, False), (200, 200, False)])
+def test_bands_that_cut_context_rows_only_where_they_measured_faster(height, width, bands):
+    from drcn_cli.model import DRCNConfig, context_row_cost
+    from drcn_cli.pipeline import band_row_cost
+
+    config = DRCNConfig(features=64, recursions=16)
+    cost = band_row_cost(config, None, height, width, 392, torch.device("cpu"))
+    assert cost == (context_row_cost(config) if bands else 1.0)
+    assert band_row_cost(config, None, height, width, 392, torch.device("meta")) == 1.0  # not measured off the CPU
+
+
+def test_a_tiled_bf16_run_equals_the_untiled_one_with_cut_rows():
+    model = random_drcn(features=8, recursions=3)
+    y = torch.rand(1, 1, 61, 23, generator=torch.Generator().manual_seed(2))
+    whole = super_resolve_y(model, y, InferenceSettings(torch.device("cpu"), tile=0, precision="bf16"))
+    tiled = super_resolve_y(model, y, InferenceSettings(torch.device("cpu"), tile=9, precision="bf16"))
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=0)

@@ -118,3 +118,32 @@ def test_auto_tile_size_fits_budget():
     assert (side + 40) ** 2 * 4096 <= 1 << 30
     assert auto_tile_size(4096, 0, 20) == 64
     assert auto_tile_size(1, 1 << 40, 20) == 4096
+
+
+@pytest.mark.parametrize(
+    "tile,by_area,row_context_cost", [(8, False, 1.0), (13, True, 1.0), (13, True, 0.3), (5, True, 0.3)]
+)
+def test_windows_that_cut_their_context_rows_stitch_to_the_untiled_result(tile, by_area, row_context_cost):
+    model = random_model()
+    x = torch.rand(1, 1, 45, 38)
+    windows = []
+
+    def cutting(window, context):
+        windows.append((window.shape[2], context))
+        return model(window, None, context)
+
+    with torch.no_grad():
+        whole = model(x)
+        tiled = run_tiled(cutting, x, tile, model.config.receptive_radius, by_area=by_area,
+                          row_context_cost=row_context_cost, cuts_rows=True)
+    assert (tiled - whole).abs().max().item() <= 1e-5
+    assert any(top > 0 and bottom > 0 for _, (top, bottom) in windows)  # interior windows were cut
+
+
+def test_cheap_context_rows_make_the_planner_pick_bands():
+    # 1024² with 20 rows of context and windows of at most 432² pixels: whole windows are cheapest as 8 of
+    # 552x296; context rows at 0.3 of a core row make full-width bands cheaper (8 of 168x1024).
+    whole = plan_tiles(1024, 1024, 392, overlap=20, by_area=True)
+    bands = plan_tiles(1024, 1024, 392, overlap=20, by_area=True, row_context_cost=0.3)
+    assert {(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in whole} == {(552, 296)}
+    assert {(t.window[1] - t.window[0], t.window[3] - t.window[2]) for t in bands} == {(168, 1024)}
