@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,10 +31,12 @@ __all__ = [
     "MAX_SCALE",
     "InferenceSettings",
     "ReadyModel",
+    "TilePlan",
     "open_model",
     "prepare_for_inference",
     "super_resolve_y",
     "target_size",
+    "tile_plan",
     "upscale_image",
     "upscale_tensor",
 ]
@@ -84,9 +87,7 @@ def super_resolve_y(
         model = model.network
     device = settings.device
     overlap = model.config.receptive_radius
-    tile = settings.tile or auto_tile(model.config, device, settings.precision)
-    # An automatic tile is a memory budget: its windows may take any shape of that area. A given one is a side.
-    by_area = not settings.tile
+    shrunk_tile = 0  # after an out-of-memory error: the tile that fitted, for the views still to come
     # A model prepared for this precision computes in its own dtype; any other model runs under autocast.
     compute = compute_dtype(device, settings.precision)
     prepared = compute != torch.float32 and model.recursive.weight.dtype == compute
@@ -103,10 +104,10 @@ def super_resolve_y(
     def run(
         view: torch.Tensor, report: Callable[[int, int], None] | None, shrink: Callable[[int], None] | None
     ) -> torch.Tensor:
-        rows_cost = band_row_cost(model.config, settings.recursions, view.shape[2], view.shape[3], tile, device)
+        plan = tile_plan(model.config, settings.recursions, device, settings.precision, *view.shape[2:], settings.tile)
         return run_tiled_adaptive(
-            forward, view, tile, overlap, on_tile=report, on_shrink=shrink, by_area=by_area,
-            row_context_cost=rows_cost if by_area else 1.0, cuts_rows=True,
+            forward, view, shrunk_tile or plan.tile, overlap, on_tile=report, on_shrink=shrink, by_area=plan.by_area,
+            row_context_cost=plan.row_context_cost, cuts_rows=True,
         )
 
     with torch.inference_mode():
@@ -114,8 +115,8 @@ def super_resolve_y(
             return run(y, on_tile, on_shrink)
 
         def shrunk(new_tile: int) -> None:
-            nonlocal tile
-            tile = new_tile  # the transforms still to come start from the tile that fitted
+            nonlocal shrunk_tile
+            shrunk_tile = new_tile  # the transforms still to come start from the tile that fitted
             if on_shrink is not None:
                 on_shrink(new_tile)
 
@@ -135,29 +136,48 @@ def super_resolve_y(
 # Windows at most this wide ran 15-20% faster per pixel than wide ones in oneDNN's bf16 conv on a Xeon with AMX
 # (a scan at equal pixel counts: 2,450-2,900 GFLOP/s at widths 216-248, about 2,000 from 600 up; docs/speed.md).
 _NARROW_WINDOW = 256
+# fp32 on the CPU: bands whose windows hold at most (512 + 2 * radius)² pixels (256 core rows at 1024 wide) ran
+# 5-10% faster than one window at 600x800 to 720x1280 and 0.91-1.03x its time at 1024² (docs/speed.md).
+_FP32_BAND_TILE = 512
 
 
-def band_row_cost(
-    config: DRCNConfig, recursions: int | None, height: int, width: int, tile: int, device: torch.device
-) -> float:
-    """What a window's context row costs the tile planner, against a core row: :func:`context_row_cost` where
-    the planner then picks full-width bands, 1 (plan as if whole windows ran) elsewhere.
+@dataclass(frozen=True)
+class TilePlan:
+    """How :func:`super_resolve_y` tiles an image: ``tile`` is a side, or with ``by_area`` a window area of
+    (tile + 2 * radius)²; ``row_context_cost`` is what the planner counts for a context row (see plan_tiles)."""
+
+    tile: int
+    by_area: bool
+    row_context_cost: float = 1.0
+
+
+def tile_plan(
+    config: DRCNConfig, recursions: int | None, device: torch.device, precision: str, height: int, width: int,
+    tile: int = 0,
+) -> TilePlan:
+    """The tiles for an output of height x width; ``tile`` > 0 is the user's side, used as given.
 
     The network cuts context rows as its layers consume them, so bands the width of the image (rows of context,
-    none of columns) do less work than the whole-window plan: 5-18% faster on a Xeon with AMX in bf16 at 512²
-    to 1280x960 (docs/speed.md). Not where the whole-window plan's windows are narrow (768²: 768x232 ran 8%
-    faster than bands of 232x768), nor in 2-D grids of cut windows (their 280x680 windows ran 22-37% slower),
-    nor on GPUs (not measured).
+    none of columns) do less work than windows with context on all sides. On the CPU they are planned where
+    they measured faster (docs/speed.md): in bf16 5-18% at 512² to 1280x960 on a Xeon with AMX, but not where
+    the whole-window plan's windows are narrow (768²: 768x232 ran 8% faster than bands of 232x768), nor as 2-D
+    grids of cut windows (280x680 windows ran 22-37% slower); in fp32 5-10% at 600x800 to 720x1280, less and
+    not always at 1024². GPUs keep whole windows (not measured).
     """
+    if tile > 0:
+        return TilePlan(tile, by_area=False)
+    auto = auto_tile(config, device, precision)
     if device.type != "cpu":
-        return 1.0
-    overlap = config.receptive_radius
-    share = context_row_cost(config, recursions)
-    bands = plan_tiles(height, width, tile, overlap, by_area=True, row_context_cost=share)
-    whole = plan_tiles(height, width, tile, overlap, by_area=True)
-    full_width = all(t.window[2:] == (0, width) for t in bands)
-    narrow = whole[0].window[3] - whole[0].window[2] <= _NARROW_WINDOW
-    return share if len(bands) > 1 and full_width and not narrow else 1.0
+        return TilePlan(auto, by_area=True)
+    overlap, share = config.receptive_radius, context_row_cost(config, recursions)
+    band_tile = auto if precision != "fp32" else min(auto, _FP32_BAND_TILE)
+    bands = plan_tiles(height, width, band_tile, overlap, by_area=True, row_context_cost=share)
+    whole = plan_tiles(height, width, auto, overlap, by_area=True)
+    full_width = len(bands) > 1 and all(t.window[2:] == (0, width) for t in bands)
+    narrow = len(whole) > 1 and whole[0].window[3] - whole[0].window[2] <= _NARROW_WINDOW
+    if full_width and not narrow:
+        return TilePlan(band_tile, by_area=True, row_context_cost=share)
+    return TilePlan(auto, by_area=True)
 
 
 # (quarter turns, mirrored first): the 8 symmetries of the square, identity first.

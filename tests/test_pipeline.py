@@ -5,7 +5,7 @@ from conftest import random_drcn
 from PIL import Image
 
 from drcn_cli.model import DRCN
-from drcn_cli.pipeline import InferenceSettings, super_resolve_y, target_size, upscale_image
+from drcn_cli.pipeline import InferenceSettings, TilePlan, super_resolve_y, target_size, upscale_image
 from drcn_cli.registry import WeightsNotFoundError
 from drcn_cli.resize import imresize
 from drcn_cli.weights import WeightsError, save_weights
@@ -168,16 +168,27 @@ def test_bad_arguments(model):
         upscale_image(image, 2, weights=model, device="cpu", precision="fp16")
 
 
-@pytest.mark.parametrize("height,width,bands", [(1024, 1024, True), (512, 512, True), (768, 768, False),
-                                                (720, 1280, False), (200, 200, False)])
-def test_bands_that_cut_context_rows_only_where_they_measured_faster(height, width, bands):
+@pytest.mark.parametrize(
+    "precision,height,width,bands",
+    [("bf16", 1024, 1024, True), ("bf16", 512, 512, True), ("bf16", 768, 768, False), ("bf16", 720, 1280, False),
+     ("bf16", 200, 200, False), ("fp32", 1024, 1024, True), ("fp32", 512, 512, False), ("fp32", 720, 1280, True)],
+)
+def test_bands_that_cut_context_rows_only_where_they_measured_faster(precision, height, width, bands):
+    from drcn_cli.loader import auto_tile
     from drcn_cli.model import DRCNConfig, context_row_cost
-    from drcn_cli.pipeline import band_row_cost
+    from drcn_cli.pipeline import tile_plan
+    from drcn_cli.tiling import plan_tiles
 
-    config = DRCNConfig(features=64, recursions=16)
-    cost = band_row_cost(config, None, height, width, 392, torch.device("cpu"))
-    assert cost == (context_row_cost(config) if bands else 1.0)
-    assert band_row_cost(config, None, height, width, 392, torch.device("meta")) == 1.0  # not measured off the CPU
+    config, cpu = DRCNConfig(features=64, recursions=16), torch.device("cpu")
+    plan = tile_plan(config, None, cpu, precision, height, width)
+    assert plan.by_area and plan.row_context_cost == (context_row_cost(config) if bands else 1.0)
+    tiles = plan_tiles(height, width, plan.tile, 20, True, plan.row_context_cost)
+    if bands:  # full-width bands, more than one
+        assert len(tiles) > 1 and {t.window[2:] for t in tiles} == {(0, width)}
+    else:
+        assert plan.tile == auto_tile(config, cpu, precision)
+    assert tile_plan(config, None, cpu, precision, height, width, tile=96) == TilePlan(96, by_area=False)
+    assert not tile_plan(config, None, torch.device("meta"), precision, height, width).row_context_cost < 1  # GPUs
 
 
 def test_a_tiled_bf16_run_equals_the_untiled_one_with_cut_rows():
