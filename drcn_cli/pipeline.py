@@ -104,7 +104,8 @@ def super_resolve_y(
     def run(
         view: torch.Tensor, report: Callable[[int, int], None] | None, shrink: Callable[[int], None] | None
     ) -> torch.Tensor:
-        plan = tile_plan(model.config, settings.recursions, device, settings.precision, *view.shape[2:], settings.tile)
+        height, width = view.shape[2], view.shape[3]
+        plan = tile_plan(model.config, settings.recursions, device, settings.precision, height, width, settings.tile)
         return run_tiled_adaptive(
             forward, view, shrunk_tile or plan.tile, overlap, on_tile=report, on_shrink=shrink, by_area=plan.by_area,
             row_context_cost=plan.row_context_cost, cuts_rows=True,
