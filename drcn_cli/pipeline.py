@@ -138,7 +138,8 @@ def super_resolve_y(
 # (a scan at equal pixel counts: 2,450-2,900 GFLOP/s at widths 216-248, about 2,000 from 600 up; docs/speed.md).
 _NARROW_WINDOW = 256
 # fp32 on the CPU: bands whose windows hold at most (512 + 2 * radius)² pixels (256 core rows at 1024 wide) ran
-# 5-10% faster than one window at 600x800 to 720x1280 and 0.91-1.03x its time at 1024² (docs/speed.md).
+# 5-10% faster than one window at 600x800 to 720x1280, 0.91-1.03x its time at 1024² (0.92-0.96x held to AVX2),
+# 1.06x at 512x1024 (docs/speed.md): a small gain on the whole.
 _FP32_BAND_TILE = 512
 
 
@@ -162,8 +163,8 @@ def tile_plan(
     none of columns) do less work than windows with context on all sides. On the CPU they are planned where
     they measured faster (docs/speed.md): in bf16 5-18% at 512² to 1280x960 on a Xeon with AMX, but not where
     the whole-window plan's windows are narrow (768²: 768x232 ran 8% faster than bands of 232x768), nor as 2-D
-    grids of cut windows (280x680 windows ran 22-37% slower); in fp32 5-10% at 600x800 to 720x1280, less and
-    not always at 1024². GPUs keep whole windows (not measured).
+    grids of cut windows (280x680 windows ran 22-37% slower); in fp32 about 5% on the whole (0.90-1.06x of one
+    window). GPUs keep whole windows (not measured).
     """
     if tile > 0:
         return TilePlan(tile, by_area=False)
