@@ -206,7 +206,7 @@ def test_a_window_with_context_rows_gives_the_rows_of_the_whole_image(path, memo
     from drcn_cli import model as model_module
 
     model = _shaken(seed=5).to(memory_format=memory_format)
-    radius = model.config.receptive_radius  # 9 for D=5
+    assert model.config.receptive_radius == 9  # the windows below are drawn for it
     x = torch.rand(1, 1, 50, 11).contiguous(memory_format=memory_format)
     if path == "loop":
         monkeypatch.setattr(model_module, "_taps_apply", lambda conv, h: False)
@@ -222,7 +222,6 @@ def test_a_window_with_context_rows_gives_the_rows_of_the_whole_image(path, memo
                 got = model(window, recursions=k, context=(a - wt, wb - b))
                 assert got.shape == (1, 1, b - a, 11)
                 torch.testing.assert_close(got, whole[:, :, a:b], rtol=0, atol=1e-6)
-    assert radius == 9
 
 
 def test_context_rows_are_cut_as_the_layers_consume_them(monkeypatch):
