@@ -114,8 +114,8 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="736576cc36117bcb72cd36f8981202212900a1f8ba9647e0c23286bc1e471424",
-            size=449948,
+            sha256="a1cde06e58fe623effbc17d176478b0f58983c89c9fd3df66778e47e2a6fdf02",
+            size=449964,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
