@@ -291,13 +291,16 @@ def context_row_cost(config: DRCNConfig, recursions: int | None = None) -> float
     F=64, D=16: the recursions run on ever fewer context rows and recon1 on 4)."""
     k = config.recursions if recursions is None else recursions
     half, f, taps = config.kernel_size // 2, config.features, config.kernel_size**2
-    depth = k + 4
-    # (FLOPs per pixel, context rows of the conv's input) for each conv; a conv at depth l reads depth l - 1
-    convs = [(taps * f, 2 * half * depth), (taps * f * f, 2 * half * (depth - 1))]
-    convs += [(taps * f * f, 2 * half * (depth - 2 - d)) for d in range(k)]
-    convs += [(taps * f * f, 2 * half * 2), (taps * f, 2 * half * 1)] * k
-    total = sum(flops for flops, _ in convs)
-    return sum(flops * rows for flops, rows in convs) / (total * 2 * half * depth)
+    core, radius = 1, (k + 4) * half
+    rows = _RowCut(core + 2 * radius, radius, radius, k + 4, half)
+    # (FLOPs per pixel, depth of the map each conv reads) in forward's order, per forward; the context rows of
+    # that read are those of the span _RowCut keeps there
+    depth = rows.depth
+    convs = [(taps * f, 0), (taps * f * f, 1)] + [(taps * f * f, 2 + d) for d in range(k)]
+    convs += [(taps * f * f, depth - 2), (taps * f, depth - 1)] * k
+    context = [(flops, rows.span(read)[1] - rows.span(read)[0] - core) for flops, read in convs]
+    total = sum(flops for flops, _ in context)
+    return sum(flops * extra for flops, extra in context) / (total * 2 * radius)
 
 
 def conv_weight_count(model: DRCN) -> int:
