@@ -1,5 +1,6 @@
-"""Tile plans compared: `pipeline.tile_plan` (bands that cut their context rows, where planned) against whole
-windows (the automatic tile as an area budget, context rows counted in full), in one process, alternating.
+"""Tile plans compared: `super_resolve_y` as drcn runs it (`pipeline.tile_plan`: bands that cut their context
+rows, where planned) against whole windows as before (the automatic tile as an area budget, every window run
+whole, its context rows computed at every layer), in one process, alternating.
 
     python benchmarks/tile_plans.py [--precision bf16] [--rounds 3] [--sizes 512x512 1024x1024 ...]
     python benchmarks/tile_plans.py --scan-widths [--precision bf16]
@@ -24,35 +25,35 @@ prefer_huge_pages()  # as `drcn` does, before torch is imported
 import torch  # noqa: E402
 from speed import cpu_description  # noqa: E402  # benchmarks/ is the script's folder
 
-from drcn_cli import pipeline  # noqa: E402
 from drcn_cli.loader import auto_tile  # noqa: E402
-from drcn_cli.pipeline import InferenceSettings, TilePlan, open_model, super_resolve_y  # noqa: E402
-
-
-def whole_windows(config, recursions, device, precision, height, width, tile=0) -> TilePlan:
-    """The plan before bands: the automatic tile as an area budget, every context row at full cost."""
-    return TilePlan(tile, by_area=False) if tile else TilePlan(auto_tile(config, device, precision), by_area=True)
+from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y, tile_plan  # noqa: E402
+from drcn_cli.tiling import run_tiled  # noqa: E402
 
 
 def compare(precision: str, sizes: list[tuple[int, int]], rounds: int) -> None:
     ready = open_model("drcn-lite", "cpu", precision)
     settings = InferenceSettings(torch.device("cpu"), precision)
-    plans = {"whole": whole_windows, "planned": pipeline.tile_plan}
+    network, overlap = ready.network, ready.config.receptive_radius
+    tile = auto_tile(ready.config, settings.device, precision)
+
+    def whole_window(window: torch.Tensor) -> torch.Tensor:
+        return network(window.contiguous(memory_format=torch.channels_last)).float()
+
+    runs = {
+        "whole": lambda y: run_tiled(whole_window, y, tile, overlap, by_area=True),
+        "planned": lambda y: super_resolve_y(ready, y, settings),
+    }
     for height, width in sizes:
         y = torch.rand(1, 1, height, width, generator=torch.Generator().manual_seed(0))
-        best, outputs = dict.fromkeys(plans, float("inf")), {}
-        for round_ in range(rounds + 1):
-            for name, plan in plans.items():
-                pipeline.tile_plan = plan
-                try:
+        best, outputs = dict.fromkeys(runs, float("inf")), {}
+        with torch.inference_mode():
+            for round_ in range(rounds + 1):
+                for name, run in runs.items():
                     start = time.perf_counter()
-                    outputs[name] = super_resolve_y(ready, y, settings)
-                    seconds = time.perf_counter() - start
-                finally:
-                    pipeline.tile_plan = plans["planned"]
-                if round_:
-                    best[name] = min(best[name], seconds)
-        planned = plans["planned"](ready.config, None, settings.device, precision, height, width)
+                    outputs[name] = run(y)
+                    if round_:
+                        best[name] = min(best[name], time.perf_counter() - start)
+        planned = tile_plan(ready.config, None, settings.device, precision, height, width)
         difference = (outputs["whole"] - outputs["planned"]).abs().max().item()
         print(f"{height}x{width} {precision}: whole {best['whole']:.3f} s, planned {best['planned']:.3f} s, "
               f"ratio {best['planned'] / best['whole']:.3f}; planned: tile {planned.tile}, "
