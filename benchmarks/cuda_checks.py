@@ -60,10 +60,12 @@ def check_tiling(weights: str, device: torch.device, side: int) -> list[dict]:
     forward = model.forward
     shrinks: list[int] = []
 
-    def runs_out_of_memory_on_big_windows(x: torch.Tensor, recursions: int | None = None) -> torch.Tensor:
+    def runs_out_of_memory_on_big_windows(
+        x: torch.Tensor, recursions: int | None = None, context: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
         if x.shape[-2] * x.shape[-1] > 120 * 120:
             raise torch.OutOfMemoryError("CUDA out of memory (forced by cuda_checks.py)")
-        return forward(x, recursions)
+        return forward(x, recursions, context)
 
     model.forward = runs_out_of_memory_on_big_windows
     try:
