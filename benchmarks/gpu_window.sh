@@ -4,24 +4,36 @@
 # to $OUT. Run from the repository root with the training pack at .data/t291.npz and Set5 at .data/Set5.
 #
 #   bash benchmarks/gpu_window.sh                          # on the GPU machine ($OUT set by the caller)
-#   DRY=1 OUT=/tmp/window bash benchmarks/gpu_window.sh    # the dry run on a CPU: tiny model, a few steps
+#   DRY=1 OUT=/tmp/window bash benchmarks/gpu_window.sh    # the dry run on a CPU: a small model, a few steps
 #
-# Settings (environment): TRAIN_MINUTES (default 6), STEPS (the schedule's length, default 30000),
-# INIT (weights to start from, default state/drcn.safetensors when it exists; INIT=drcn-lite starts from the
-# bundled drcn-lite widened to F=256, the same function), BATCH (default 64), EMA (the --ema decay, default
-# 0.999: a window stops while the lr is still high, where the moving average scores better than the last weights).
+# Settings (environment):
+#   TRAIN_MINUTES  the training's share of the window (default 6; the dry run 3: a CPU builds the patch bank slowly);
+#   STEPS          the cosine's length; by default fitted to TRAIN_MINUTES from the steps/s of a short probe run
+#                  (PROBE_STEPS, default 60), so the window ends at the low learning rate where a cosine gains
+#                  most (docs/training.md), instead of stopping early in a long schedule;
+#   INIT           weights to start from: state/drcn.safetensors when it exists, else the bundled drcn-lite
+#                  widened to F=256, the same function (37.1 dB at Set5 x2 from the first step, where a run from
+#                  scratch needs tens of thousands of steps to get there); INIT=none starts from scratch. A run
+#                  from weights keeps alpha at 0 (the final output's loss only), as every continuation of
+#                  drcn-lite did; from scratch it decays as the paper's recipe does;
+#   BATCH          patches per step (default 64);
+#   EMA            the --ema decay (default 0.999).
+# The dry run trains F=72, so it widens drcn-lite as the window does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.
 OUT=${OUT:?set OUT to the folder whose files come back}
 mkdir -p "$OUT"
 DRY=${DRY:-0}
-TRAIN_MINUTES=${TRAIN_MINUTES:-6}
-STEPS=${STEPS:-30000}
+STEPS=${STEPS:-}
+PROBE_STEPS=${PROBE_STEPS:-60}
 BATCH=${BATCH:-64}
 EMA=${EMA:-0.999}
 INIT=${INIT:-}
-if [[ -z "$INIT" && -f state/drcn.safetensors ]]; then INIT=state/drcn.safetensors; fi
+if [[ -z "$INIT" ]]; then
+  if [[ -f state/drcn.safetensors ]]; then INIT=state/drcn.safetensors; else INIT=drcn-lite; fi
+fi
+if [[ "$INIT" == none ]]; then INIT=; fi
 
 log() { echo "== $(date -u +%H:%M:%S) $*"; }
 
@@ -34,13 +46,16 @@ PY
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
 
 if [[ "$DRY" == 1 ]]; then
-  DEVICE=cpu; QUICK=--quick; FEATURES=8; SPEED_ARGS=(--random 8 --sizes 64 --precisions fp32 --models drcn-lite)
-  TRAIN_ARGS=(--steps 6 --batch-size 4 --val-every 3 --checkpoint-every 3 --log-every 3 --time-limit 2 --ema "$EMA")
+  DEVICE=cpu; QUICK=--quick; FEATURES=72; SPEED_ARGS=(--random 8 --sizes 64 --precisions fp32 --models drcn-lite)
+  TRAIN_MINUTES=${TRAIN_MINUTES:-3}; BATCH=4; PROBE_STEPS=12; VAL_EVERY=20; CHECKPOINT_EVERY=10; LOG_EVERY=4
 else
   DEVICE=cuda; QUICK=; FEATURES=256; SPEED_ARGS=(--random 256 --sizes 1024 2048 --precisions bf16 --models drcn-lite)
-  TRAIN_ARGS=(--steps "$STEPS" --batch-size "$BATCH" --val-every 2000 --checkpoint-every 1000 --log-every 100
-              --time-limit "$TRAIN_MINUTES" --ema "$EMA")
+  TRAIN_MINUTES=${TRAIN_MINUTES:-6}; VAL_EVERY=2000; CHECKPOINT_EVERY=1000; LOG_EVERY=100
 fi
+ALPHA_ARGS=()
+if [[ -n "$INIT" ]]; then ALPHA_ARGS=(--alpha-decay 0); fi
+COMMON=(--pack .data/t291.npz --device "$DEVICE" --features "$FEATURES" --recursions 16 --batch-size "$BATCH"
+        --quiet --overwrite)
 
 log "CUDA checks"
 python benchmarks/cuda_checks.py --device "$DEVICE" $QUICK --json "$OUT/checks.json" || echo "some checks FAILED"
@@ -48,11 +63,24 @@ python benchmarks/cuda_checks.py --device "$DEVICE" $QUICK --json "$OUT/checks.j
 log "speed row"
 python benchmarks/speed.py --device "$DEVICE" --repeats 3 --no-end-to-end "${SPEED_ARGS[@]}" | tee "$OUT/speed.txt"
 
-log "training F=$FEATURES${INIT:+ from $INIT}: ${TRAIN_ARGS[*]}"
 INIT_ARGS=()
 if [[ -n "$INIT" ]]; then INIT_ARGS=(--init "$INIT"); fi
-python -m drcn_cli train --pack .data/t291.npz --val .data/Set5 --device "$DEVICE" --features "$FEATURES" \
-  --recursions 16 "${INIT_ARGS[@]}" "${TRAIN_ARGS[@]}" --quiet --overwrite \
+if [[ -z "$STEPS" ]]; then
+  log "probe: $PROBE_STEPS steps to measure steps/s"
+  probe_start=$(date +%s.%N)
+  python -m drcn_cli train "${COMMON[@]}" "${INIT_ARGS[@]}" --steps 1000000 --stop-at "$PROBE_STEPS" \
+    --log-every $(( PROBE_STEPS / 6 > 0 ? PROBE_STEPS / 6 : 1 )) --checkpoint-every 0 \
+    --out .checkpoints/probe.safetensors --checkpoint-dir .checkpoints/probe 2>&1 | tail -3 || echo "probe FAILED"
+  probe_wall=$(python -c "import time; print(time.time() - $probe_start)")
+  # steps/s after the probe's first log row (cuDNN's search and the first launches excluded); the probe's
+  # start-up (imports, CUDA, the patch bank) is what the run's own start-up will cost
+  STEPS=$(python benchmarks/fit_steps.py .checkpoints/probe/log.csv --minutes "$TRAIN_MINUTES" --wall "$probe_wall") \
+    || { STEPS=20000; echo "no fitted length: --steps $STEPS"; }
+fi
+TRAIN_ARGS=(--steps "$STEPS" --val-every "$VAL_EVERY" --checkpoint-every "$CHECKPOINT_EVERY" --log-every "$LOG_EVERY"
+            --time-limit "$TRAIN_MINUTES" --ema "$EMA")
+log "training F=$FEATURES${INIT:+ from $INIT}: ${TRAIN_ARGS[*]} ${ALPHA_ARGS[*]}"
+python -m drcn_cli train "${COMMON[@]}" --val .data/Set5 "${INIT_ARGS[@]}" "${TRAIN_ARGS[@]}" "${ALPHA_ARGS[@]}" \
   --out "$OUT/drcn.safetensors" --checkpoint-dir .checkpoints/window 2>&1 | tail -5 || echo "training FAILED"
 # What comes back (at most 8 files): checks.json, speed.txt, the best validated export (drcn.safetensors), the
 # latest weights (last.safetensors) and their moving average (last-ema.safetensors), and the log. The next window

@@ -23,3 +23,28 @@ def test_cuda_checks_pass_on_the_cpu(tmp_path):
         "prepared model layout, fp32", "prepared model layout, bf16",
     }  # fmt: skip
     assert all(row["ok"] for row in checks), checks
+
+
+def fit_steps(tmp_path, rows, *args):
+    log = tmp_path / "log.csv"
+    log.write_text("kind,step,elapsed_s,val_psnr\n" + "".join(f"{kind},{step},{s},\n" for kind, step, s in rows))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fit_steps.py"), str(log), *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_fit_steps_fits_the_cosine_to_the_minutes_left_after_start_up(tmp_path):
+    # 10 steps/s after the first row (the slow first steps are not counted); start-up 30 s of a 40-s probe
+    rows = [("train", 10, 5.0), ("train", 20, 6.0), ("val", 20, ""), ("train", 60, 10.0)]
+    result = fit_steps(tmp_path, rows, "--minutes", "6", "--wall", "40", "--spare", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == int(10 * (360 * 0.9 - 30))
+    assert "10.00 steps/s" in result.stderr
+
+
+def test_fit_steps_refuses_a_log_without_a_rate_or_time_left(tmp_path):
+    one_row = fit_steps(tmp_path, [("train", 10, 5.0)], "--minutes", "6", "--wall", "40")
+    assert one_row.returncode != 0 and "fewer than 2 train rows" in one_row.stderr
+    no_time = fit_steps(tmp_path, [("train", 10, 5.0), ("train", 20, 6.0)], "--minutes", "0.5", "--wall", "60")
+    assert no_time.returncode != 0 and "leaves no time" in no_time.stderr
