@@ -114,7 +114,7 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="a1cde06e58fe623effbc17d176478b0f58983c89c9fd3df66778e47e2a6fdf02",
+            sha256="dcfd8378f4dee56b5f0df33d0d37b1ecc58f4dfced5fc12c2a95ce94e5b879ec",
             size=449964,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
