@@ -17,7 +17,8 @@
 #                  from weights keeps alpha at 0 (the final output's loss only), as every continuation of
 #                  drcn-lite did; from scratch it decays as the paper's recipe does;
 #   BATCH          patches per step (default 64);
-#   EMA            the --ema decay (default 0.999).
+#   EMA            the --ema decay (default 0.999);
+#   LR             the cosine's peak learning rate (default: drcn train's, 2e-4).
 # The dry run trains F=72, so it widens drcn-lite as the window does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,8 +53,9 @@ else
   DEVICE=cuda; QUICK=; FEATURES=256; SPEED_ARGS=(--random 256 --sizes 1024 2048 --precisions bf16 --models drcn-lite)
   TRAIN_MINUTES=${TRAIN_MINUTES:-6}; VAL_EVERY=2000; CHECKPOINT_EVERY=1000; LOG_EVERY=100
 fi
-ALPHA_ARGS=()
-if [[ -n "$INIT" ]]; then ALPHA_ARGS=(--alpha-decay 0); fi
+RECIPE_ARGS=()
+if [[ -n "$INIT" ]]; then RECIPE_ARGS=(--alpha-decay 0); fi
+if [[ -n "${LR:-}" ]]; then RECIPE_ARGS+=(--lr "$LR"); fi
 COMMON=(--pack .data/t291.npz --device "$DEVICE" --features "$FEATURES" --recursions 16 --batch-size "$BATCH"
         --quiet --overwrite)
 
@@ -79,8 +81,8 @@ if [[ -z "$STEPS" ]]; then
 fi
 TRAIN_ARGS=(--steps "$STEPS" --val-every "$VAL_EVERY" --checkpoint-every "$CHECKPOINT_EVERY" --log-every "$LOG_EVERY"
             --time-limit "$TRAIN_MINUTES" --ema "$EMA")
-log "training F=$FEATURES${INIT:+ from $INIT}: ${TRAIN_ARGS[*]} ${ALPHA_ARGS[*]}"
-python -m drcn_cli train "${COMMON[@]}" --val .data/Set5 "${INIT_ARGS[@]}" "${TRAIN_ARGS[@]}" "${ALPHA_ARGS[@]}" \
+log "training F=$FEATURES${INIT:+ from $INIT}: ${TRAIN_ARGS[*]} ${RECIPE_ARGS[*]}"
+python -m drcn_cli train "${COMMON[@]}" --val .data/Set5 "${INIT_ARGS[@]}" "${TRAIN_ARGS[@]}" "${RECIPE_ARGS[@]}" \
   --out "$OUT/drcn.safetensors" --checkpoint-dir .checkpoints/window 2>&1 | tail -5 || echo "training FAILED"
 # What comes back (at most 8 files): checks.json, speed.txt, the best validated export (drcn.safetensors), the
 # latest weights (last.safetensors) and their moving average (last-ema.safetensors), and the log. The next window
