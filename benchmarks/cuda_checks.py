@@ -60,12 +60,11 @@ def check_tiling(weights: str, device: torch.device, side: int) -> list[dict]:
     forward = model.forward
     shrinks: list[int] = []
 
-    def runs_out_of_memory_on_big_windows(
-        x: torch.Tensor, recursions: int | None = None, context: tuple[int, int] = (0, 0)
-    ) -> torch.Tensor:
+    def runs_out_of_memory_on_big_windows(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        # passes forward's other arguments through as they are, so a new one cannot break this check again
         if x.shape[-2] * x.shape[-1] > 120 * 120:
             raise torch.OutOfMemoryError("CUDA out of memory (forced by cuda_checks.py)")
-        return forward(x, recursions, context)
+        return forward(x, *args, **kwargs)
 
     model.forward = runs_out_of_memory_on_big_windows
     try:
