@@ -261,14 +261,17 @@ def _conv_relu(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def widen(model: DRCN, features: int) -> DRCN:
+def widen(model: DRCN, features: int, new_scale: float = 0.01) -> DRCN:
     """A new DRCN with ``features`` filters that computes exactly what ``model`` computes (a head start for the
     full model from drcn-lite).
 
     The old channels keep their weights. Each new channel gets fresh incoming weights, initialised as
-    :meth:`DRCN.reset_parameters` does (He; identity for the recursive conv), and zero outgoing weights into
-    the old channels and the output: it runs, so gradients reach its outgoing weights, but it changes nothing
-    until training moves them. Raises ValueError if ``features`` is smaller than the model's.
+    :meth:`DRCN.reset_parameters` does (He; identity for the recursive conv) and then scaled by ``new_scale``,
+    and zero outgoing weights into the old channels and the output: it runs, so gradients reach its outgoing
+    weights, but it changes nothing until training moves them. The scale keeps the new channels' activations
+    small at first: Adam moves every zero outgoing weight by about the learning rate from the first step,
+    whatever its gradient, so full-size new activations perturbed what the old channels compute (measured in
+    DEVELOPERS.md). Raises ValueError if ``features`` is smaller than the model's.
     """
     old = model.config
     if features < old.features:
@@ -281,6 +284,8 @@ def widen(model: DRCN, features: int) -> DRCN:
         big.weight[:rows, : small.in_channels] = small.weight
         big.weight[:rows, small.in_channels :] = 0.0  # new channels do not reach the old ones
         big.bias[:rows] = small.bias
+        if name != "recursive":  # the recursive conv's identity only carries what embed2 gives a new channel
+            big.weight[rows:] *= new_scale
     wide.ensemble_logits.copy_(model.ensemble_logits)
     return wide.to(next(model.parameters()).device)
 

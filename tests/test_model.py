@@ -192,6 +192,28 @@ def test_widen_keeps_the_function_and_lets_the_new_channels_learn():
         widen(wide, 6)
 
 
+def test_widen_starts_the_new_channels_at_new_scale_of_a_fresh_init():
+    from drcn_cli.model import widen
+
+    small = tiny(seed=2, features=6, recursions=4)
+    torch.manual_seed(5)
+    full = widen(small, 10, new_scale=1.0)
+    torch.manual_seed(5)
+    scaled = widen(small, 10)  # default new_scale 0.01
+    for name in ("embed1", "embed2", "recon1"):
+        big, ref = getattr(scaled, name).weight, getattr(full, name).weight
+        torch.testing.assert_close(big[6:], 0.01 * ref[6:])
+        torch.testing.assert_close(big[:6], ref[:6])
+    # The recursive conv keeps its identity on the new channels: it carries, it does not amplify.
+    torch.testing.assert_close(scaled.recursive.weight, full.recursive.weight)
+    # So the new channels' maps start about 100x smaller than at a fresh init.
+    x = torch.rand(1, 1, 12, 12)
+    with torch.no_grad():
+        h_full = torch.relu(full.embed2(torch.relu(full.embed1(x))))[:, 6:]
+        h_scaled = torch.relu(scaled.embed2(torch.relu(scaled.embed1(x))))[:, 6:]
+    assert 0 < h_scaled.abs().max() < 0.05 * h_full.abs().max()
+
+
 def _shaken(seed: int, features: int = 8, recursions: int = 5) -> DRCN:
     model = tiny(seed=seed, features=features, recursions=recursions)
     with torch.no_grad():
