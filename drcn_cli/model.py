@@ -266,7 +266,7 @@ def widen(model: DRCN, features: int, new_scale: float = 0.01) -> DRCN:
     full model from drcn-lite).
 
     The old channels keep their weights. Each new channel gets fresh incoming weights, initialised as
-    :meth:`DRCN.reset_parameters` does (He; identity for the recursive conv) and then scaled by ``new_scale``,
+    :meth:`DRCN.reset_parameters` does and scaled by ``new_scale`` (the recursive conv's identity unscaled),
     and zero outgoing weights into the old channels and the output: it runs, so gradients reach its outgoing
     weights, but it changes nothing until training moves them. The scale keeps the new channels' activations
     small at first: Adam moves every zero outgoing weight by about the learning rate from the first step,
