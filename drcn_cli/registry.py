@@ -114,7 +114,7 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite",
             filename="drcn-lite.safetensors",
-            sha256="dcfd8378f4dee56b5f0df33d0d37b1ecc58f4dfced5fc12c2a95ce94e5b879ec",
+            sha256="1f2537e95542260e1ab49c0d518bff65a078a8f2593d71f4a5deb6e59947b545",
             size=449964,
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
