@@ -125,6 +125,7 @@ class LoadedImage:
     exif: EXIF bytes as Pillow writes them, orientation reset to 1 (the pixels are already turned).
     source_format: the decoder's name for the file type ("PNG", "JPEG", ...).
     dpi: (x, y) dots per inch, when the file says.
+    frames: frames or pages in the file (animated GIF/WebP/PNG, multi-page TIFF); only the first is decoded.
     """
 
     pixels: np.ndarray
@@ -133,6 +134,7 @@ class LoadedImage:
     exif: bytes | None = None
     source_format: str | None = None
     dpi: tuple[float, float] | None = None
+    frames: int = 1
 
     @property
     def width(self) -> int:
@@ -418,6 +420,16 @@ def _open_image(data: bytes):
         raise ImageReadError(f"truncated or corrupt image ({exc})") from None
 
 
+def _frame_count(image) -> int:
+    """Frames or pages in the file (counting may seek through it; a damaged tail counts as none more)."""
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error):
+        return 1
+    finally:
+        image.seek(0)
+
+
 def _decode(image, data: bytes, icc: bytes | None) -> tuple[np.ndarray, str, bytes | None, bytes | None]:
     """(pixels upright, mode, ICC profile, EXIF) of an opened image; the profile changes when CMYK becomes sRGB."""
     from PIL import ImageOps
@@ -469,9 +481,10 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
         source_format = image.format
         icc = image.info.get("icc_profile") or None
         dpi = _dpi(image)
+        frames = _frame_count(image)
         pixels, mode, icc, exif = _decode(image, data, icc)
 
-    return LoadedImage(np.ascontiguousarray(pixels), mode, icc, exif, source_format, dpi)
+    return LoadedImage(np.ascontiguousarray(pixels), mode, icc, exif, source_format, dpi, frames)
 
 
 # --------------------------------------------------------------------------------------------- encoding

@@ -165,6 +165,22 @@ def test_palette_with_transparency_becomes_rgba():
 # ------------------------------------------------------------------------------------------ refusals
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP", "TIFF"])
+def test_of_an_animation_or_pages_the_first_frame_is_read_and_the_frames_counted(fmt):
+    first = rng_pixels((6, 8, 3), seed=1)
+    frames = [Image.fromarray(p) for p in (first, rng_pixels((6, 8, 3), seed=2), rng_pixels((6, 8, 3), seed=3))]
+    lossless = {"lossless": True} if fmt == "WEBP" else {}
+    data = pil_bytes(frames[0], fmt, save_all=True, append_images=frames[1:], **lossless)
+    loaded = read_image(data)
+    assert loaded.frames == 3
+    with Image.open(io.BytesIO(data)) as image:  # GIF is palette-quantised: compare with Pillow's first frame
+        expected = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(loaded.pixels, expected)
+    if fmt != "GIF":
+        np.testing.assert_array_equal(loaded.pixels, first)
+    assert read_image(pil_bytes(frames[0], fmt)).frames == 1
+
+
 def test_bad_inputs_give_one_line_reasons(tmp_path):
     png = pil_bytes(Image.fromarray(rng_pixels((64, 64, 3))), "PNG")
     cases = {

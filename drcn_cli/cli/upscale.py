@@ -685,9 +685,10 @@ class _Reporter:
         out_size = [int(result.pixels.shape[1]), int(result.pixels.shape[0])]
         seconds = round(sum(outcome.timings.values()), 4)
         if not self.quiet:  # on a terminal too, above the bar: the user sees where each output went
+            first_only = f"; the first of {loaded.frames} frames" if loaded.frames > 1 else ""
             self.console.print(
                 f"ok {_shown(job.input_label)} -> {_shown(job.output_label)} ({in_size[0]}x{in_size[1]} -> "
-                f"{out_size[0]}x{out_size[1]}, {seconds:.2f} s)", markup=False,
+                f"{out_size[0]}x{out_size[1]}, {seconds:.2f} s{first_only})", markup=False,
             )
         self._json(input=job.input_label, output=job.output_label, status="ok", error=None, input_size=in_size,
                    output_size=out_size, seconds=seconds, bytes=outcome.saved)
