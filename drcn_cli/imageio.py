@@ -420,14 +420,17 @@ def _open_image(data: bytes):
         raise ImageReadError(f"truncated or corrupt image ({exc})") from None
 
 
-def _frame_count(image) -> int:
-    """Frames or pages in the file (counting may seek through it; a damaged tail counts as none more)."""
+def _frame_count(data: bytes) -> int:
+    """Frames or pages in the file, counted on an image of its own: Pillow seeks through the file to count, and
+    on a damaged tail raises errors of any type (a damaged tail counts as no more frames; the first frame's
+    decode reports damage of its own)."""
+    from PIL import Image
+
     try:
-        return int(getattr(image, "n_frames", 1))
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error):
+        with Image.open(io.BytesIO(data)) as image:
+            return max(1, int(getattr(image, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - best effort: the count only annotates the report
         return 1
-    finally:
-        image.seek(0)
 
 
 def _decode(image, data: bytes, icc: bytes | None) -> tuple[np.ndarray, str, bytes | None, bytes | None]:
@@ -481,7 +484,7 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
         source_format = image.format
         icc = image.info.get("icc_profile") or None
         dpi = _dpi(image)
-        frames = _frame_count(image)
+        frames = _frame_count(data)
         pixels, mode, icc, exif = _decode(image, data, icc)
 
     return LoadedImage(np.ascontiguousarray(pixels), mode, icc, exif, source_format, dpi, frames)

@@ -181,6 +181,21 @@ def test_of_an_animation_or_pages_the_first_frame_is_read_and_the_frames_counted
     assert read_image(pil_bytes(frames[0], fmt)).frames == 1
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_a_cut_animation_is_read_or_refused_in_one_line(fmt):
+    # Counting frames seeks through the whole file, where Pillow raises IndexError (GIF) or TypeError (TIFF)
+    # on a cut tail: the count must not turn a readable first frame, or a refusal, into a crash.
+    frames = [Image.fromarray(rng_pixels((6, 8, 3), seed=seed)) for seed in (1, 2)]
+    data = pil_bytes(frames[0], fmt, save_all=True, append_images=frames[1:])
+    outcomes = set()
+    for length in range(1, len(data), 3):
+        try:
+            outcomes.add(("read", read_image(data[:length]).frames))
+        except ImageReadError:
+            outcomes.add(("refused", None))
+    assert ("refused", None) in outcomes and ("read", 2) in outcomes
+
+
 def test_bad_inputs_give_one_line_reasons(tmp_path):
     png = pil_bytes(Image.fromarray(rng_pixels((64, 64, 3))), "PNG")
     cases = {
