@@ -428,8 +428,8 @@ def _frame_count(data: bytes) -> int:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return max(1, int(getattr(image, "n_frames", 1)))
-    except Exception:  # noqa: BLE001 - best effort: the count only annotates the report
+            return int(getattr(image, "n_frames", 1))
+    except Exception:  # best effort: the count only annotates the report
         return 1
 
 

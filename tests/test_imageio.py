@@ -162,9 +162,6 @@ def test_palette_with_transparency_becomes_rgba():
     assert loaded.mode == "RGBA"
 
 
-# ------------------------------------------------------------------------------------------ refusals
-
-
 @pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP", "TIFF"])
 def test_of_an_animation_or_pages_the_first_frame_is_read_and_the_frames_counted(fmt):
     first = rng_pixels((6, 8, 3), seed=1)
@@ -179,6 +176,9 @@ def test_of_an_animation_or_pages_the_first_frame_is_read_and_the_frames_counted
     if fmt != "GIF":
         np.testing.assert_array_equal(loaded.pixels, first)
     assert read_image(pil_bytes(frames[0], fmt)).frames == 1
+
+
+# ------------------------------------------------------------------------------------------ refusals
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
