@@ -54,11 +54,17 @@ def test_the_ok_line_says_when_only_the_first_frame_was_upscaled(tmp_path, weigh
     frames = [Image.fromarray(rng_pixels((10, 12, 3), seed=seed)) for seed in (0, 1)]
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
     save_png(tmp_path / "still.png")
-    result = run(tmp_path / "anim.png", tmp_path / "still.png", "-s", 2, "-o", tmp_path / "out", "--weights", weights)
+    inputs = (tmp_path / "anim.png", tmp_path / "still.png")
+    result = run(*inputs, "-s", 2, "-o", tmp_path / "out", "--weights", weights)
     assert result.exit_code == 0, result.output
     lines = {os.path.basename(line.split()[1]): line for line in result.stderr.splitlines() if line.startswith("ok ")}
     assert lines["anim.png"].endswith("; the first of 2 frames)")
     assert "frames" not in lines["still.png"]
+    # a script reading --json under --quiet, where no ok line is printed, is told too
+    result = run(*inputs, "-s", 2, "-o", tmp_path / "out", "--weights", weights, "--overwrite", "-q", "--json")
+    assert result.exit_code == 0, result.output
+    frames = {os.path.basename(r["input"]): r["frames_in_file"] for r in json_lines(result.stdout)}
+    assert frames == {"anim.png": 2, "still.png": 1}
 
 
 def test_device_line_says_bf16_was_chosen_for_a_cpu_with_bf16_units(tmp_path, weights, monkeypatch):

@@ -691,7 +691,7 @@ class _Reporter:
                 f"{out_size[0]}x{out_size[1]}, {seconds:.2f} s{first_only})", markup=False,
             )
         self._json(input=job.input_label, output=job.output_label, status="ok", error=None, input_size=in_size,
-                   output_size=out_size, seconds=seconds, bytes=outcome.saved)
+                   output_size=out_size, seconds=seconds, bytes=outcome.saved, frames_in_file=loaded.frames)
         self._advance()
 
     def failed(self, outcome, reason: str) -> None:
