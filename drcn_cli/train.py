@@ -520,7 +520,7 @@ def _prepare_data(
             )
         if small.features < cfg.features:  # a head start: the same function, with room to grow
             torch.manual_seed(cfg.seed)
-            init_model = widen(init_model, cfg.features)
+            init_model = widen(init_model, cfg.features, cfg.widen)
         init_state = init_model.state_dict()
     bank: PatchBank = build_patch_bank(
         images, cfg.scales, cfg.patch_size, cfg.stride, cfg.downscales,

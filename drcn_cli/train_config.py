@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .model import WIDEN_METHODS
 
 __all__ = [
     "LOSSES",
@@ -66,7 +67,11 @@ class TrainConfig:
     # model
     init: str | None = field(default=None, metadata=_cli(
         "Start from these weights: a model name or a .safetensors path (a narrower model, e.g. drcn-lite "
-        "for -F 256, is widened without changing what it computes).", _MODEL))
+        "for -F 256, is widened: see --widen).", _MODEL))
+    widen: str = field(default="split", metadata=_cli(
+        "How a narrower --init grows: split (each new channel a copy of an old one, all alive from the first "
+        "step) or fresh (new channels from zero, which stayed near zero in a CPU run).", _MODEL,
+        choices=WIDEN_METHODS))
     features: int = field(default=256, metadata=_cli(
         "Filters per conv (default: {default}, or --init's).", _MODEL, short="-F", min=1))
     recursions: int = field(default=16, metadata=_cli(
@@ -150,6 +155,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.widen not in WIDEN_METHODS:
+        problems.append(f"widen must be one of {', '.join(WIDEN_METHODS)}, got {cfg.widen!r}")
     if cfg.loss not in LOSSES:
         problems.append(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
     if not (cfg.lr > 0 and 0 <= cfg.lr_min <= cfg.lr):

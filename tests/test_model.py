@@ -171,7 +171,7 @@ def test_bf16_runs_without_onednns_bf16_kernels(monkeypatch):
     assert 0 < (out - reference).abs().max() < 0.02
 
 
-def test_widen_keeps_the_function_and_lets_the_new_channels_learn():
+def test_fresh_widening_keeps_the_function_and_lets_the_new_channels_learn():
     from drcn_cli.model import widen
 
     small = tiny(seed=2, features=6, recursions=4)
@@ -179,7 +179,7 @@ def test_widen_keeps_the_function_and_lets_the_new_channels_learn():
         for p in small.parameters():
             p.add_(0.05 * torch.randn_like(p))
     torch.manual_seed(5)
-    wide = widen(small, 10)
+    wide = widen(small, 10, "fresh")
     assert wide.config.features == 10 and wide.config.recursions == 4
     x = torch.rand(2, 1, 13, 11)
     with torch.no_grad():
@@ -192,14 +192,45 @@ def test_widen_keeps_the_function_and_lets_the_new_channels_learn():
         widen(wide, 6)
 
 
+def test_split_widening_copies_each_channel_and_shares_its_outgoing_weights():
+    from drcn_cli.model import widen
+
+    small = tiny(seed=2, features=4, recursions=3)
+    exact = widen(small, 10, noise=0.0)  # channels 4-9 copy 0-3, 0-1 (three copies of 0 and 1, two of 2 and 3)
+    x = torch.rand(2, 1, 13, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(exact.forward_all(x)[1], small.forward_all(x)[1], rtol=0, atol=1e-6)
+    source, copies = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1]), torch.tensor([3.0, 3, 2, 2])
+    torch.testing.assert_close(exact.embed1.weight, small.embed1.weight[source])
+    torch.testing.assert_close(exact.recon1.bias, small.recon1.bias[source])
+    torch.testing.assert_close(
+        exact.recursive.weight, small.recursive.weight[source][:, source] / copies[source].view(1, -1, 1, 1)
+    )
+    torch.testing.assert_close(exact.recon2.weight, small.recon2.weight[:, source] / copies[source].view(1, -1, 1, 1))
+    # With noise, only the new copies' incoming weights move, by about noise x the layer's std: the old channels
+    # are as they were, and the copies now differ, so training can pull them apart.
+    torch.manual_seed(5)
+    noisy = widen(small, 10, noise=0.01)
+    for name in ("embed1", "embed2", "recursive", "recon1"):
+        moved, ref = getattr(noisy, name).weight, getattr(exact, name).weight
+        torch.testing.assert_close(moved[:4], ref[:4], rtol=0, atol=0)
+        ratio = (moved[4:] - ref[4:]).std() / ref.std()
+        assert 0.005 < ratio < 0.02, (name, ratio)
+    torch.testing.assert_close(noisy.recon2.weight, exact.recon2.weight, rtol=0, atol=0)
+    with torch.no_grad():
+        assert 0 < (noisy.forward_all(x)[1] - exact.forward_all(x)[1]).abs().max() < 0.05
+    with pytest.raises(ValueError, match="unknown widening"):
+        widen(small, 10, method="zero")
+
+
 def test_widen_starts_the_new_channels_at_new_scale_of_a_fresh_init():
     from drcn_cli.model import widen
 
     small = tiny(seed=2, features=6, recursions=4)
     torch.manual_seed(5)
-    full = widen(small, 10, new_scale=1.0)
+    full = widen(small, 10, "fresh", new_scale=1.0)
     torch.manual_seed(5)
-    scaled = widen(small, 10)  # default new_scale 0.01
+    scaled = widen(small, 10, "fresh")  # default new_scale 0.01
     for name in ("embed1", "embed2", "recon1"):
         big, ref = getattr(scaled, name).weight, getattr(full, name).weight
         torch.testing.assert_close(big[6:], 0.01 * ref[6:])
