@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .model import WIDEN_METHODS
 
 __all__ = [
     "LOSSES",
@@ -20,6 +19,7 @@ __all__ = [
     "RECIPE_FIELDS",
     "SCHEDULES",
     "TrainConfig",
+    "WIDENINGS",
     "check_config",
     "read_recipe",
     "recipe_options",
@@ -29,6 +29,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("l2", "l1")
 PRECISIONS = ("auto", "fp32", "bf16")
+WIDENINGS = ("split", "fresh")  # drcn_cli.model.WIDEN_METHODS, repeated so that start-up needs no torch
 
 
 # The `drcn train` options are generated from these fields' metadata (plain data; see drcn_cli.cli.train):
@@ -71,7 +72,7 @@ class TrainConfig:
     widen: str = field(default="split", metadata=_cli(
         "How a narrower --init grows: split (each new channel a copy of an old one, all alive from the first "
         "step) or fresh (new channels from zero, which stayed near zero in a CPU run).", _MODEL,
-        choices=WIDEN_METHODS))
+        choices=WIDENINGS))
     features: int = field(default=256, metadata=_cli(
         "Filters per conv (default: {default}, or --init's).", _MODEL, short="-F", min=1))
     recursions: int = field(default=16, metadata=_cli(
@@ -155,8 +156,8 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.schedule not in SCHEDULES:
         problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    if cfg.widen not in WIDEN_METHODS:
-        problems.append(f"widen must be one of {', '.join(WIDEN_METHODS)}, got {cfg.widen!r}")
+    if cfg.widen not in WIDENINGS:
+        problems.append(f"widen must be one of {', '.join(WIDENINGS)}, got {cfg.widen!r}")
     if cfg.loss not in LOSSES:
         problems.append(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
     if not (cfg.lr > 0 and 0 <= cfg.lr_min <= cfg.lr):

@@ -38,6 +38,13 @@ def test_a_config_that_cannot_work_is_a_config_error():
         check_config(TrainConfig(data=("d",), widen="zero"))  # a recipe file's value, which no CLI choice checks
 
 
+def test_the_widening_choices_are_the_models():
+    from drcn_cli.model import WIDEN_METHODS
+    from drcn_cli.train_config import WIDENINGS
+
+    assert WIDENINGS == WIDEN_METHODS
+
+
 def test_the_options_metadata_is_plain_data_and_needs_no_cli_library():
     import ast
     import inspect
