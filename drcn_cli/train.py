@@ -518,7 +518,7 @@ def _prepare_data(
                 f"{cfg.init}: weights are F={small.features}, D={small.recursions}, "
                 f"but the run trains F={cfg.features}, D={cfg.recursions}"
             )
-        if small.features < cfg.features:  # a head start: the same function, with room to grow
+        if small.features < cfg.features:  # a head start: the same function (split: within its noise), room to grow
             torch.manual_seed(cfg.seed)
             init_model = widen(init_model, cfg.features, cfg.widen)
         init_state = init_model.state_dict()
