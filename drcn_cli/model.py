@@ -288,9 +288,10 @@ def widen(model: DRCN, features: int, method: str = "split", noise: float = 0.01
     wide = DRCN(DRCNConfig(features, old.recursions, old.kernel_size))  # fresh: the new channels' incoming weights
     f = old.features
     if method == "split":
-        source = torch.arange(features) % f  # the old channel each channel copies
+        device = model.embed1.weight.device
+        source = torch.arange(features, device=device) % f  # the old channel each channel copies
         copies = torch.bincount(source, minlength=f).to(torch.float32)
-        fresh = torch.arange(features) >= f
+        new = torch.arange(features, device=device) >= f
         for name in ("embed1", "embed2", "recursive", "recon1", "recon2"):
             small, big = getattr(model, name), getattr(wide, name)
             weight, bias = small.weight, small.bias
@@ -298,7 +299,7 @@ def widen(model: DRCN, features: int, method: str = "split", noise: float = 0.01
                 weight = weight[:, source] / copies[source].view(1, -1, 1, 1)
             if name != "recon2":  # writes the channels: each copy computes what its old channel did
                 weight, bias = weight[source], bias[source]
-                weight[fresh] += noise * weight.std() * torch.randn_like(weight[fresh])
+                weight[new] += noise * weight.std() * torch.randn_like(weight[new])
             big.weight.copy_(weight)
             big.bias.copy_(bias)
     else:
