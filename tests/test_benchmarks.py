@@ -48,3 +48,28 @@ def test_fit_steps_refuses_a_log_without_a_rate_or_time_left(tmp_path):
     assert one_row.returncode != 0 and "fewer than 2 train rows" in one_row.stderr
     no_time = fit_steps(tmp_path, [("train", 10, 5.0), ("train", 20, 6.0)], "--minutes", "0.5", "--wall", "60")
     assert no_time.returncode != 0 and "leaves no time" in no_time.stderr
+
+
+def test_split_copies_reports_zero_for_exact_copies_and_finds_a_copy_that_moved(tmp_path):
+    import torch
+
+    from drcn_cli.model import DRCN, DRCNConfig, widen
+    from drcn_cli.weights import save_weights
+
+    torch.manual_seed(3)
+    wide = widen(DRCN(DRCNConfig(features=4, recursions=2)), 10, noise=0.0)
+    save_weights(wide, tmp_path / "copies.safetensors")
+    with torch.no_grad():
+        wide.recursive.weight[7] *= 1.5  # channel 7 copies channel 3: now half as large again
+    save_weights(wide, tmp_path / "moved.safetensors")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "split_copies.py"), str(tmp_path / "copies.safetensors"),
+         str(tmp_path / "moved.safetensors"), "--source-features", "4"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    copies, moved = result.stdout.split("moved.safetensors")
+    rows = {line.split()[0]: line.split()[1:] for line in moved.splitlines()[2:]}
+    assert copies.count("0.0000 / 0.0000") == 8  # 4 writers and 4 readers, every copy its source's equal
+    assert rows["recursive"][:3] == [f"{0.5 / 6:.4f}", "/", "0.5000"]  # one of 6 copies 50% off its source
+    assert rows["embed1"] == ["0.0000", "/", "0.0000", "-"]
