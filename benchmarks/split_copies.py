@@ -9,7 +9,8 @@ removes), so only that noise tells them apart. Per conv layer this prints, over 
 the mean and the largest relative distance of a copy's kernel from its source channel's, for the weights a
 channel writes with (incoming, ``weight[c]``) and those it is read with (outgoing, ``weight[:, c]``, the
 columns of the next conv, which hold the copies' noisy rows too). About 0.01 in every cell (recon2's about 0):
-the copies are still copies, and the model computes no more than its F-channel source. Meaningless for a model widened ``fresh`` or trained from scratch.
+the copies are still copies, and the model computes no more than its F-channel source. Meaningless for a model
+widened ``fresh`` or trained from scratch.
 """
 
 from __future__ import annotations
