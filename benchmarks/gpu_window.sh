@@ -91,4 +91,8 @@ python -m drcn_cli train "${COMMON[@]}" --val .data/Set5 "${INIT_ARGS[@]}" "${TR
 cp .checkpoints/window/model.safetensors "$OUT/last.safetensors" 2>/dev/null || true
 cp .checkpoints/window/ema.safetensors "$OUT/last-ema.safetensors" 2>/dev/null || true
 cp .checkpoints/window/log.csv "$OUT/log.csv" 2>/dev/null || true
+if [[ -n "$INIT" && -f "$OUT/last.safetensors" ]]; then  # did the split copies move apart? (at 1e-5 they did not)
+  log "split copies of the latest weights"
+  python benchmarks/split_copies.py "$OUT/last.safetensors" 2>&1 | tail -7 || echo "split_copies FAILED"
+fi
 log "done"; ls -la "$OUT"

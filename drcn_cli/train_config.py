@@ -29,7 +29,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 LOSSES = ("l2", "l1")
 PRECISIONS = ("auto", "fp32", "bf16")
-WIDENINGS = ("split", "fresh")  # drcn_cli.model.WIDEN_METHODS, repeated so that start-up needs no torch
+WIDENINGS = ("split", "signed", "fresh")  # drcn_cli.model.WIDEN_METHODS, repeated so that start-up needs no torch
 
 
 # The `drcn train` options are generated from these fields' metadata (plain data; see drcn_cli.cli.train):
@@ -71,7 +71,8 @@ class TrainConfig:
         "for -F 256, is widened: see --widen).", _MODEL))
     widen: str = field(default="split", metadata=_cli(
         "How a narrower --init grows: split (each new channel a copy of an old one, all alive from the first "
-        "step) or fresh (new channels from zero, which stayed near zero in a CPU run).", _MODEL,
+        "step), signed (split, the copies read with weights of both signs so that they move apart) or fresh (new "
+        "channels from zero, which stayed near zero in a CPU run).", _MODEL,
         choices=WIDENINGS))
     features: int = field(default=256, metadata=_cli(
         "Filters per conv (default: {default}, or --init's).", _MODEL, short="-F", min=1))

@@ -223,6 +223,32 @@ def test_split_widening_copies_each_channel_and_shares_its_outgoing_weights():
         widen(small, 10, method="zero")
 
 
+def test_signed_widening_keeps_the_function_and_adam_moves_the_copies_apart():
+    from drcn_cli.model import widen
+
+    small = tiny(seed=4, features=4, recursions=3)
+    x, target = torch.rand(2, 1, 13, 11), torch.rand(2, 1, 13, 11)
+    split, signed = widen(small, 10, noise=0.0), widen(small, 10, "signed", noise=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(signed.forward_all(x)[1], small.forward_all(x)[1], rtol=0, atol=1e-5)
+    # channels 4-9 copy 0-3, 0-1: three copies of 0 and 1 (2/3, 2/3, -1/3), two of 2 and 3 (1.5, -0.5)
+    share = torch.tensor([2 / 3, 2 / 3, 1.5, 1.5, 2 / 3, 2 / 3, -0.5, -0.5, -1 / 3, -1 / 3])
+    shared = small.recon2.weight[:, torch.arange(10) % 4] * share.view(1, -1, 1, 1)
+    torch.testing.assert_close(signed.recon2.weight, shared)
+
+    def one_adam_step(model):
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        torch.nn.functional.l1_loss(model.forward_all(x)[1], target).backward()
+        optimizer.step()
+        rows = model.recursive.weight.detach().flatten(1)
+        return (rows[4:] - rows[torch.arange(4, 10) % 4]).norm(dim=1)
+
+    assert one_adam_step(split).max() < 1e-6  # copies stay copies: Adam cancels the factor between their gradients
+    apart = one_adam_step(signed)
+    assert (apart[[2, 3, 4, 5]] > 1e-3).all()  # read with a negative share: moved the other way (channels 6-9)
+    assert apart[[0, 1]].max() < 1e-6  # 4 and 5, positive like their sources, move with them
+
+
 def test_widen_starts_the_new_channels_at_new_scale_of_a_fresh_init():
     from drcn_cli.model import widen
 

@@ -34,7 +34,7 @@ def test_bad_recipe_values_are_config_errors_naming_the_file(values, expected):
 def test_a_config_that_cannot_work_is_a_config_error():
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         check_config(TrainConfig(data=("d",), optimizer="lbfgs"))
-    with pytest.raises(ConfigError, match="widen must be one of split, fresh, got 'zero'"):
+    with pytest.raises(ConfigError, match="widen must be one of split, signed, fresh, got 'zero'"):
         check_config(TrainConfig(data=("d",), widen="zero"))  # a recipe file's value, which no CLI choice checks
 
 
