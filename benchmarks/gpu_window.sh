@@ -20,7 +20,9 @@
 #   BATCH          patches per step (default 64);
 #   EMA            the --ema decay (default 0.999);
 #   LR             the cosine's peak learning rate (default: drcn train's, 2e-4).
-# The dry run trains F=72, so it widens drcn-lite as the window does.
+# The dry run trains F=72 from drcn-lite (widened as a window widens it) and only loads state/drcn.safetensors,
+# which is F=256. A step that fails does not stop a window (its other results still come back), but the script
+# then exits non-zero, so a dry run with a broken step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.
@@ -33,11 +35,14 @@ BATCH=${BATCH:-64}
 EMA=${EMA:-0.999}
 INIT=${INIT:-}
 if [[ -z "$INIT" ]]; then
-  if [[ -f state/drcn.safetensors ]]; then INIT=state/drcn.safetensors; else INIT=drcn-lite; fi
+  if [[ "$DRY" == 1 ]]; then INIT=drcn-lite  # the dry run's F=72 cannot start from the F=256 state
+  elif [[ -f state/drcn.safetensors ]]; then INIT=state/drcn.safetensors; else INIT=drcn-lite; fi
 fi
 if [[ "$INIT" == none ]]; then INIT=; fi
 
 log() { echo "== $(date -u +%H:%M:%S) $*"; }
+FAILED=()
+fail() { echo "$1 FAILED"; FAILED+=("$1"); }
 
 log "versions"
 python - <<'PY'
@@ -61,10 +66,16 @@ COMMON=(--pack .data/t291.npz --device "$DEVICE" --features "$FEATURES" --recurs
         --quiet --overwrite)
 
 log "CUDA checks"
-python benchmarks/cuda_checks.py --device "$DEVICE" $QUICK --json "$OUT/checks.json" || echo "some checks FAILED"
+python benchmarks/cuda_checks.py --device "$DEVICE" $QUICK --json "$OUT/checks.json" || fail "CUDA checks"
+
+if [[ "$DRY" == 1 && -f state/drcn.safetensors ]]; then
+  log "the window's starting weights"
+  python -c "from drcn_cli.weights import load_weights; print(load_weights('state/drcn.safetensors')[0].config)" \
+    || fail "loading state/drcn.safetensors"
+fi
 
 log "speed row"
-python benchmarks/speed.py --device "$DEVICE" --repeats 3 --no-end-to-end "${SPEED_ARGS[@]}" | tee "$OUT/speed.txt"
+python benchmarks/speed.py --device "$DEVICE" --repeats 3 --no-end-to-end "${SPEED_ARGS[@]}" | tee "$OUT/speed.txt" || fail "speed row"
 
 INIT_ARGS=()
 if [[ -n "$INIT" ]]; then INIT_ARGS=(--init "$INIT"); fi
@@ -73,7 +84,7 @@ if [[ -z "$STEPS" ]]; then
   probe_start=$(date +%s.%N)
   python -m drcn_cli train "${COMMON[@]}" "${INIT_ARGS[@]}" --steps 1000000 --stop-at "$PROBE_STEPS" \
     --log-every $(( PROBE_STEPS / 6 > 0 ? PROBE_STEPS / 6 : 1 )) --checkpoint-every 0 \
-    --out .checkpoints/probe.safetensors --checkpoint-dir .checkpoints/probe 2>&1 | tail -3 || echo "probe FAILED"
+    --out .checkpoints/probe.safetensors --checkpoint-dir .checkpoints/probe 2>&1 | tail -3 || fail "probe"
   probe_wall=$(python -c "import time; print(time.time() - $probe_start)")
   # steps/s after the probe's first log row (cuDNN's search and the first launches excluded); the probe's
   # start-up (imports, CUDA, the patch bank) is what the run's own start-up will cost
@@ -84,7 +95,7 @@ TRAIN_ARGS=(--steps "$STEPS" --val-every "$VAL_EVERY" --checkpoint-every "$CHECK
             --time-limit "$TRAIN_MINUTES" --ema "$EMA")
 log "training F=$FEATURES${INIT:+ from $INIT}: ${TRAIN_ARGS[*]} ${RECIPE_ARGS[*]}"
 python -m drcn_cli train "${COMMON[@]}" --val .data/Set5 "${INIT_ARGS[@]}" "${TRAIN_ARGS[@]}" "${RECIPE_ARGS[@]}" \
-  --out "$OUT/drcn.safetensors" --checkpoint-dir .checkpoints/window 2>&1 | tail -5 || echo "training FAILED"
+  --out "$OUT/drcn.safetensors" --checkpoint-dir .checkpoints/window 2>&1 | tail -5 || fail "training"
 # What comes back (at most 8 files): checks.json, speed.txt, the best validated export (drcn.safetensors), the
 # latest weights (last.safetensors) and their moving average (last-ema.safetensors), and the log. The next window
 # starts from one of them with --init (INIT=...), so the optimiser moments (14 MB for F=256) need not come back.
@@ -93,6 +104,7 @@ cp .checkpoints/window/ema.safetensors "$OUT/last-ema.safetensors" 2>/dev/null |
 cp .checkpoints/window/log.csv "$OUT/log.csv" 2>/dev/null || true
 if [[ -n "$INIT" && -f "$OUT/last.safetensors" ]]; then  # did the split copies move apart? (at 1e-5 they did not)
   log "split copies of the latest weights"
-  python benchmarks/split_copies.py "$OUT/last.safetensors" 2>&1 | tail -7 || echo "split_copies FAILED"
+  python benchmarks/split_copies.py "$OUT/last.safetensors" 2>&1 | tail -7 || fail "split_copies"
 fi
 log "done"; ls -la "$OUT"
+if (( ${#FAILED[@]} )); then log "FAILED: ${FAILED[*]}"; exit 1; fi
