@@ -75,7 +75,8 @@ if [[ "$DRY" == 1 && -f state/drcn.safetensors ]]; then
 fi
 
 log "speed row"
-python benchmarks/speed.py --device "$DEVICE" --repeats 3 --no-end-to-end "${SPEED_ARGS[@]}" | tee "$OUT/speed.txt" || fail "speed row"
+python benchmarks/speed.py --device "$DEVICE" --repeats 3 --no-end-to-end "${SPEED_ARGS[@]}" | tee "$OUT/speed.txt" \
+  || fail "speed row"
 
 INIT_ARGS=()
 if [[ -n "$INIT" ]]; then INIT_ARGS=(--init "$INIT"); fi
