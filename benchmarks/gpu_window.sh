@@ -78,6 +78,8 @@ log "speed row"
 python benchmarks/speed.py --device "$DEVICE" --repeats 3 --no-end-to-end "${SPEED_ARGS[@]}" | tee "$OUT/speed.txt" \
   || fail "speed row"
 
+# a machine may keep ignored folders between calls: a failed run must not hand back an earlier run's files
+rm -rf .checkpoints/probe .checkpoints/window
 INIT_ARGS=()
 if [[ -n "$INIT" ]]; then INIT_ARGS=(--init "$INIT"); fi
 if [[ -z "$STEPS" ]]; then
