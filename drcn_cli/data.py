@@ -9,6 +9,15 @@ The degradation follows the DRCN/VDSR MATLAB recipe, for every image, downscale 
     input  = imresize(lr, size of hr_s)                 float, never rounded: exactly what inference feeds
                                                         the network
 
+With a JPEG step (:class:`JpegStep`, for photo models) the degradation starts from the RGB image instead, so that
+the block grid and the chroma subsampling are those of a real file:
+
+    hr_rgb = imresize(image, d), rounded to 8 bits;  hr = Y of hr_rgb, rounded to 8 bits
+    lr_rgb = imresize(hr_rgb cropped, 1/s), rounded to 8 bits, then encoded as JPEG at quality q and decoded
+    input  = imresize(Y of lr_rgb, size of hr_s)      float: Y of the bicubic upsample, as inference computes it
+
+Each (image, downscale, scale) gets ``copies`` such inputs, each clean or JPEG at its own drawn quality.
+
 The bank stores images, not patches: patches cut at stride 21 overlap about 4x, so materialising them would
 take ~4 GB for T91 + BSD200 x 5 downscales x 3 scales. Instead ``hr`` holds every HR image once (uint8,
 flattened and concatenated), ``inputs`` holds the network input of each scale in the same layout
@@ -20,14 +29,18 @@ indexing operation per tensor, applying the flips and 90-degree rotations throug
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .color import array_to_tensor, rgb_to_ycbcr
 from .errors import DrcnError
@@ -39,12 +52,14 @@ __all__ = [
     "DEFAULT_DOWNSCALES",
     "IMAGE_SUFFIXES",
     "DataError",
+    "JpegStep",
     "PatchBank",
     "TrainImage",
     "build_patch_bank",
     "degrade",
     "downscale",
     "fingerprint",
+    "jpeg_roundtrip",
     "list_images",
     "load_images",
     "load_image8",
@@ -68,10 +83,12 @@ class DataError(DrcnError, ValueError):
 
 @dataclass(frozen=True)
 class TrainImage:
-    """One HR image's luminance: ``y`` (H, W) uint8, as MATLAB's rgb2ycbcr gives it for an 8-bit image."""
+    """One HR image's luminance: ``y`` (H, W) uint8, as MATLAB's rgb2ycbcr gives it for an 8-bit image; and,
+    where the image is in colour and was read with its colour, ``rgb`` (3, H, W) uint8 (a JPEG step needs it)."""
 
     name: str
     y: torch.Tensor
+    rgb: torch.Tensor | None = None
 
     def as_float(self) -> torch.Tensor:
         """(H, W) float32 in [0, 1]."""
@@ -107,34 +124,49 @@ def load_image8(path: str | os.PathLike) -> torch.Tensor:
     return quantize(tensor[:3] if tensor.shape[0] >= 3 else tensor[:1])
 
 
+def _luma8(image: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) float on 8-bit levels -> (H, W) uint8: MATLAB's rgb2ycbcr Y for colour, rounded as MATLAB does
+    for uint8; the grey level for one channel."""
+    luma = rgb_to_ycbcr(image.double())[0] if image.shape[0] == 3 else image[0]
+    return (quantize(luma) * 255.0).round().to(torch.uint8)
+
+
+def _levels(image: torch.Tensor) -> torch.Tensor:
+    """Float on 8-bit levels -> uint8."""
+    return (image * 255.0).round().to(torch.uint8)
+
+
 def load_y(path: str | Path) -> torch.Tensor:
     """The 8-bit luminance of an image file: (H, W) uint8.
 
     RGB goes through MATLAB's rgb2ycbcr (BT.601, Y in 16..235) and is rounded as MATLAB does for uint8;
     grey images are taken as they are.
     """
-    image = load_image8(path).double()
-    luma = rgb_to_ycbcr(image)[0] if image.shape[0] == 3 else image[0]
-    return (quantize(luma) * 255.0).round().to(torch.uint8)
+    return _luma8(load_image8(path))
 
 
-def load_images(folders: Iterable[str | Path]) -> list[TrainImage]:
-    """The luminance of every image in the folders, in folder order then name order."""
+def load_images(folders: Iterable[str | Path], color: bool = False) -> list[TrainImage]:
+    """The luminance of every image in the folders, in folder order then name order; with ``color`` the RGB
+    pixels of colour images too (what a JPEG step degrades)."""
     images = []
     for folder in folders:
         for path in list_images(folder):
-            images.append(TrainImage(f"{Path(folder).name}/{path.name}", load_y(path)))
+            image = load_image8(path)
+            rgb = _levels(image) if color and image.shape[0] == 3 else None
+            images.append(TrainImage(f"{Path(folder).name}/{path.name}", _luma8(image), rgb))
     return images
 
 
 def save_pack(path: str | Path, images: Sequence[TrainImage]) -> None:
-    """Write the images' luminance to a compressed ``.npz`` (uint8; ~25 MB for T91 + BSD200), atomically."""
+    """Write the images' luminance (and RGB, where the images hold it) to a compressed ``.npz`` (uint8; ~25 MB for
+    T91 + BSD200 without colour), atomically."""
     import os
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"y{i:05d}": image.y.numpy() for i, image in enumerate(images)}
+    arrays |= {f"c{i:05d}": image.rgb.numpy() for i, image in enumerate(images) if image.rgb is not None}
     names = np.array([image.name for image in images])
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -157,7 +189,10 @@ def load_pack(path: str | Path) -> list[TrainImage]:
             if "format" not in pack.files or str(pack["format"]) != PACK_FORMAT:
                 raise DataError(f"{path}: not a drcn training pack")
             names = [str(n) for n in pack["names"]]
-            images = [TrainImage(name, torch.from_numpy(pack[f"y{i:05d}"].copy())) for i, name in enumerate(names)]
+            images = [
+                TrainImage(name, torch.from_numpy(pack[f"y{i:05d}"].copy()), _pack_rgb(pack, f"c{i:05d}"))
+                for i, name in enumerate(names)
+            ]
     except (OSError, ValueError, KeyError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -165,6 +200,10 @@ def load_pack(path: str | Path) -> list[TrainImage]:
     if not images:
         raise DataError(f"{path}: the training pack holds no images")
     return images
+
+
+def _pack_rgb(pack: Any, key: str) -> torch.Tensor | None:
+    return torch.from_numpy(pack[key].copy()) if key in pack.files else None
 
 
 def fingerprint(images: Sequence[TrainImage]) -> str:
@@ -187,19 +226,41 @@ def mod_crop_size(height: int, width: int, scale: float) -> tuple[tuple[int, int
     return hr, lr
 
 
-def downscale(hr: torch.Tensor, scale: float, quantize_lr: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """image (C, h, w) float on 8-bit levels, C = 3 (RGB) or 1 (grey) -> the same image saved as a JPEG file at
+    ``quality`` (1..95, Pillow's encoder with its default 4:2:0 chroma subsampling for colour) and read back."""
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise DataError(f"the JPEG step takes a (C, h, w) image with C = 1 or 3, got shape {tuple(image.shape)}")
+    if not 1 <= quality <= 100:
+        raise DataError(f"JPEG quality must be in 1..100, got {quality}")
+    pixels = _levels(image.detach().cpu().clamp(0, 1)).permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels[..., 0] if image.shape[0] == 1 else pixels, "L" if image.shape[0] == 1 else "RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=int(quality))
+    decoded = np.asarray(Image.open(buffer).convert(picture.mode))
+    out = torch.from_numpy(decoded.copy()).float().div_(255.0)
+    return (out[None] if out.dim() == 2 else out.permute(2, 0, 1)).to(image.device)
+
+
+def downscale(
+    hr: torch.Tensor, scale: float, quantize_lr: bool = True, jpeg: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The one degradation of training, validation and `drcn bench`: hr (..., H, W) float in [0, 1] ->
     (HR mod-cropped, LR), with LR = MATLAB's imresize of the crop to its exact LR size (:func:`mod_crop_size`),
-    rounded to 8 bits as an image file is (unless ``quantize_lr`` is False).
+    rounded to 8 bits as an image file is (unless ``quantize_lr`` is False); with ``jpeg`` a quality, the LR
+    image (C, h, w) is then saved as JPEG at that quality and read back (:func:`jpeg_roundtrip`).
 
     Raises DataError when the LR image would be empty.
     """
     (hh, ww), (lh, lw) = mod_crop_size(hr.shape[-2], hr.shape[-1], scale)
     if lh < 1 or lw < 1:
         raise DataError(f"an image of {hr.shape[-1]}x{hr.shape[-2]} is too small for scale {scale:g}")
+    if jpeg is not None and not quantize_lr:
+        raise DataError("the JPEG step works on 8-bit LR images: it needs quantize_lr")
     target = hr[..., :hh, :ww]
     lr = imresize(target, size=(lh, lw))
-    return target, quantize(lr) if quantize_lr else lr
+    lr = quantize(lr) if quantize_lr else lr
+    return target, jpeg_roundtrip(lr, jpeg) if jpeg is not None else lr
 
 
 def degrade(hr: torch.Tensor, scale: float, quantize_lr: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,15 +270,44 @@ def degrade(hr: torch.Tensor, scale: float, quantize_lr: bool = True) -> tuple[t
     return imresize(lr, size=(target.shape[-2], target.shape[-1])), target
 
 
+@dataclass(frozen=True)
+class JpegStep:
+    """The JPEG step of a photo model's training data: each (image, downscale, scale) gets ``copies`` network
+    inputs, each clean with probability ``clean``, else saved as JPEG at a quality drawn uniformly from
+    ``qualities`` (lo, hi, both included). The draws come from ``seed``, in image order."""
+
+    qualities: tuple[int, int]
+    clean: float = 0.25
+    copies: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.qualities
+        if not 1 <= lo <= hi <= 100:
+            raise DataError(f"JPEG qualities must be LO..HI within 1..100, got {lo}..{hi}")
+        if not 0 <= self.clean <= 1:
+            raise DataError(f"the share of clean inputs is in [0, 1], got {self.clean:g}")
+        if self.copies < 1:
+            raise DataError(f"copies must be >= 1, got {self.copies}")
+
+    def draw(self, rng: random.Random) -> int | None:
+        """A quality, or None for a clean input."""
+        if rng.random() < self.clean:
+            return None
+        return rng.randint(*self.qualities)
+
+
 @dataclass
 class PatchBank:
     """Every training image and its degraded inputs, with the patch positions: the whole data set in memory.
 
     hr:          (T,) uint8, the HR luminance of every (image, downscale) pair, flattened and concatenated.
-    inputs:      (S, T) float16, per scale, the bicubic network input in the same layout (0 outside the crop).
+    inputs:      (R, T) float16, the bicubic network inputs in the same layout (0 outside the crop): one row per
+                 scale, or with a JPEG step ``copies`` rows per scale (row = copy * len(scales) + scale index).
     start:       (P,) int64, flat index of each patch's top-left pixel.
     row_length:  (P,) int64, width of the image the patch lies in (the step between its rows).
     scale_index: (P,) int64, which of ``scales`` the patch belongs to.
+    input_row:   (P,) int64, which row of ``inputs`` the patch's input is in.
     """
 
     hr: torch.Tensor
@@ -225,20 +315,22 @@ class PatchBank:
     start: torch.Tensor
     row_length: torch.Tensor
     scale_index: torch.Tensor
+    input_row: torch.Tensor
     scales: tuple[float, ...]
     patch_size: int
     images: int
+
+    _INDEXES = ("hr", "inputs", "start", "row_length", "scale_index", "input_row")
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.hr, self.inputs, self.start, self.row_length, self.scale_index)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self._INDEXES)
 
     def to(self, device: torch.device | str) -> PatchBank:
-        move = {name: getattr(self, name).to(device) for name in ("hr", "inputs", "start", "row_length", "scale_index")}
+        move = {name: getattr(self, name).to(device) for name in self._INDEXES}
         return PatchBank(**move, scales=self.scales, patch_size=self.patch_size, images=self.images)
 
     def patches_per_scale(self) -> dict[float, int]:
@@ -254,10 +346,14 @@ def build_patch_bank(
     downscales: Sequence[float] = DEFAULT_DOWNSCALES,
     *,
     quantize_lr: bool = True,
+    jpeg: JpegStep | None = None,
     device: torch.device | str = "cpu",
     on_image: Callable[[int, int], None] | None = None,
 ) -> PatchBank:
     """Degrade every image at every downscale and scale, and index the patches on a ``stride`` grid.
+
+    With ``jpeg`` the degradation starts from the images' RGB (grey images: their luminance) and holds a JPEG
+    step (:class:`JpegStep`); it needs ``quantize_lr``.
 
     The resizing runs on ``device`` (much faster on a GPU) and the bank is returned there. ``on_image(done,
     total)`` is called after each image, once per downscale that holds a patch (``done`` counts images, the
@@ -273,21 +369,29 @@ def build_patch_bank(
             f"no {patch_size}x{patch_size} patch fits in any of the {len(images)} images; "
             "use smaller patches or larger images"
         )
+    if jpeg is not None and not quantize_lr:
+        raise DataError("the JPEG step works on 8-bit LR images: it needs quantize_lr")
+    copies = jpeg.copies if jpeg is not None else 1
+    rng = random.Random(jpeg.seed if jpeg is not None else 0)
     hr_all = torch.empty(length, dtype=torch.uint8, device=device)
-    inputs_all = torch.zeros(len(scales), length, dtype=torch.float16, device=device)
-    index: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    inputs_all = torch.zeros(copies * len(scales), length, dtype=torch.float16, device=device)
+    index: list[tuple[torch.Tensor, ...]] = []
     for slot in slots:
-        _fill_slot(slot, images[slot.image].as_float().to(device), scales, quantize_lr, hr_all, inputs_all)
-        index.extend(_slot_patches(slot, patch_size, stride))
+        if jpeg is None:
+            _fill_slot(slot, images[slot.image].as_float().to(device), scales, quantize_lr, hr_all, inputs_all)
+        else:
+            _fill_slot_jpeg(slot, images[slot.image], scales, jpeg, rng, hr_all, inputs_all)
+        index.extend(_slot_patches(slot, patch_size, stride, copies, len(scales)))
         if on_image is not None:
             on_image(slot.image + 1, len(images))
-    starts, rows, scale_ids = zip(*index, strict=True)  # per slot and scale -> per column
+    starts, rows, scale_ids, input_rows = zip(*index, strict=True)  # per slot and scale -> per column
     return PatchBank(
         hr=hr_all,
         inputs=inputs_all,
         start=torch.cat(starts).to(device),
         row_length=torch.cat(rows).to(device),
         scale_index=torch.cat(scale_ids).to(device),
+        input_row=torch.cat(input_rows).to(device),
         scales=tuple(float(s) for s in scales),
         patch_size=patch_size,
         images=len(images),
@@ -365,15 +469,48 @@ def _fill_slot(
         plane[s_index, :hh, :ww] = net_input.to(torch.float16)
 
 
-def _slot_patches(slot: _Slot, patch_size: int, stride: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The slot's patches on the ``stride`` grid, per fitting scale: (flat top-left corners, row lengths,
-    scale indices)."""
-    patches = []
+def _fill_slot_jpeg(
+    slot: _Slot,
+    image: TrainImage,
+    scales: Sequence[float],
+    jpeg: JpegStep,
+    rng: random.Random,
+    hr_all: torch.Tensor,
+    inputs_all: torch.Tensor,
+) -> None:
+    """As :func:`_fill_slot`, from the image's RGB (grey: its luminance), with ``jpeg.copies`` inputs per scale,
+    each clean or saved as JPEG at a quality drawn from ``rng``."""
+    device = hr_all.device
+    pixels = image.rgb if image.rgb is not None else image.y[None]
+    full = pixels.to(device).float() / 255.0
+    hr = full if slot.factor == 1 else quantize(imresize(full, slot.factor))
+    area = slot.height * slot.width
+    hr_all[slot.start : slot.start + area] = _luma8(hr).to(device).flatten()
+    plane = inputs_all[:, slot.start : slot.start + area].view(inputs_all.shape[0], slot.height, slot.width)
+    for s_index, (hh, ww) in slot.fits:
+        _target, lr = downscale(hr, scales[s_index])
+        for copy in range(jpeg.copies):
+            quality = jpeg.draw(rng)
+            degraded = lr if quality is None else jpeg_roundtrip(lr, quality)
+            luma = rgb_to_ycbcr(degraded)[0] if degraded.shape[0] == 3 else degraded[0]
+            plane[copy * len(scales) + s_index, :hh, :ww] = imresize(luma, size=(hh, ww)).to(torch.float16)
+
+
+def _slot_patches(
+    slot: _Slot, patch_size: int, stride: int, copies: int = 1, n_scales: int = 1
+) -> list[tuple[torch.Tensor, ...]]:
+    """The slot's patches on the ``stride`` grid, per fitting scale and input copy: (flat top-left corners, row
+    lengths, scale indices, input rows)."""
+    patches: list[tuple[torch.Tensor, ...]] = []
     for s_index, (hh, ww) in slot.fits:
         grid_y = torch.arange(0, hh - patch_size + 1, stride, dtype=torch.int64)
         grid_x = torch.arange(0, ww - patch_size + 1, stride, dtype=torch.int64)
         corner = (grid_y[:, None] * slot.width + grid_x[None, :]).flatten() + slot.start
-        patches.append((corner, torch.full_like(corner, slot.width), torch.full_like(corner, s_index)))
+        for copy in range(copies):
+            patches.append((
+                corner, torch.full_like(corner, slot.width), torch.full_like(corner, s_index),
+                torch.full_like(corner, copy * n_scales + s_index),
+            ))  # fmt: skip
     return patches
 
 
@@ -400,7 +537,7 @@ def sample_batch(
         dx = torch.where((t & 2) != 0, p - 1 - dx, dx)
     flat = bank.start[index].view(b, 1, 1) + dy * bank.row_length[index].view(b, 1, 1) + dx
     target = bank.hr[flat].float().div_(255.0)
-    net_input = bank.inputs[bank.scale_index[index].view(b, 1, 1), flat].float()
+    net_input = bank.inputs[bank.input_row[index].view(b, 1, 1), flat].float()
     return net_input.unsqueeze(1), target.unsqueeze(1)
 
 

@@ -5,6 +5,8 @@ used in [10]" (Huang et al.'s SelfExSR benchmark code):
 
     HR (8-bit) --mod-crop to a multiple of s--> HR'
     LR  = MATLAB-bicubic downscale of HR' by 1/s, rounded to 8 bits   (the LR images are stored as PNG files)
+          with a JPEG quality q (`drcn bench --jpeg q`, not the paper's protocol): LR saved as a JPEG file at q
+          by Pillow (RGB, 4:2:0 chroma) and read back, as a photo from the web is
     SR  = the upscaler's output from LR, rounded to 8 bits             (the SR images are stored as PNG files)
           bicubic: MATLAB-bicubic upscale of LR;
           DRCN:    the network on the Y of that upscale, Cb/Cr from the upscale (what ``drcn upscale`` does)
@@ -75,6 +77,7 @@ class Sample:
     scale: float
     hr: torch.Tensor  # (C, H, W) float32 on 8-bit levels, mod-cropped: H = h * scale
     lr: torch.Tensor  # (C, h, w) float32 on 8-bit levels: the LR image a user would have
+    jpeg: int | None = None  # the JPEG quality the LR image went through; None: clean (the paper's protocol)
 
 
 def min_image_side(scale: float) -> int:
@@ -92,20 +95,24 @@ def check_size(width: int, height: int, scale: float) -> None:
         )
 
 
-def degrade(hr: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def degrade(hr: torch.Tensor, scale: float, jpeg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """hr (C, H, W) in [0, 1] on 8-bit levels -> (HR mod-cropped to a multiple of ``scale``, LR rounded to 8 bits).
 
     The LR is MATLAB's ``imresize(hr, 1/scale, 'bicubic')``; its size is given exactly, (H/s, W/s), so a
-    factor such as 1/3 cannot round the output size up. Raises BenchError when the crop is too small to score.
+    factor such as 1/3 cannot round the output size up. With ``jpeg`` a quality, the LR then goes through a
+    JPEG file at that quality. Raises BenchError when the crop is too small to score.
     """
     check_size(hr.shape[-1], hr.shape[-2], scale)
-    return downscale(hr, scale)  # the one degradation (data.downscale): for an integer scale, MATLAB's modcrop
+    if jpeg is not None and not 1 <= jpeg <= 100:
+        raise BenchError(f"JPEG quality must be in 1..100, got {jpeg}")
+    # the one degradation (data.downscale): for an integer scale, MATLAB's modcrop
+    return downscale(hr, scale, jpeg=jpeg)
 
 
-def make_sample(hr: torch.Tensor, scale: float, name: str = "") -> Sample:
+def make_sample(hr: torch.Tensor, scale: float, name: str = "", jpeg: int | None = None) -> Sample:
     """:func:`degrade` ``hr`` once, keeping both images for any number of evaluations. Raises BenchError."""
-    cropped, lr = degrade(hr, scale)
-    return Sample(name, float(scale), cropped, lr)
+    cropped, lr = degrade(hr, scale, jpeg)
+    return Sample(name, float(scale), cropped, lr, jpeg)
 
 
 def super_resolve(
@@ -168,6 +175,7 @@ def evaluate_images(
     scale: float,
     model: ReadyModel | DRCN | None = None,
     settings: InferenceSettings | None = None,
+    jpeg: int | None = None,
 ) -> Score:
     """Mean PSNR/SSIM of ``model`` (None: bicubic) over HR ``images`` at ``scale``, by the paper's protocol.
 
@@ -178,9 +186,10 @@ def evaluate_images(
         model: as for :func:`evaluate`.
         settings: device, precision, tile and recursions; default: the model's device, fp32, automatic tiles,
             all recursions.
+        jpeg: a JPEG quality the LR images go through (None: the paper's clean LR).
     """
     if not images:
         raise BenchError("no images to evaluate")
     settings = settings if settings is not None else InferenceSettings(_model_device(model))
-    samples = [make_sample(i if isinstance(i, torch.Tensor) else load_image(i), scale) for i in images]
+    samples = [make_sample(i if isinstance(i, torch.Tensor) else load_image(i), scale, jpeg=jpeg) for i in images]
     return evaluate(samples, model, settings)[float(scale)]

@@ -55,6 +55,7 @@ from .checkpoint import (
 )
 from .data import (
     DataError,
+    JpegStep,
     PatchBank,
     TrainImage,
     build_patch_bank,
@@ -74,7 +75,7 @@ from .model import DRCN, DRCNConfig, widen
 from .pipeline import InferenceSettings, open_model
 from .processes import Processes, all_mean, any_process, barrier, join, leave, processes
 from .protocol import BenchError, Sample, Score, evaluate, make_sample, min_image_side
-from .train_config import RECIPE_FIELDS, TrainConfig, check_config
+from .train_config import RECIPE_FIELDS, TrainConfig, check_config, jpeg_range
 from .weights import TINY, WeightsError, load_weights, save_weights
 
 __all__ = [
@@ -92,6 +93,7 @@ __all__ = [
     "batch_seed",
     "init_architecture",
     "lr_at",
+    "jpeg_step",
     "prepare_validation",
     "read_checkpoint",
     "recursive_loss",
@@ -168,10 +170,13 @@ class ValidationStats:
     step: int
     psnr: dict[float, float]  # mean PSNR (dB) over the validation images, per scale
     ssim: dict[float, float]
-    mean_psnr: float  # the mean over scales of `psnr`: what "best" compares
+    mean_psnr: float  # the mean over scales of `psnr` (and of `jpeg_psnr`, when there is one): what "best" compares
     best_psnr: float
     best_step: int
     seconds: float
+    jpeg_quality: int | None = None  # with a JPEG step: the quality of the second validation set
+    jpeg_psnr: dict[float, float] = dataclasses.field(default_factory=dict)
+    jpeg_ssim: dict[float, float] = dataclasses.field(default_factory=dict)
 
 
 class TrainReporter:
@@ -208,16 +213,19 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------- validation
 
 
-def prepare_validation(paths: Sequence[str | os.PathLike], scales: Sequence[float]) -> list[Sample]:
+def prepare_validation(
+    paths: Sequence[str | os.PathLike], scales: Sequence[float], jpeg: int | None = None
+) -> list[Sample]:
     """The validation images degraded once by the bench protocol (:mod:`drcn_cli.protocol`), read as training
-    reads them. Colour images stay RGB (the network sees the Y of their bicubic upsample, as in `drcn upscale`).
-    Raises DataError for an unreadable image or one too small to validate."""
+    reads them, their LR through a JPEG file at quality ``jpeg`` if given. Colour images stay RGB (the network
+    sees the Y of their bicubic upsample, as in `drcn upscale`). Raises DataError for an unreadable image or one
+    too small to validate."""
     samples = []
     for path in paths:
         image = load_image8(path)
         for scale in scales:
             try:
-                samples.append(make_sample(image, scale, Path(path).name))
+                samples.append(make_sample(image, scale, Path(path).name, jpeg))
             except BenchError:
                 raise DataError(
                     f"{path}: too small to validate at x{scale:g} (needs {min_image_side(scale)} pixels a side "
@@ -250,11 +258,26 @@ class _AllPredictions(nn.Module):
 
 
 def _load_training_images(cfg: TrainConfig) -> list[TrainImage]:
+    """The training images, with their colour where a JPEG step needs it."""
+    color = cfg.jpeg_quality is not None
     if cfg.pack and Path(cfg.pack).is_file():
-        return load_pack(cfg.pack)
+        images = load_pack(cfg.pack)
+        if color and all(image.rgb is None for image in images):
+            raise DataError(
+                f"{cfg.pack}: the pack holds the images' luminance only, and the JPEG step needs their colour; "
+                "give another --pack name to build one from --data"
+            )
+        return images
     if not cfg.data:
         raise DataError(f"{cfg.pack}: no such pack, and no data folders to build it from")
-    return load_images(cfg.data)
+    return load_images(cfg.data, color=color)
+
+
+def jpeg_step(cfg: TrainConfig) -> JpegStep | None:
+    """The JPEG step of ``cfg``'s training data (None without --jpeg-quality)."""
+    if cfg.jpeg_quality is None:
+        return None
+    return JpegStep(jpeg_range(cfg.jpeg_quality), cfg.jpeg_clean, cfg.jpeg_copies, cfg.seed)
 
 
 def _check_targets(cfg: TrainConfig) -> None:
@@ -324,7 +347,8 @@ _LOG_COLUMNS = (
 
 
 def _log_columns(scales: Sequence[float]) -> list[str]:
-    return [*_LOG_COLUMNS, *(f"val_psnr_x{s:g}" for s in scales), *(f"val_ssim_x{s:g}" for s in scales)]
+    per_scale = [f"val_{kind}_x{s:g}" for kind in ("psnr", "ssim", "jpeg_psnr", "jpeg_ssim") for s in scales]
+    return [*_LOG_COLUMNS, *per_scale]
 
 
 def _start_log(path: Path, scales: Sequence[float], keep_until: int | None) -> None:
@@ -367,13 +391,17 @@ def _export_metadata(
     step: int,
     scores: Mapping[float, Score] | None,
     init_steps: int = 0,
+    jpeg_scores: Mapping[float, Score] | None = None,
 ) -> dict[str, str]:
     """What a weights file says about its training; ``scores`` maps scale -> mean Score on the validation set.
     ``training_steps`` counts this run's steps; ``training_steps_total`` adds those behind its --init weights."""
     recipe = {name: getattr(cfg, name) for name in RECIPE_FIELDS if name not in ("features", "recursions")}
     folders = sorted({image.name.split("/", 1)[0] for image in images})
+    degradation = "MATLAB bicubic degradation"
+    if cfg.jpeg_quality is not None:
+        degradation += f", then JPEG at quality {cfg.jpeg_quality} ({cfg.jpeg_clean:g} of the inputs clean)"
     meta = {
-        "training_data": f"{', '.join(folders)} ({len(images)} images, Y channel, MATLAB bicubic degradation)",
+        "training_data": f"{', '.join(folders)} ({len(images)} images, Y channel, {degradation})",
         "training_recipe": json.dumps(recipe),
         "training_steps": str(step),
         "scales": ",".join(f"{s:g}" for s in cfg.scales),
@@ -386,6 +414,9 @@ def _export_metadata(
         per_scale = ", ".join(f"x{s:g} {score.psnr:.2f} dB / {score.ssim:.4f}" for s, score in scores.items())
         meta["validation"] = f"{Path(cfg.val).name} at step {step} (PSNR/SSIM on Y, border = scale): {per_scale}"
         meta["val_psnr"] = f"{mean:.4f}"
+        if jpeg_scores:
+            jpeg = ", ".join(f"x{s:g} {score.psnr:.2f} dB / {score.ssim:.4f}" for s, score in jpeg_scores.items())
+            meta["validation_jpeg"] = f"{Path(cfg.val).name} through JPEG q{cfg.val_jpeg} at step {step}: {jpeg}"
     return meta
 
 
@@ -425,6 +456,7 @@ class _Data:
     fingerprint: str
     bank: PatchBank
     val_samples: list[Sample]
+    val_jpeg_samples: list[Sample]  # with a JPEG step: the validation images through JPEG at cfg.val_jpeg
     init_state: dict[str, torch.Tensor] | None
     init_steps: int  # steps the starting weights had been trained for (their own and their init's)
 
@@ -506,6 +538,9 @@ def _prepare_data(
     if checkpoint is not None and checkpoint.state.get("data_fingerprint") not in (None, data_id):
         raise CheckpointError(f"{checkpoint.path}: the checkpoint was trained on other images than these")
     val_samples = prepare_validation(list_images(cfg.val), cfg.scales) if cfg.val else []
+    val_jpeg_samples = []
+    if cfg.val and cfg.jpeg_quality is not None:
+        val_jpeg_samples = prepare_validation(list_images(cfg.val), cfg.scales, cfg.val_jpeg)
     init_state, init_steps = None, 0
     if checkpoint is not None:
         init_steps = int(checkpoint.state.get("init_steps", 0))
@@ -524,13 +559,13 @@ def _prepare_data(
         init_state = init_model.state_dict()
     bank: PatchBank = build_patch_bank(
         images, cfg.scales, cfg.patch_size, cfg.stride, cfg.downscales,
-        quantize_lr=cfg.quantize_lr, device=device, on_image=reporter.preparing,
+        quantize_lr=cfg.quantize_lr, jpeg=jpeg_step(cfg), device=device, on_image=reporter.preparing,
     )  # fmt: skip
     # Everything that can be refused has been checked: from here on, files may be written.
     if cfg.pack and not Path(cfg.pack).is_file() and procs.main:
         save_pack(cfg.pack, images)
     reporter.data_ready(bank.patches_per_scale(), len(images), bank.nbytes / 2**20, time.perf_counter() - t0)
-    return _Data(images, data_id, bank, val_samples, init_state, init_steps)
+    return _Data(images, data_id, bank, val_samples, val_jpeg_samples, init_state, init_steps)
 
 
 def _build_model(
@@ -692,21 +727,31 @@ def _validate(run: _Run) -> None:
     if run.procs.main:
         t = time.perf_counter()
         ready = open_model(_scored(run), run.device, run.precision)  # a copy, as `drcn upscale` runs it
-        scores = evaluate(run.data.val_samples, ready, InferenceSettings(run.device, run.precision))
+        settings = InferenceSettings(run.device, run.precision)
+        scores = evaluate(run.data.val_samples, ready, settings)
+        jpeg_scores = evaluate(run.data.val_jpeg_samples, ready, settings) if run.data.val_jpeg_samples else {}
         by_psnr = {scale: score.psnr for scale, score in scores.items()}
         by_ssim = {scale: score.ssim for scale, score in scores.items()}
-        mean = sum(by_psnr.values()) / len(by_psnr)
+        cells = [*by_psnr.values(), *(score.psnr for score in jpeg_scores.values())]
+        mean = sum(cells) / len(cells)  # a photo model is chosen on clean and JPEG inputs alike
         if run.best_psnr is None or mean > run.best_psnr:
             run.best_psnr, run.best_step = mean, run.step
-            _export(run, scores)
+            _export(run, scores, jpeg_scores)
         seconds = time.perf_counter() - t
         run.reporter.validated(
-            ValidationStats(run.step, by_psnr, by_ssim, mean, run.best_psnr, run.best_step, seconds)  # type: ignore[arg-type]  # a resumed checkpoint may hold best_psnr with a null best_step
-        )
+            ValidationStats(
+                run.step, by_psnr, by_ssim, mean, run.best_psnr, run.best_step, seconds,  # type: ignore[arg-type]  # a resumed checkpoint may hold best_psnr with a null best_step
+                run.cfg.val_jpeg if jpeg_scores else None,
+                {scale: score.psnr for scale, score in jpeg_scores.items()},
+                {scale: score.ssim for scale, score in jpeg_scores.items()},
+            )
+        )  # fmt: skip
         if run.log_path is not None:
             row = {"kind": "val", "step": run.step, "val_psnr": mean, "val_ssim": sum(by_ssim.values()) / len(by_ssim)}
             row.update({f"val_psnr_x{s:g}": v for s, v in by_psnr.items()})
             row.update({f"val_ssim_x{s:g}": v for s, v in by_ssim.items()})
+            row.update({f"val_jpeg_psnr_x{s:g}": v.psnr for s, v in jpeg_scores.items()})
+            row.update({f"val_jpeg_ssim_x{s:g}": v.ssim for s, v in jpeg_scores.items()})
             _append_log(run.log_path, run.cfg.scales, row)
     barrier(run.procs)
 
@@ -716,10 +761,12 @@ def _scored(run: _Run) -> DRCN:
     return run.ema if run.ema is not None else run.model
 
 
-def _export(run: _Run, scores: Mapping[float, Score] | None) -> None:
+def _export(
+    run: _Run, scores: Mapping[float, Score] | None, jpeg_scores: Mapping[float, Score] | None = None
+) -> None:
     """Write the weights to ``out`` (main process), with the run's description in their metadata."""
     if run.procs.main and run.out_path is not None:
-        metadata = _export_metadata(run.cfg, run.data.images, run.step, scores, run.data.init_steps)
+        metadata = _export_metadata(run.cfg, run.data.images, run.step, scores, run.data.init_steps, jpeg_scores)
         save_weights(_scored(run), run.out_path, metadata)
         mean = sum(score.psnr for score in scores.values()) / len(scores) if scores else None
         run.reporter.exported(run.out_path, run.step, mean)

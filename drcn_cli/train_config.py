@@ -21,6 +21,7 @@ __all__ = [
     "TrainConfig",
     "WIDENINGS",
     "check_config",
+    "jpeg_range",
     "read_recipe",
     "recipe_options",
 ]
@@ -65,6 +66,16 @@ class TrainConfig:
     stride: int = field(default=21, metadata=_cli("Patch grid stride.", _DATA, min=1))
     augment: bool = True  # the 8 flips / 90-degree rotations, drawn per patch
     quantize_lr: bool = True  # round the LR image to 8 bits, as an image file is
+    jpeg_quality: str | None = field(default=None, metadata=_cli(
+        "Train for photos: save the LR images as JPEG at a quality drawn from LO..HI (e.g. 30..95) or at Q, "
+        "before the network sees them (default: off, the paper's clean LR).", _DATA, metavar="LO..HI"))
+    jpeg_clean: float = field(default=0.25, metadata=_cli(
+        "With --jpeg-quality: the share of inputs left clean.", _DATA, min=0.0, max=1.0))
+    jpeg_copies: int = field(default=2, metadata=_cli(
+        "With --jpeg-quality: degraded inputs per image, downscale and scale, each drawn anew.", _DATA, min=1))
+    val_jpeg: int = field(default=75, metadata=_cli(
+        "With --jpeg-quality: the JPEG quality of the validation set scored beside the clean one.", _DATA,
+        min=1, max=100))
     # model
     init: str | None = field(default=None, metadata=_cli(
         "Start from these weights: a model name or a .safetensors path (a narrower model, e.g. drcn-lite "
@@ -134,10 +145,23 @@ class TrainConfig:
 
 # Fields that define the optimisation path: a resumed run must keep them, or it would not continue the same run.
 RECIPE_FIELDS = (
-    "scales", "downscales", "patch_size", "stride", "augment", "quantize_lr", "features", "recursions",
+    "scales", "downscales", "patch_size", "stride", "augment", "quantize_lr", "jpeg_quality", "jpeg_clean",
+    "jpeg_copies", "features", "recursions",
     "batch_size", "optimizer", "lr", "lr_min", "schedule", "warmup", "weight_decay", "grad_clip",
     "alpha_start", "alpha_end", "alpha_decay", "loss", "seed", "ema",
 )  # fmt: skip
+
+
+def jpeg_range(text: str) -> tuple[int, int]:
+    """``"LO..HI"`` or ``"Q"`` -> (lo, hi), qualities in 1..100. Raises ConfigError."""
+    lo, sep, hi = text.strip().partition("..")
+    try:
+        bounds = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise ConfigError(f"JPEG quality must be LO..HI or Q (whole numbers, e.g. 30..95), got {text!r}") from None
+    if not 1 <= bounds[0] <= bounds[1] <= 100:
+        raise ConfigError(f"JPEG quality must be LO..HI with 1 <= LO <= HI <= 100, got {text!r}")
+    return bounds
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -173,6 +197,12 @@ def check_config(cfg: TrainConfig) -> None:
         problems.append(f"ema is a decay in [0, 1), got {cfg.ema:g}")
     if cfg.checkpoint_every < 0 or cfg.val_every < 0 or cfg.log_every < 1:
         problems.append("checkpoint_every and val_every must be >= 0 and log_every >= 1")
+    if not 0 <= cfg.jpeg_clean <= 1 or cfg.jpeg_copies < 1 or not 1 <= cfg.val_jpeg <= 100:
+        problems.append("jpeg_clean is a share in [0, 1], jpeg_copies >= 1 and val_jpeg a quality in 1..100")
+    if cfg.jpeg_quality is not None:
+        jpeg_range(cfg.jpeg_quality)
+        if not cfg.quantize_lr:
+            problems.append("the JPEG step needs quantize_lr (JPEG files hold 8-bit images)")
     if problems:
         raise ConfigError(problems[0])
 

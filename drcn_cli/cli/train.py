@@ -131,6 +131,7 @@ def _parameter(field: dataclasses.Field, hint: Any) -> inspect.Parameter:
         rich_help_panel=meta["panel"],
         min=meta.get("min"),
         max=meta.get("max"),
+        metavar=meta.get("metavar"),
         file_okay=meta.get("path") != "dir",
         dir_okay=meta.get("path") != "file",
     )
@@ -264,6 +265,9 @@ class _RichReporter:
 
     def validated(self, stats: Any) -> None:
         per_scale = " ".join(f"x{s:g} {v:.2f}/{stats.ssim[s]:.4f}" for s, v in stats.psnr.items())
+        if stats.jpeg_psnr:
+            jpeg = " ".join(f"x{s:g} {v:.2f}/{stats.jpeg_ssim[s]:.4f}" for s, v in stats.jpeg_psnr.items())
+            per_scale = f"clean {per_scale}; JPEG q{stats.jpeg_quality} {jpeg};"
         marker = " (best)" if stats.best_step == stats.step else f" (best {stats.best_psnr:.3f} @ {stats.best_step})"
         self.val_text = f"val {stats.mean_psnr:.3f} dB"
         self.console.print(f"step {stats.step}: val PSNR/SSIM {per_scale}, mean {stats.mean_psnr:.3f} dB{marker}")
