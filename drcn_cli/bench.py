@@ -1,10 +1,12 @@
 """`drcn bench`'s runner: every image of some datasets at every scale and recursion depth, scored by the paper's
 protocol (:mod:`drcn_cli.protocol`) and timed, with the published numbers beside the means. It prints nothing.
+The LR images may also go through JPEG files (``jpeg`` qualities): the same protocol on the inputs photos are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import time
@@ -54,6 +56,7 @@ class ImageResult:
     dataset: str
     image: str
     scale: int
+    jpeg: int | None  # the JPEG quality the LR image went through; None: the paper's clean LR
     recursions: int | None
     width: int  # of the (mod-cropped) HR and SR images
     height: int
@@ -70,6 +73,7 @@ class SetResult:
 
     dataset: str
     scale: int
+    jpeg: int | None  # as ImageResult.jpeg; the published numbers are given for clean LR only
     recursions: int | None
     images: int
     psnr: float
@@ -274,12 +278,13 @@ def _measure(
         tally.add(sr, elapsed)
         height, width = sample.hr.shape[-2:]
         results.append(
-            ImageResult(dataset, path.stem, scale, depth, width, height, score.psnr, score.ssim,
+            ImageResult(dataset, path.stem, scale, sample.jpeg, depth, width, height, score.psnr, score.ssim,
                         bicubic_score.psnr, bicubic_score.ssim, seconds=elapsed)
         )  # fmt: skip
         if save_root is not None:
             suffix = f"_r{depth}" if len(depths) > 1 else ""
-            _save(sr, save_root / dataset / f"x{scale}" / f"{path.stem}{suffix}.png")
+            folder = f"x{scale}" if sample.jpeg is None else f"x{scale}_jpeg{sample.jpeg}"
+            _save(sr, save_root / dataset / folder / f"{path.stem}{suffix}.png")
     return results
 
 
@@ -292,11 +297,14 @@ def run_bench(
     recursions: Sequence[int | None] = (None,),
     save_dir: str | Path | None = None,
     on_progress: Callable[[BenchProgress], None] | None = None,
+    jpeg: Sequence[int | None] = (None,),
 ) -> BenchReport:
-    """Measure ``model`` (None: bicubic) on every image of ``datasets`` at every scale and recursion depth.
+    """Measure ``model`` (None: bicubic) on every image of ``datasets`` at every scale and recursion depth, with
+    the LR images as the paper makes them (None in ``jpeg``) or through JPEG at each quality in ``jpeg``.
 
     The model must already be on ``settings.device``. ``save_dir`` receives the SR images as
-    ``<dataset>/x<scale>/<image>.png`` (``<image>_r<k>.png`` for each depth of a sweep).
+    ``<dataset>/x<scale>/<image>.png`` (``x<scale>_jpeg<q>/`` for JPEG inputs; ``<image>_r<k>.png`` for each
+    depth of a sweep).
 
     Raises BenchError (an image too small, a depth the model lacks), DatasetError (an unreadable image),
     ImageWriteError (saving failed).
@@ -305,6 +313,8 @@ def run_bench(
         raise BenchError("nothing to measure: give at least one dataset and one scale")
     if any(int(s) != s or s < 2 for s in scales):
         raise BenchError(f"scales must be integers >= 2, got {list(scales)}")
+    if not jpeg or any(q is not None and not 1 <= q <= 100 for q in jpeg):
+        raise BenchError(f"JPEG qualities must be in 1..100, got {list(jpeg)}")
     depths = _depths(model, recursions)
     _check_sizes(datasets, scales)
     save_root = Path(save_dir) if save_dir is not None else None
@@ -318,8 +328,9 @@ def run_bench(
         for index, path in enumerate(dataset.images, start=1):
             image = load_image(path)
             for scale in scales:
-                sample = _sample(image, scale, path)
-                results += _measure(dataset.name, path, sample, model, settings, depths, tally, save_root)
+                for quality in jpeg:
+                    sample = _sample(image, scale, path, quality)
+                    results += _measure(dataset.name, path, sample, model, settings, depths, tally, save_root)
             done += 1
             if on_progress is not None:
                 on_progress(BenchProgress(dataset.name, path.stem, index, len(dataset.images), done, total))
@@ -328,12 +339,13 @@ def run_bench(
         tally.upscales, tally.seconds, tally.pixels / 1e6, str(settings.device), settings.precision, peak, peak_kind
     )
     method = "bicubic" if model is None else "drcn"
-    return BenchReport(method, _summarise(datasets, scales, depths, results, method), tuple(results), timing)
+    sets = _summarise(datasets, scales, jpeg, depths, results, method)
+    return BenchReport(method, sets, tuple(results), timing)
 
 
-def _sample(image: torch.Tensor, scale: int, path: Path) -> Sample:
+def _sample(image: torch.Tensor, scale: int, path: Path, jpeg: int | None) -> Sample:
     try:
-        return make_sample(image, scale, path.name)
+        return make_sample(image, scale, path.name, jpeg)
     except BenchError as exc:
         raise BenchError(f"{path}: {exc}") from None
 
@@ -341,31 +353,32 @@ def _sample(image: torch.Tensor, scale: int, path: Path) -> Sample:
 def _summarise(
     datasets: Sequence[Dataset],
     scales: Sequence[int],
+    qualities: Sequence[int | None],
     depths: Sequence[int | None],
     results: Sequence[ImageResult],
     method: str,
 ) -> tuple[SetResult, ...]:
     paper_method = "DRCN" if method == "drcn" else "Bicubic"
     sets = []
-    for dataset in datasets:
-        known = dataset.benchmark.name if dataset.benchmark is not None else None
-        for scale in scales:
-            for depth in depths:
-                rows = [r for r in results if (r.dataset, r.scale, r.recursions) == (dataset.name, scale, depth)]
-                sets.append(
-                    SetResult(
-                        dataset=dataset.name,
-                        scale=scale,
-                        recursions=depth,
-                        images=len(rows),
-                        psnr=_mean([r.psnr for r in rows]),
-                        ssim=_mean([r.ssim for r in rows]),
-                        bicubic_psnr=_mean([r.bicubic_psnr for r in rows]),
-                        bicubic_ssim=_mean([r.bicubic_ssim for r in rows]),
-                        paper=published(paper_method, known, scale) if known else None,
-                        paper_bicubic=published("Bicubic", known, scale) if known else None,
-                    )
-                )
+    for dataset, scale, jpeg, depth in itertools.product(datasets, scales, qualities, depths):
+        known = dataset.benchmark.name if dataset.benchmark is not None and jpeg is None else None
+        key = (dataset.name, scale, jpeg, depth)
+        rows = [r for r in results if (r.dataset, r.scale, r.jpeg, r.recursions) == key]
+        sets.append(
+            SetResult(
+                dataset=dataset.name,
+                scale=scale,
+                jpeg=jpeg,
+                recursions=depth,
+                images=len(rows),
+                psnr=_mean([r.psnr for r in rows]),
+                ssim=_mean([r.ssim for r in rows]),
+                bicubic_psnr=_mean([r.bicubic_psnr for r in rows]),
+                bicubic_ssim=_mean([r.bicubic_ssim for r in rows]),
+                paper=published(paper_method, known, scale) if known else None,
+                paper_bicubic=published("Bicubic", known, scale) if known else None,
+            )
+        )
     return tuple(sets)
 
 
@@ -390,6 +403,7 @@ def report_to_dict(report: BenchReport) -> dict[str, Any]:
             {
                 "dataset": s.dataset,
                 "scale": s.scale,
+                "jpeg": s.jpeg,
                 "recursions": s.recursions,
                 "images": s.images,
                 "psnr": s.psnr,

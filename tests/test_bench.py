@@ -212,7 +212,7 @@ def test_report_to_dict_is_json(tmp_path, model):
     data = json.loads(json.dumps(bench.report_to_dict(report)))
     assert data["method"] == "drcn" and len(data["sets"]) == 2 and len(data["images"]) == 4
     assert set(data["images"][0]) == {
-        "dataset", "image", "scale", "recursions", "width", "height",
+        "dataset", "image", "scale", "jpeg", "recursions", "width", "height",
         "psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "seconds",
     }  # fmt: skip
     assert data["timing"]["images_per_second"] > 0
@@ -230,3 +230,25 @@ def test_plot_needs_a_sweep_and_matplotlib(tmp_path, model, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
     with pytest.raises(bench.MissingExtraError, match=r"pip install 'drcn\[plot\]'"):
         bench.plot_recursion_sweep(report, tmp_path / "again.png")
+
+
+def test_run_bench_with_jpeg_inputs_says_the_quality_and_leaves_clean_as_it_was(tmp_path, model):
+    ds = folder_dataset(tmp_path, "Set5", benchmark=find_benchmark("Set5"))
+    clean = run_bench([ds], (2,), model, CPU)
+    both = run_bench([ds], (2,), model, CPU, jpeg=(None, 75, 40), save_dir=tmp_path / "sr")
+    assert [(s.scale, s.jpeg) for s in both.sets] == [(2, None), (2, 75), (2, 40)]
+    assert both.sets[0] == clean.sets[0]  # the clean cell is the paper's protocol, unchanged
+    assert [s.paper is not None for s in both.sets] == [True, False, False]  # the paper is for clean LR only
+    assert both.sets[1].psnr != clean.sets[0].psnr and both.sets[2].psnr < both.sets[1].psnr
+    assert both.sets[1].bicubic_psnr < clean.sets[0].bicubic_psnr
+    assert {r.jpeg for r in both.images} == {None, 75, 40}
+    assert all(r["jpeg"] in (None, 75, 40) for r in bench.per_image_rows(both))
+    assert sorted(p.parent.name for p in (tmp_path / "sr" / "Set5").rglob("img0.png")) == [
+        "x2", "x2_jpeg40", "x2_jpeg75"
+    ]
+    # A JPEG cell scores what the protocol makes of an LR image read back from a JPEG file.
+    hr, lr = degrade(load_image(ds.images[0]), 2, 75)
+    row = next(r for r in both.images if (r.image, r.jpeg) == ("img0", 75))
+    assert row.psnr == score_image(super_resolve(lr, 2, model, CPU), hr, 2).psnr
+    with pytest.raises(BenchError, match="JPEG"):
+        run_bench([ds], (2,), model, CPU, jpeg=(0,))

@@ -108,6 +108,30 @@ def test_plot_alone_sweeps_every_depth(tmp_path, weights_file):
     assert [s["recursions"] for s in json.loads((tmp_path / "r.json").read_text())["sets"]] == [1, 2, 3]
 
 
+def test_jpeg_inputs_are_named_in_the_title_the_table_and_every_record(tmp_path, weights_file):
+    folder = make_images(tmp_path / "mine", sizes=((40, 36),), grey_last=False)
+    result = run("-d", folder, "--weights", weights_file, "-s", 2, "--jpeg", 75, "--jpeg", 50, "-q",
+                 "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    title = " ".join(result.stdout.split())
+    assert "LR saved as JPEG at quality 75, 50" in title
+    assert "q75" in result.stdout and "q50" in result.stdout
+    assert "(paper)" not in result.stdout and "Difference" not in result.stdout  # the paper is for clean LR only
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["jpeg"] == [50, 75] and [s["jpeg"] for s in data["sets"]] == [75, 50]
+    assert all(s["paper"] is None for s in data["sets"])
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [r["jpeg"] for r in rows] == ["75", "50"]
+    clean = run("-d", folder, "--weights", weights_file, "-s", 2, "-q", "--json", tmp_path / "c.json")
+    assert clean.exit_code == 0, clean.output
+    clean_data = json.loads((tmp_path / "c.json").read_text())
+    assert clean_data["jpeg"] is None and clean_data["sets"][0]["jpeg"] is None
+    assert clean_data["sets"][0]["psnr"] != data["sets"][0]["psnr"]
+    assert "LR saved as JPEG" not in " ".join(clean.stdout.split())
+    bad = run("-d", folder, "--weights", weights_file, "--jpeg", 0)
+    assert bad.exit_code == 2
+
+
 def test_self_ensemble_is_named_in_the_title_and_the_json(tmp_path, weights_file):
     folder = make_images(tmp_path / "mine", sizes=((30, 30),))
     reports = {}

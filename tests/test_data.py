@@ -10,10 +10,13 @@ from PIL import Image
 from drcn_cli.color import rgb_to_ycbcr
 from drcn_cli.data import (
     DataError,
+    JpegStep,
     TrainImage,
     build_patch_bank,
     degrade,
+    downscale,
     fingerprint,
+    jpeg_roundtrip,
     list_images,
     load_images,
     load_pack,
@@ -178,3 +181,107 @@ def test_pack_round_trip_and_fingerprint(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="junk.npz"):
         load_pack(tmp_path / "junk.npz")
+
+
+# ------------------------------------------------------------------------------------------------ JPEG step
+
+
+def _rgb_image(name: str, height: int, width: int, seed: int = 0) -> TrainImage:
+    rgb = torch.from_numpy(_smooth_rgb(np.random.default_rng(seed), height, width)).permute(2, 0, 1).contiguous()
+    y = (quantize(rgb_to_ycbcr(rgb.double() / 255)[0]) * 255).round().to(torch.uint8)
+    return TrainImage(name, y, rgb)
+
+
+def test_jpeg_roundtrip_is_a_real_jpeg_file_of_rgb_and_grey():
+    rgb = torch.from_numpy(_smooth_rgb(np.random.default_rng(3), 24, 40)).permute(2, 0, 1).float() / 255
+    out = jpeg_roundtrip(rgb, 30)
+    assert out.shape == rgb.shape and out.dtype == torch.float32
+    assert torch.equal(out, (out * 255).round() / 255)  # 8-bit levels
+    assert 0 < (out - rgb).abs().mean() < 0.1  # changed, but the same picture
+    # What a user's file holds: Pillow's JPEG at that quality, decoded.
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray((rgb * 255).round().byte().permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=30)
+    expected = torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1).float() / 255
+    assert torch.equal(out, expected)
+    grey = rgb[:1]
+    assert jpeg_roundtrip(grey, 50).shape == (1, 24, 40)
+    assert (jpeg_roundtrip(rgb, 95) - rgb).abs().mean() < (out - rgb).abs().mean()  # quality matters
+    with pytest.raises(DataError, match="1..100"):
+        jpeg_roundtrip(rgb, 0)
+
+
+def test_downscale_without_jpeg_is_unchanged_and_with_jpeg_differs():
+    hr = torch.from_numpy(_smooth_rgb(np.random.default_rng(4), 48, 40)).permute(2, 0, 1).float() / 255
+    target, clean = downscale(hr, 2)
+    assert torch.equal(clean, quantize(imresize(hr, size=(24, 20))))
+    target_j, lr_j = downscale(hr, 2, jpeg=40)
+    assert torch.equal(target_j, target) and torch.equal(lr_j, jpeg_roundtrip(clean, 40))
+    assert not torch.equal(lr_j, clean)
+    with pytest.raises(DataError, match="quantize_lr"):
+        downscale(hr, 2, quantize_lr=False, jpeg=40)
+
+
+def test_jpeg_step_checks_its_options_and_draws_from_its_seed():
+    import random
+
+    step = JpegStep((30, 95), clean=0.25, copies=2, seed=5)
+    assert [step.draw(random.Random(5)) for _ in range(2)] == [step.draw(random.Random(5))] * 2
+    many = [step.draw(random.Random(i)) for i in range(400)]
+    clean = sum(q is None for q in many) / len(many)
+    assert 0.15 < clean < 0.35 and all(30 <= q <= 95 for q in many if q is not None)
+    for bad in ({"qualities": (0, 50)}, {"qualities": (60, 50)}, {"qualities": (30, 95), "clean": 1.5},
+                {"qualities": (30, 95), "copies": 0}):  # fmt: skip
+        with pytest.raises(DataError):
+            JpegStep(**bad)
+
+
+def test_bank_with_a_jpeg_step_holds_copies_from_the_rgb_and_is_reproducible():
+    images = [_rgb_image("a", 48, 56, 1), _rgb_image("b", 40, 44, 2), _image("grey", 40, 40, 3)]
+    step = JpegStep((20, 60), clean=0.0, copies=3, seed=7)
+    bank = build_patch_bank(images, (2.0, 3.0), patch_size=17, stride=8, downscales=(1.0,), jpeg=step)
+    plain = build_patch_bank(images, (2.0, 3.0), patch_size=17, stride=8, downscales=(1.0,))
+    assert bank.inputs.shape[0] == 3 * 2 and len(bank) == 3 * len(plain)
+    assert bank.patches_per_scale() == {s: 3 * n for s, n in plain.patches_per_scale().items()}
+    assert torch.equal(bank.input_row % 2, bank.scale_index)
+    # The targets are the same HR luminance; every input differs from the clean one (all copies are JPEG).
+    assert torch.equal(bank.hr, plain.hr)
+    for row in range(6):
+        assert not torch.equal(bank.inputs[row], plain.inputs[row % 2])
+    # The JPEG input of image a at x2, copy 0, is the Y of its RGB LR through the drawn quality, bicubic back up.
+    import random
+
+    quality = step.draw(random.Random(7))
+    _target, lr = downscale(images[0].rgb.float() / 255, 2.0)
+    expected = imresize(rgb_to_ycbcr(jpeg_roundtrip(lr, quality))[0], size=(48, 56)).half()
+    assert torch.equal(bank.inputs[0, : 48 * 56].view(48, 56), expected)
+    again = build_patch_bank(images, (2.0, 3.0), patch_size=17, stride=8, downscales=(1.0,), jpeg=step)
+    assert torch.equal(again.inputs, bank.inputs)
+    other = build_patch_bank(images, (2.0, 3.0), 17, 8, (1.0,), jpeg=JpegStep((20, 60), 0.0, 3, seed=8))
+    assert not torch.equal(other.inputs, bank.inputs)
+    index, transform = random_batch(bank, 16, torch.Generator().manual_seed(0))
+    net_input, target = sample_batch(bank, index, transform)
+    assert net_input.shape == target.shape == (16, 1, 17, 17)
+
+
+def test_bank_clean_share_one_is_the_clean_degradation_of_the_rgb():
+    images = [_rgb_image("a", 48, 56, 1)]
+    bank = build_patch_bank(images, (2.0,), 17, 8, (1.0,), jpeg=JpegStep((30, 90), clean=1.0, copies=1))
+    _target, lr = downscale(images[0].rgb.float() / 255, 2.0)
+    expected = imresize(rgb_to_ycbcr(lr)[0], size=(48, 56)).half()
+    assert torch.equal(bank.inputs[0].view(48, 56), expected)
+
+
+def test_packs_keep_the_colour_and_color_loading(tmp_path):
+    Image.fromarray(_smooth_rgb(np.random.default_rng(0), 20, 24)).save(tmp_path / "c.png")
+    Image.fromarray(np.full((20, 24), 99, np.uint8)).save(tmp_path / "g.png")
+    plain = load_images([tmp_path])
+    assert all(image.rgb is None for image in plain)
+    images = load_images([tmp_path], color=True)
+    assert images[0].rgb.shape == (3, 20, 24) and images[1].rgb is None
+    assert all(torch.equal(a.y, b.y) for a, b in zip(images, plain, strict=True))
+    save_pack(tmp_path / "p.npz", images)
+    back = load_pack(tmp_path / "p.npz")
+    assert torch.equal(back[0].rgb, images[0].rgb) and back[1].rgb is None
+    assert fingerprint(back) == fingerprint(plain)  # the same pixels' luminance: a resumed run matches

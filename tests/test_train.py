@@ -473,3 +473,48 @@ def test_weights_that_decay_below_tiny_are_zeroed_in_place_during_training():
     weight = torch.nn.Parameter(torch.tensor([1e-40, -TINY / 2, TINY * 2, 0.3]))
     _zero_tiny_([weight])
     assert weight.tolist() == [0.0, 0.0, pytest.approx(TINY * 2), pytest.approx(0.3)]
+
+
+def test_a_jpeg_run_trains_on_its_step_and_validates_clean_and_jpeg_side_by_side(data_dir, tmp_path):
+    val_dir = write_training_images(tmp_path / "val", count=1, size=40, seed=9)
+    seen = []
+
+    class Recorder(TrainReporter):
+        def validated(self, stats):
+            seen.append(stats)
+
+    cfg = _config(data_dir, tmp_path, val=str(val_dir), val_every=6, jpeg_quality="30..60", jpeg_clean=0.5,
+                  out=str(tmp_path / "photo.safetensors"))  # fmt: skip
+    train(cfg, Recorder())
+    (stats,) = seen
+    assert stats.jpeg_quality == 75 and set(stats.jpeg_psnr) == set(stats.psnr) == {2.0, 3.0}
+    assert stats.jpeg_psnr != stats.psnr
+    cells = [*stats.psnr.values(), *stats.jpeg_psnr.values()]
+    assert stats.mean_psnr == pytest.approx(sum(cells) / 4)  # the best is chosen on both
+    _, metadata = load_weights(tmp_path / "photo.safetensors")
+    assert "JPEG at quality 30..60" in metadata["training_data"]
+    assert "through JPEG q75" in metadata["validation_jpeg"]
+    assert json.loads(metadata["training_recipe"])["jpeg_quality"] == "30..60"
+    log = (tmp_path / "ckpt" / "log.csv").read_text().splitlines()
+    header, val_row = log[0].split(","), next(line for line in log if line.startswith("val")).split(",")
+    assert val_row[header.index("val_jpeg_psnr_x2")] != ""
+    # The data differ from a clean run's: a run without the step ends elsewhere.
+    plain = _config(data_dir, tmp_path, checkpoint_dir=str(tmp_path / "plain"))
+    jpeg = _config(data_dir, tmp_path, checkpoint_dir=str(tmp_path / "jpeg"), jpeg_quality="30..60")
+    assert train(plain).last_loss != train(jpeg).last_loss
+    # A resumed run keeps the step: it is part of the recipe.
+    with pytest.raises(CheckpointError, match="jpeg"):
+        train(dataclasses.replace(resume_config(tmp_path / "jpeg"), jpeg_quality="40..60", steps=8))
+
+
+def test_a_jpeg_run_needs_a_pack_with_colour(data_dir, tmp_path):
+    from drcn_cli.data import save_pack
+
+    save_pack(tmp_path / "luma.npz", load_images([data_dir]))
+    cfg = _config(data_dir, tmp_path, pack=str(tmp_path / "luma.npz"), jpeg_quality="50")
+    with pytest.raises(DataError, match="luminance only"):
+        train(cfg)
+    assert not (tmp_path / "ckpt").exists()
+    colour = _config(data_dir, tmp_path, pack=str(tmp_path / "colour.npz"), jpeg_quality="50", steps=1)
+    train(colour)
+    train(dataclasses.replace(colour, data=(), checkpoint_dir=str(tmp_path / "again")))  # the pack serves alone

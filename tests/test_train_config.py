@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from drcn_cli.errors import ConfigError
-from drcn_cli.train_config import TrainConfig, check_config, recipe_options
+from drcn_cli.train_config import TrainConfig, check_config, jpeg_range, recipe_options
 
 
 def test_recipe_tables_become_config_fields():
@@ -69,3 +69,17 @@ def test_fields_that_are_not_options_are_still_set_in_a_recipe():
     options = recipe_options({"quantize_lr": False, "alpha_start": 0.5, "alpha_end": 0.1}, "r.toml")
     assert options == {"quantize_lr": False, "alpha_start": 0.5, "alpha_end": 0.1}
     assert not any(f.metadata for f in dataclasses.fields(TrainConfig) if f.name in options)
+
+
+def test_jpeg_quality_is_a_range_or_one_quality():
+    assert jpeg_range("30..95") == (30, 95) and jpeg_range(" 75 ") == (75, 75)
+    for bad in ("95..30", "0..50", "30..101", "high", "30-95", ""):
+        with pytest.raises(ConfigError, match="JPEG quality"):
+            jpeg_range(bad)
+    with pytest.raises(ConfigError, match="JPEG quality"):
+        check_config(TrainConfig(data=("x",), jpeg_quality="10..5"))
+    with pytest.raises(ConfigError, match="quantize_lr"):
+        check_config(TrainConfig(data=("x",), jpeg_quality="50", quantize_lr=False))
+    with pytest.raises(ConfigError, match="jpeg_clean"):
+        check_config(TrainConfig(data=("x",), jpeg_clean=1.5))
+    check_config(TrainConfig(data=("x",), jpeg_quality="30..95"))

@@ -56,27 +56,38 @@ def _results_table(report: Any, model_label: str):
     from rich.table import Table
 
     sweep = len({s.recursions for s in report.sets}) > 1
+    qualities = list(dict.fromkeys(s.jpeg for s in report.sets))
+    clean = None in qualities  # the paper's numbers are for clean LR images only
     drcn = report.method == "drcn"
     name = "DRCN" if drcn else "Bicubic"
-    table = Table(title=f"PSNR (dB) / SSIM on Y, {model_label}", title_justify="left")
+    title = f"PSNR (dB) / SSIM on Y, {model_label}"
+    if not clean:
+        title += f", LR saved as JPEG at quality {', '.join(str(q) for q in qualities)}"
+    table = Table(title=title, title_justify="left")
     table.add_column("Dataset")
     table.add_column("Scale", justify="right")
+    if len(qualities) > 1:
+        table.add_column("JPEG", justify="right")
     if sweep:
         table.add_column("Recursions", justify="right")
     if drcn:
         table.add_column("Bicubic", justify="right")
     table.add_column(f"{name} (ours)", justify="right")
-    table.add_column(f"{name} (paper)", justify="right")
-    table.add_column("Difference", justify="right")
+    if clean:
+        table.add_column(f"{name} (paper)", justify="right")
+        table.add_column("Difference", justify="right")
     for s in report.sets:
         row = [s.dataset, f"x{s.scale}"]
+        if len(qualities) > 1:
+            row.append("-" if s.jpeg is None else f"q{s.jpeg}")
         if sweep:
             row.append(str(s.recursions))
         if drcn:
             row.append(_pair(s.bicubic_psnr, s.bicubic_ssim))
         row.append(_pair(s.psnr, s.ssim))
-        row.append(_pair(s.paper.psnr, s.paper.ssim, 2) if s.paper is not None else "-")
-        row.append(_delta(s.psnr_delta, s.ssim_delta))
+        if clean:
+            row.append(_pair(s.paper.psnr, s.paper.ssim, 2) if s.paper is not None else "-")
+            row.append(_delta(s.psnr_delta, s.ssim_delta))
         table.add_row(*row)
     return table
 
@@ -120,6 +131,13 @@ def bench(
     scale: Annotated[
         list[int] | None,
         typer.Option("-s", "--scale", min=2, help="Integer scale; repeat for several. Default: 2, 3 and 4.",
+                     rich_help_panel=_DATA, show_default=False),
+    ] = None,
+    jpeg: Annotated[
+        list[int] | None,
+        typer.Option("--jpeg", min=1, max=100, metavar="Q",
+                     help="Save each LR image as JPEG at quality Q and read it back before upscaling, as a photo "
+                     "from the web is (not the paper's protocol, so no paper column); repeat for several.",
                      rich_help_panel=_DATA, show_default=False),
     ] = None,
     data_dir: Annotated[
@@ -179,7 +197,8 @@ def bench(
 ) -> None:
     """Benchmark DRCN (or bicubic) by the paper's protocol and print the results beside the paper's Table 1.
 
-    LR = MATLAB bicubic downscale of the HR mod-cropped to the scale, rounded to 8 bits.
+    LR = MATLAB bicubic downscale of the HR mod-cropped to the scale, rounded to 8 bits (with --jpeg, then saved as
+    JPEG at that quality and read back).
 
     PSNR and SSIM on the 8-bit Y channel, `scale` border pixels cropped, averaged over each set.
 
@@ -188,6 +207,7 @@ def bench(
     _check_options(method, model, weights, recursions, self_ensemble, plot, tile)
     datasets_spec = list(dataset or ["Set5"])
     scales = list(dict.fromkeys(scale or [2, 3, 4]))
+    qualities: list[int | None] = list(dict.fromkeys(jpeg)) if jpeg else [None]
 
     from rich.console import Console
 
@@ -210,7 +230,7 @@ def bench(
         network, label, depths = _open_network(weights or model, dev, prec, self_ensemble, recursions, plot, info)
 
     settings = InferenceSettings(dev, prec, tile, self_ensemble=self_ensemble)
-    report = _measure(err, quiet, sets, scales, network, settings, depths, save_images)
+    report = _measure(err, quiet, sets, scales, qualities, network, settings, depths, save_images)
     _print_results(report, label)
 
     model_text = label if network is not None else None
@@ -253,8 +273,8 @@ def _open_network(source: Any, dev: Any, prec: str, self_ensemble: bool, recursi
     return network, _network_label(network, self_ensemble), _depths(network, recursions, plot)
 
 
-def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], network: Any, settings: Any,
-             depths: tuple[int | None, ...], save_images: Path | None) -> Any:
+def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], qualities: list[int | None], network: Any,
+             settings: Any, depths: tuple[int | None, ...], save_images: Path | None) -> Any:
     """run_bench with a progress bar on ``err``; out of memory fails (exit 1)."""
     import torch
 
@@ -262,7 +282,7 @@ def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], network:
 
     try:
         with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
-            return lib.run_bench(sets, scales, network, settings, depths, save_images, advance)
+            return lib.run_bench(sets, scales, network, settings, depths, save_images, advance, qualities)
     except torch.OutOfMemoryError:
         raise fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
 
@@ -286,6 +306,7 @@ def _write_reports(report: Any, sets: list[Any], scales: list[int], model: str |
         data = {
             "datasets": [{"name": s.name, "root": str(s.root), "source": s.source} for s in sets],
             "scales": scales,
+            "jpeg": sorted({s.jpeg for s in report.sets if s.jpeg is not None}) or None,
             "model": model,
             "self_ensemble": self_ensemble,
             **lib.report_to_dict(report),
