@@ -23,6 +23,7 @@ from .device import autocast_dtype, resolve_device, resolve_precision, set_threa
 from .device import memory_format as preferred_memory_format
 from .loader import InferenceSettings, ReadyModel, auto_tile, compute_dtype, open_model, prepare_for_inference
 from .model import DRCN, DRCNConfig, context_row_cost
+from .registry import model_for_input
 from .resize import imresize, output_size
 from .tiling import plan_tiles, run_tiled_adaptive
 from .weights import WeightsError
@@ -253,7 +254,9 @@ def upscale_image(
             uint8, uint16 or float in [0, 1].
         scale: a factor >= 1 (2, 2.5, 3 ...); or give ``width`` and/or ``height`` of the output.
         weights: a .safetensors path, a model name (bundled, cached or downloaded, sha256-verified), or a DRCN
-            (copied: the caller's module is left as it is); default: the default model (see drcn_cli.loader).
+            (copied: the caller's module is left as it is); default: for a PIL image read from a JPEG file
+            (``image.format`` "JPEG"), the photo model drcn-lite-photo; for any other image and for arrays
+            (whose history is unknown), the default model (see drcn_cli.registry.model_for_input).
         device: 'auto' (CUDA, MPS, CPU), or a torch device string.
         precision: 'auto' (bf16 on a CPU with native bf16 units or on CUDA, fp32 on other CPUs), 'fp32',
             'fp16' (CUDA only) or 'bf16'.
@@ -275,6 +278,8 @@ def upscale_image(
         array = image
     tensor, fmt = array_to_tensor(array)
     size = target_size(tensor.shape[1], tensor.shape[2], scale, width, height)
+    if weights is None and method == "drcn":
+        weights = model_for_input(getattr(image, "format", None) if is_pil else None)
     model = open_model(weights, device, precision) if method == "drcn" else None
     if model is None:
         dev = resolve_device(device)

@@ -40,6 +40,8 @@ from .weights import DEFAULT_MODELS, bundled_weights
 __all__ = [
     "DEFAULT_REPO_ID",
     "KNOWN_WEIGHTS",
+    "LOSSY_FORMATS",
+    "PHOTO_MODEL",
     "REPO_ID_ENV",
     "ChecksumError",
     "HubOptions",
@@ -57,6 +59,7 @@ __all__ = [
     "known_weights",
     "list_weights",
     "locate_weights",
+    "model_for_input",
     "resolve_weights",
     "sha256_file",
     "split_source",
@@ -64,6 +67,9 @@ __all__ = [
 ]
 
 DEFAULT_REPO_ID = "drcn-sr/drcn-weights"
+PHOTO_MODEL = "drcn-lite-photo"  # the model for lossy inputs when none is named (model_for_input)
+# Inputs whose pixels went through a lossy codec: JPEG files (MPO: a phone's multi-picture JPEG) and video frames.
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "video"})
 REPO_ID_ENV = "DRCN_REPO_ID"
 HOME_ENV = "DRCN_HOME"
 
@@ -119,6 +125,16 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
             description="Light DRCN: F=64 filters, D=16 recursions; about 16x fewer operations, for CPUs",
             revision="main",
             bundled=True,
+        ),
+        KnownWeights(
+            name="drcn-lite-photo",
+            filename="drcn-lite-photo.safetensors",
+            sha256=None,
+            size=None,
+            description="drcn-lite trained on JPEG inputs as well as clean ones: the model for photos (JPEG files, "
+            "video frames)",
+            revision="main",
+            bundled=False,
         ),
     )
 }
@@ -187,6 +203,18 @@ def default_model_name() -> str:
         if bundled_path(name) is not None:
             return name
     return "drcn"
+
+
+def model_for_input(source_format: str | None) -> str:
+    """The model for an input when none is named: the bundled photo model (:data:`PHOTO_MODEL`, trained on JPEG
+    inputs as well as clean ones) for a lossy input, else :func:`default_model_name`.
+
+    ``source_format`` is the decoder's name for the input ("JPEG", "PNG" ... as Pillow gives it), "video" for
+    video frames, or None when unknown (an array): only those in :data:`LOSSY_FORMATS` are lossy.
+    """
+    if source_format in LOSSY_FORMATS and bundled_path(PHOTO_MODEL) is not None:
+        return PHOTO_MODEL
+    return default_model_name()
 
 
 def _source(entry: KnownWeights, repo_id: str | None, revision: str | None) -> tuple[str, str]:

@@ -66,3 +66,23 @@ def weights(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
     return str(path)
+
+
+@pytest.fixture
+def bundled_pair(tmp_path, monkeypatch):
+    """drcn-lite and drcn-lite-photo bundled as two different tiny models."""
+    import torch
+
+    from drcn_cli import weights as weights_module
+    from drcn_cli.model import DRCN, DRCNConfig
+
+    folder = tmp_path / "bundled"
+    folder.mkdir()
+    for seed, name in enumerate(("drcn-lite", "drcn-lite-photo")):
+        torch.manual_seed(seed)
+        model = DRCN(DRCNConfig(features=8, recursions=3))
+        with torch.no_grad():
+            model.recon2.weight.mul_(4.0 * (seed + 1))  # outputs far enough apart to tell the models by them
+        weights_module.save_weights(model, folder / f"{name}.safetensors")
+    monkeypatch.setattr(weights_module, "BUNDLED_DIR", folder)
+    return folder

@@ -407,3 +407,51 @@ def test_on_a_terminal_each_output_is_named(tmp_path, weights):
     for name in ("a", "b"):
         assert f"ok {tmp_path / name}.png -> {out / name}.png (12x10 -> 24x20" in result.stderr
     assert "done: 2 upscaled" in result.stderr
+
+
+# -- which model: the photo model for JPEG inputs when no model is named ---------------------------------------
+
+
+def test_jpeg_inputs_get_the_photo_model_and_every_record_names_its_model(tmp_path, bundled_pair):
+    pixels = rng_pixels((16, 20, 3), seed=3)
+    save_png(tmp_path / "in" / "card.png", pixels)
+    Image.fromarray(pixels).save(tmp_path / "in" / "photo.jpg", quality=80)
+    result = run(tmp_path / "in", "-s", 2, "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    records = {os.path.basename(r["input"]): r for r in json_lines(result.stdout)}
+    assert records["photo.jpg"]["model"] == "drcn-lite-photo" and records["card.png"]["model"] == "drcn-lite"
+    assert "drcn-lite-photo.safetensors for JPEG inputs and video" in result.stderr
+    assert any(line.startswith("ok ") and "photo.jpg" in line and "drcn-lite-photo" in line
+               for line in result.stderr.splitlines())  # fmt: skip
+    # Each output is what that model makes, and --model overrides the choice for every input.
+    for name, model in (("photo.jpg", "drcn-lite-photo"), ("card.png", "drcn-lite")):
+        named = run(tmp_path / "in" / name, "-s", 2, "-o", tmp_path / model / name, "--model", model)
+        assert named.exit_code == 0, named.output
+        assert np.array_equal(np.asarray(Image.open(tmp_path / model / name)),
+                              np.asarray(Image.open(tmp_path / "out" / name)))  # fmt: skip
+    forced = run(tmp_path / "in", "-s", 2, "-o", tmp_path / "forced", "--json", "--model", "drcn-lite")
+    assert {r["model"] for r in json_lines(forced.stdout)} == {"drcn-lite"}
+    assert "for JPEG inputs" not in forced.stderr
+    bicubic = run(tmp_path / "in" / "card.png", "-s", 2, "-o", tmp_path / "b.png", "--method", "bicubic", "--json")
+    assert json_lines(bicubic.stdout)[0]["model"] == "bicubic"
+
+
+def test_a_jpeg_stream_on_stdin_gets_the_photo_model(tmp_path, bundled_pair):
+    buffer = io.BytesIO()
+    Image.fromarray(rng_pixels((16, 20, 3), seed=4)).save(buffer, "JPEG", quality=70)
+    result = run("-", "-s", 2, "-o", tmp_path / "out.png", "--json", input=buffer.getvalue())
+    assert result.exit_code == 0, result.output
+    assert json_lines(result.stdout)[0]["model"] == "drcn-lite-photo"
+
+
+def test_upscale_image_picks_the_photo_model_for_a_pil_jpeg_only(tmp_path, bundled_pair):
+    Image.fromarray(rng_pixels((16, 20, 3), seed=5)).save(tmp_path / "a.jpg", quality=75)
+    photo = Image.open(tmp_path / "a.jpg")
+    assert photo.format == "JPEG"
+    chosen = np.asarray(pipeline.upscale_image(photo, 2, device="cpu", precision="fp32"))
+    with_photo = np.asarray(pipeline.upscale_image(photo, 2, weights="drcn-lite-photo", device="cpu", precision="fp32"))
+    with_lite = np.asarray(pipeline.upscale_image(photo, 2, weights="drcn-lite", device="cpu", precision="fp32"))
+    assert np.array_equal(chosen, with_photo) and not np.array_equal(chosen, with_lite)
+    array = np.asarray(photo.convert("RGB"))  # an array's history is unknown: the default model
+    assert np.array_equal(pipeline.upscale_image(array, 2, device="cpu", precision="fp32"), with_lite)
+    assert registry.model_for_input("PNG") == "drcn-lite" and registry.model_for_input("video") == "drcn-lite-photo"

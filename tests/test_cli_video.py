@@ -98,3 +98,11 @@ def test_on_a_terminal_a_frame_bar_runs_and_the_output_is_named(tmp_path, weight
     assert result.exit_code == 0, result.output
     assert "frames" in result.stderr and "\x1b[" in result.stderr  # the live bar, in frames
     assert f"ok {source} -> {tmp_path / 'clip_x2.mp4'} (24x16 -> 48x32, 3 frames" in result.stderr
+
+
+def test_video_frames_get_the_photo_model_when_no_model_is_named(tmp_path, bundled_pair):
+    source = make_clip(tmp_path / "clip.mp4", frames=2, audio=False)
+    result = run(source, "-s", 2, "--json")
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["model"] == "drcn-lite-photo" and "drcn-lite-photo, " in result.stderr

@@ -79,7 +79,9 @@ def test_real_table_is_well_formed():
         assert entry.description and entry.revision
 
 
-@pytest.mark.parametrize(("name", "features", "recursions"), [("drcn", 256, 16), ("drcn-lite", 64, 16)])
+@pytest.mark.parametrize(
+    ("name", "features", "recursions"), [("drcn", 256, 16), ("drcn-lite", 64, 16), ("drcn-lite-photo", 64, 16)]
+)
 def test_bundled_files_match_the_table(name, features, recursions):
     path = registry.bundled_path(name)
     if path is None:

@@ -14,7 +14,16 @@ from pathlib import Path
 
 import typer
 
-from .upscale import EXIT_INTERRUPTED, _one_line, _prepare, _Reporter, _RunOptions, _sigterm_as_interrupt, _usage
+from .upscale import (
+    EXIT_INTERRUPTED,
+    _one_line,
+    _prepare,
+    _Reporter,
+    _RunOptions,
+    _sigterm_as_interrupt,
+    _usage,
+    model_label,
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,8 @@ def upscale_videos(sources, problems, console, opts: _RunOptions, *, output: str
             report.skipped(job)
     runnable = [job for job in jobs if job.error is None and not job.skip]
     if runnable:
-        network, settings = _prepare(console, report, opts, f"{len(runnable)} video(s)")
+        networks, settings = _prepare(console, report, opts, f"{len(runnable)} video(s)")
+        network = networks.for_input("video") if networks is not None else None
         with _sigterm_as_interrupt():
             try:
                 for job in runnable:
@@ -142,10 +152,10 @@ def _one_video(job: _VideoJob, network, settings, opts: _RunOptions, report: _Re
         report.info(f"note: {job.input_label}: {dropped}: dropped")
     report.info(f"ok {job.input_label} -> {job.output_label} ({info.width}x{info.height} -> {result.width}x"
                 f"{result.height}, {result.frames} frames, {result.audio_copied} audio stream(s) kept, "
-                f"{seconds:.2f} s)")
+                f"{model_label(network)}, {seconds:.2f} s)")
     report._json(input=job.input_label, output=job.output_label, status="ok", error=None,
                  input_size=[info.width, info.height], output_size=[result.width, result.height], seconds=seconds,
-                 bytes=result.bytes, frames=result.frames)
+                 bytes=result.bytes, frames=result.frames, model=model_label(network))
 
 
 class _frame_progress:

@@ -94,6 +94,7 @@ class _Upscaled:
 
     pixels: Any
     loaded: Any  # imageio.LoadedImage
+    model: str  # the model that made it (model_label)
 
 
 def _usage(message: str) -> typer.Exit:
@@ -482,45 +483,60 @@ def _silence_stdout() -> None:
 
 def _prepare(console, report, opts: _RunOptions, count: str):
     """Device, precision and model (loaded once), announced in one line with ``count`` ("3 image(s)").
-    Returns (network or None for bicubic, InferenceSettings). Exits 1 on a model error, 2 on a bad device."""
+    Returns (loader.ModelChoice or None for bicubic, InferenceSettings). Exits 1 on a model error, 2 on a bad
+    device."""
     from ..device import precision_reason, resolve_device, resolve_precision, set_threads
     from ..hub import HubError
-    from ..loader import InferenceSettings, open_model
+    from ..loader import InferenceSettings, open_models
     from ..registry import ChecksumError, WeightsNotFoundError
 
     set_threads(opts.threads)  # a device or precision that cannot work is a ConfigError: exit 2, reported above
     dev = resolve_device(_device_for_rank(opts.device, opts.world))
     precision = resolve_precision(opts.precision, dev)
 
-    network = None
+    networks = None
     model_text = "bicubic (no network)"
     if opts.method is Method.drcn:
         try:
-            network = open_model(opts.weights or opts.model_name, dev, precision, on_download=report.info)
+            networks = open_models(opts.weights or opts.model_name, dev, precision, on_download=report.info)
         except (WeightsNotFoundError, ChecksumError, HubError) as exc:  # no file to load: say there is a way out
             raise fail(f"{exc}{'' if opts.weights else ' (--method bicubic needs no weights)'}") from None
-        config = network.config
-        if opts.recursions is not None and opts.recursions > config.recursions:
-            raise _usage(f"--recursions {opts.recursions}: this model has {config.recursions}")
-        assert network.source is not None  # opened from a file or a name, never from a module
-        model_text = f"{network.source.name} (F={config.features}, D={config.recursions})"
+        config = networks.default.config
+        depth = min(n.config.recursions for n in (networks.default, networks.photo) if n is not None)
+        if opts.recursions is not None and opts.recursions > depth:
+            raise _usage(f"--recursions {opts.recursions}: this model has {depth}")
+        model_text = f"{_file_name(networks.default)} (F={config.features}, D={config.recursions})"
+        if networks.photo is not None:
+            model_text += f", {_file_name(networks.photo)} for JPEG inputs and video"
     settings = InferenceSettings(dev, precision, opts.tile, opts.recursions, opts.self_ensemble)
     tile_text = f"tile {opts.tile}" if opts.tile else "tile auto"
-    if opts.self_ensemble and network is not None:
+    if opts.self_ensemble and networks is not None:
         model_text += " with self-ensemble x8"
     rank_text = f"rank {opts.rank}/{opts.world}: " if opts.world > 1 else ""
     reason = precision_reason(opts.precision, precision, dev)
     precision_text = f"{precision} ({reason})" if reason else precision
     report.info(f"{rank_text}{count} on {_describe_device(dev)}, {precision_text}, {model_text}, {tile_text}")
-    return network, settings
+    return networks, settings
+
+
+def _file_name(network: Any) -> str:
+    assert network.source is not None  # opened from a file or a name, never from a module
+    return network.source.name
+
+
+def model_label(network: Any) -> str:
+    """The name a record gives a model: its weights file's stem (``drcn-lite``), or "bicubic" for None."""
+    if network is None:
+        return "bicubic"
+    return network.source.stem if network.source is not None else "module"
 
 
 def _run(jobs, console, report: _Reporter, opts: _RunOptions) -> None:
     """Load the model once and run every job; sets report's counts. Exits 1 on a model error, 130 on Ctrl-C."""
     from ..batch import run_pipelined
 
-    network, settings = _prepare(console, report, opts, f"{len(jobs)} image(s)")
-    steps = _ImageSteps(opts, network, settings, report)
+    networks, settings = _prepare(console, report, opts, f"{len(jobs)} image(s)")
+    steps = _ImageSteps(opts, networks, settings, report)
     with report.progress(len(jobs)), _sigterm_as_interrupt(), _no_pillow_pixel_limit():
         outcomes = run_pipelined(jobs, steps.load, steps.process, steps.save, read_ahead=opts.io_threads,
                                  writers=opts.io_threads)
@@ -541,7 +557,7 @@ class _ImageSteps:
     write (in a writer thread)."""
 
     opts: _RunOptions
-    network: Any  # None for bicubic
+    networks: Any  # loader.ModelChoice; None for bicubic
     settings: Any  # loader.InferenceSettings
     report: _Reporter
     # Images whose write finished but is not reported yet: on an interrupt, the writes already handed over are
@@ -569,10 +585,11 @@ class _ImageSteps:
             )
         report.start(job, loaded, size)
         tensor, fmt = array_to_tensor(loaded.pixels)
+        network = self.networks.for_input(loaded.source_format) if self.networks is not None else None
         out = upscale_tensor(
-            tensor, size, self.network, self.settings, scale=opts.scale, on_tile=report.tile, on_shrink=report.shrink
+            tensor, size, network, self.settings, scale=opts.scale, on_tile=report.tile, on_shrink=report.shrink
         )
-        return _Upscaled(tensor_to_array(out, fmt), loaded)
+        return _Upscaled(tensor_to_array(out, fmt), loaded, model_label(network))
 
     def save(self, job, result: _Upscaled) -> int:
         """:meth:`_write`, then note the image as written but not yet reported."""
@@ -688,10 +705,11 @@ class _Reporter:
             first_only = f"; the first of {loaded.frames} frames" if loaded.frames > 1 else ""
             self.console.print(
                 f"ok {_shown(job.input_label)} -> {_shown(job.output_label)} ({in_size[0]}x{in_size[1]} -> "
-                f"{out_size[0]}x{out_size[1]}, {seconds:.2f} s{first_only})", markup=False,
+                f"{out_size[0]}x{out_size[1]}, {result.model}, {seconds:.2f} s{first_only})", markup=False,
             )
         self._json(input=job.input_label, output=job.output_label, status="ok", error=None, input_size=in_size,
-                   output_size=out_size, seconds=seconds, bytes=outcome.saved, frames_in_file=loaded.frames)
+                   output_size=out_size, seconds=seconds, bytes=outcome.saved, frames_in_file=loaded.frames,
+                   model=result.model)
         self._advance()
 
     def failed(self, outcome, reason: str) -> None:
