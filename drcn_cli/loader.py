@@ -29,12 +29,10 @@ from .weights import load_weights
 
 __all__ = [
     "InferenceSettings",
-    "ModelChoice",
     "ReadyModel",
     "auto_tile",
     "compute_dtype",
     "open_model",
-    "open_models",
     "prepare_for_inference",
 ]
 
@@ -198,34 +196,3 @@ def open_model(
     network = _load_cached(str(real), real.stat().st_mtime_ns, str(dev), resolved)
     return ReadyModel(network, dev, resolved, Path(located))
 
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """The networks of a run: one for every input, or, when no model was named, the default model for lossless
-    inputs and the photo model for lossy ones (JPEG files, video frames; :func:`drcn_cli.registry.model_for_input`).
-    """
-
-    default: ReadyModel
-    photo: ReadyModel | None = None  # None: the default serves every input
-
-    def for_input(self, source_format: str | None) -> ReadyModel:
-        """The network for an input of this decoder format ("JPEG", "PNG" ..., "video"; None: unknown)."""
-        lossy = source_format in registry.LOSSY_FORMATS
-        return self.photo if self.photo is not None and lossy else self.default
-
-
-def open_models(
-    weights: str | os.PathLike | None = None,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-    *,
-    on_download: Callable[[str], None] | None = None,
-) -> ModelChoice:
-    """:func:`open_model` of ``weights`` for every input; or with ``weights`` None, the default model and, where
-    another model serves lossy inputs, that one too. Raises as :func:`open_model`."""
-    if weights is not None:
-        return ModelChoice(open_model(weights, device, precision, on_download=on_download))
-    default_name, photo_name = registry.model_for_input(None), registry.model_for_input("JPEG")
-    default = open_model(default_name, device, precision, on_download=on_download)
-    photo = open_model(photo_name, device, precision, on_download=on_download) if photo_name != default_name else None
-    return ModelChoice(default, photo)

@@ -21,9 +21,10 @@ import torch
 from .color import array_to_pil, array_to_tensor, pil_to_array, rgb_to_ycbcr, tensor_to_array, ycbcr_to_rgb
 from .device import autocast_dtype, resolve_device, resolve_precision, set_threads
 from .device import memory_format as preferred_memory_format
+from .errors import DrcnError
 from .loader import InferenceSettings, ReadyModel, auto_tile, compute_dtype, open_model, prepare_for_inference
 from .model import DRCN, DRCNConfig, context_row_cost
-from .registry import model_for_input
+from .registry import LOSSY_FORMATS, model_for_input
 from .resize import imresize, output_size
 from .tiling import plan_tiles, run_tiled_adaptive
 from .weights import WeightsError
@@ -31,9 +32,15 @@ from .weights import WeightsError
 __all__ = [
     "MAX_SCALE",
     "InferenceSettings",
+    "OutputTooLargeError",
+    "SizeError",
     "ReadyModel",
     "TilePlan",
+    "Upscaler",
+    "UpscalerChoice",
     "open_model",
+    "open_upscaler",
+    "open_upscalers",
     "prepare_for_inference",
     "super_resolve_y",
     "target_size",
@@ -45,30 +52,38 @@ __all__ = [
 MAX_SCALE = 32.0
 
 
+class SizeError(DrcnError, ValueError):
+    """An output size that cannot be made from this input: a scale out of range, a size smaller than the input."""
+
+
+class OutputTooLargeError(SizeError):
+    """An output over the pixel limit the caller set (``drcn upscale --max-output-pixels``)."""
+
+
 def target_size(
     height: int, width: int, scale: float | None = None, out_width: int | None = None, out_height: int | None = None
 ) -> tuple[int, int]:
     """Output (H, W): ceil(scale * size) as MATLAB's imresize, or an exact size (a missing side keeps the aspect).
 
-    Raises ValueError for a scale outside [1, MAX_SCALE] or a size smaller than the input.
+    Raises SizeError for a scale outside [1, MAX_SCALE] or a size smaller than the input.
     """
     if scale is not None and (out_width is not None or out_height is not None):
-        raise ValueError("give either a scale or an output width/height, not both")
+        raise SizeError("give either a scale or an output width/height, not both")
     if scale is not None:
         if not math.isfinite(scale) or not 1.0 <= scale <= MAX_SCALE:
-            raise ValueError(f"scale must be between 1 and {MAX_SCALE:g}, got {scale:g}")
+            raise SizeError(f"scale must be between 1 and {MAX_SCALE:g}, got {scale:g}")
         return output_size((height, width), scale)
     if out_width is None and out_height is None:
-        raise ValueError("give a scale or an output width and/or height")
+        raise SizeError("give a scale or an output width and/or height")
     if out_height is None:
         assert out_width is not None  # both missing was refused above
         out_height = max(1, round(height * out_width / width))
     if out_width is None:
         out_width = max(1, round(width * out_height / height))
     if out_height < height or out_width < width:
-        raise ValueError(f"output size {out_width}x{out_height} is smaller than the input {width}x{height}")
+        raise SizeError(f"output size {out_width}x{out_height} is smaller than the input {width}x{height}")
     if out_height > height * MAX_SCALE or out_width > width * MAX_SCALE:
-        raise ValueError(f"output size {out_width}x{out_height} is more than {MAX_SCALE:g}x the input")
+        raise SizeError(f"output size {out_width}x{out_height} is more than {MAX_SCALE:g}x the input")
     return out_height, out_width
 
 
@@ -266,26 +281,150 @@ def upscale_image(
         method: 'drcn', or 'bicubic' for the MATLAB bicubic alone.
         self_ensemble: average the network over the 8 flips and rotations of the input (8x slower).
     """
-    if method not in ("drcn", "bicubic"):
-        raise ValueError(f"unknown method {method!r} (use drcn or bicubic)")
-    if method == "bicubic" and self_ensemble:
-        raise ValueError("self_ensemble averages the network's outputs: it needs method='drcn'")
     set_threads(threads)
     is_pil = not isinstance(image, np.ndarray)
     if is_pil:
         array, mode = pil_to_array(image)
     else:
         array = image
-    tensor, fmt = array_to_tensor(array)
-    size = target_size(tensor.shape[1], tensor.shape[2], scale, width, height)
     if weights is None and method == "drcn":
         weights = model_for_input(getattr(image, "format", None) if is_pil else None)
-    model = open_model(weights, device, precision) if method == "drcn" else None
-    if model is None:
-        dev = resolve_device(device)
-        settings = InferenceSettings(dev, resolve_precision(precision, dev), tile, recursions)
-    else:
-        settings = model.settings(tile, recursions, self_ensemble)
-    out = upscale_tensor(tensor, size, model, settings, scale=scale)
-    result = tensor_to_array(out, fmt)
+    upscaler = open_upscaler(weights, device, precision, method=method, tile=tile, recursions=recursions,
+                             self_ensemble=self_ensemble)  # fmt: skip
+    rows, columns = array.shape[:2]
+    size = upscaler.output_size(rows, columns, scale, width, height)
+    result = upscaler.upscale_array(array, size, scale)
     return array_to_pil(result, mode) if is_pil else result
+
+
+# -- the one upscaler -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Upscaler:
+    """One way to upscale images, ready to run: the DRCN pipeline with a prepared network, or MATLAB's bicubic
+    alone (``network`` None). ``drcn upscale`` (images and video frames) and :func:`upscale_image` call it.
+
+    ``settings`` holds the resolved device and precision, the tile side, the recursions and the self-ensemble.
+    """
+
+    network: ReadyModel | None
+    settings: InferenceSettings
+
+    @property
+    def name(self) -> str:
+        """What a record calls it: the weights file's stem ("drcn-lite"), "bicubic", or "module" for a DRCN
+        passed in."""
+        if self.network is None:
+            return "bicubic"
+        return self.network.source.stem if self.network.source is not None else "module"
+
+    def output_size(
+        self,
+        height: int,
+        width: int,
+        scale: float | None = None,
+        out_width: int | None = None,
+        out_height: int | None = None,
+        max_pixels: int | None = None,
+    ) -> tuple[int, int]:
+        """:func:`target_size`, refused with OutputTooLargeError over ``max_pixels`` (None: no limit)."""
+        size = target_size(height, width, scale, out_width, out_height)
+        if max_pixels and size[0] * size[1] > max_pixels:
+            pixels = size[0] * size[1]
+            shown = f"{pixels / 1e6:.1f}" if pixels >= 1e6 else f"{pixels / 1e6:.3g}"
+            raise OutputTooLargeError(
+                f"output {size[1]}x{size[0]} = {shown} Mpx is over --max-output-pixels {max_pixels / 1e6:g} Mpx"
+            )
+        return size
+
+    def upscale_tensor(
+        self,
+        image: torch.Tensor,
+        size: tuple[int, int],
+        scale: float | None = None,
+        on_tile: Callable[[int, int], None] | None = None,
+        on_shrink: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """image (C, H, W) float in [0, 1], C in 1..4 -> (C, *size) in [0, 1]; see :func:`upscale_tensor`."""
+        return upscale_tensor(image, size, self.network, self.settings, scale, on_tile, on_shrink)
+
+    def upscale_array(
+        self,
+        pixels: np.ndarray,
+        size: tuple[int, int],
+        scale: float | None = None,
+        on_tile: Callable[[int, int], None] | None = None,
+        on_shrink: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """pixels (H, W) or (H, W, C), C in 1..4, uint8, uint16 or float32 in [0, 1] -> the same layout and dtype
+        at ``size`` (H', W'). ``scale``, when the size came from one, is the exact factor the resize uses."""
+        tensor, fmt = array_to_tensor(pixels)
+        return tensor_to_array(self.upscale_tensor(tensor, size, scale, on_tile, on_shrink), fmt)
+
+
+def open_upscaler(
+    weights: str | os.PathLike | DRCN | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    *,
+    method: str = "drcn",
+    tile: int = 0,
+    recursions: int | None = None,
+    self_ensemble: bool = False,
+    on_download: Callable[[str], None] | None = None,
+) -> Upscaler:
+    """The upscaler for ``method`` "drcn" (the network of ``weights``, see :func:`open_model`; None: the default
+    model) or "bicubic" (no network; ``weights`` must be None). Raises ValueError for an unknown method or
+    a bicubic with network options, and as :func:`open_model`."""
+    if method not in ("drcn", "bicubic"):
+        raise ValueError(f"unknown method {method!r} (use drcn or bicubic)")
+    if method == "bicubic":
+        if weights is not None or self_ensemble or recursions is not None:
+            raise ValueError("method 'bicubic' runs no network: weights, recursions and self_ensemble need 'drcn'")
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        return Upscaler(None, InferenceSettings(dev, resolve_precision(precision, dev), tile))
+    network = open_model(weights, device, precision, on_download=on_download)
+    return Upscaler(network, network.settings(tile, recursions, self_ensemble))
+
+
+@dataclass(frozen=True)
+class UpscalerChoice:
+    """The upscalers of a run: one for every input, or, when no model was named, the default model's for lossless
+    inputs and the photo model's for lossy ones (JPEG files, video frames; see
+    :func:`drcn_cli.registry.model_for_input`)."""
+
+    default: Upscaler
+    photo: Upscaler | None = None  # None: the default serves every input
+
+    def for_input(self, source_format: str | None) -> Upscaler:
+        """The upscaler for an input of this decoder format ("JPEG", "PNG" ..., "video"; None: unknown)."""
+        lossy = source_format in LOSSY_FORMATS
+        return self.photo if self.photo is not None and lossy else self.default
+
+    def all(self) -> tuple[Upscaler, ...]:
+        return (self.default,) if self.photo is None else (self.default, self.photo)
+
+
+def open_upscalers(
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    *,
+    method: str = "drcn",
+    tile: int = 0,
+    recursions: int | None = None,
+    self_ensemble: bool = False,
+    on_download: Callable[[str], None] | None = None,
+) -> UpscalerChoice:
+    """:func:`open_upscaler` for every input; or, for the network with ``weights`` None, the default model's
+    and, where another model serves lossy inputs, that one's too. Raises as :func:`open_upscaler`."""
+    options = dict(method=method, tile=tile, recursions=recursions, self_ensemble=self_ensemble,
+                   on_download=on_download)  # fmt: skip
+    if weights is not None or method == "bicubic":
+        return UpscalerChoice(open_upscaler(weights, device, precision, **options))  # type: ignore[arg-type]
+    default_name, photo_name = model_for_input(None), model_for_input("JPEG")
+    default = open_upscaler(default_name, device, precision, **options)  # type: ignore[arg-type]
+    if photo_name == default_name:
+        return UpscalerChoice(default)
+    return UpscalerChoice(default, open_upscaler(photo_name, device, precision, **options))  # type: ignore[arg-type]

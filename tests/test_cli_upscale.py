@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from drcn_cli import imageio, pipeline, registry
 from drcn_cli.cli import app
-from drcn_cli.cli import upscale as upscale_cli
+from drcn_cli.cli import _run as run_options
 
 runner = CliRunner()
 
@@ -136,7 +136,7 @@ def test_empty_stdin_is_a_failed_image_not_an_output():
 def test_sigterm_is_turned_into_an_interrupt():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        with upscale_cli._sigterm_as_interrupt():
+        with run_options.sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)  # handled in this thread before the next statement
             pytest.fail("SIGTERM did not interrupt")
     assert signal.getsignal(signal.SIGTERM) is before
@@ -420,7 +420,7 @@ def test_jpeg_inputs_get_the_photo_model_and_every_record_names_its_model(tmp_pa
     assert result.exit_code == 0, result.output
     records = {os.path.basename(r["input"]): r for r in json_lines(result.stdout)}
     assert records["photo.jpg"]["model"] == "drcn-lite-photo" and records["card.png"]["model"] == "drcn-lite"
-    assert "drcn-lite-photo.safetensors for JPEG inputs and video" in result.stderr
+    assert "drcn-lite-photo.safetensors (F=8, D=3) for JPEG inputs and video" in result.stderr
     assert any(line.startswith("ok ") and "photo.jpg" in line and "drcn-lite-photo" in line
                for line in result.stderr.splitlines())  # fmt: skip
     # Each output is what that model makes, and --model overrides the choice for every input.

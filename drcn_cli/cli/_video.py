@@ -14,16 +14,13 @@ from pathlib import Path
 
 import typer
 
-from .upscale import (
-    EXIT_INTERRUPTED,
-    _one_line,
-    _prepare,
-    _Reporter,
-    _RunOptions,
-    _sigterm_as_interrupt,
-    _usage,
-    model_label,
-)
+from ._errors import EXIT_INTERRUPTED, usage
+from ._report import Reporter
+from ._run import RunOptions, prepare, reason, sigterm_as_interrupt
+
+
+def _usage(message: str) -> typer.Exit:
+    return usage(message, "upscale")
 
 
 @dataclass(frozen=True)
@@ -88,13 +85,13 @@ def _plan(sources, output: str | None, suffix: str | None, label: str, skip_exis
     return jobs
 
 
-def upscale_videos(sources, problems, console, opts: _RunOptions, *, output: str | None, suffix: str | None,
+def upscale_videos(sources, problems, console, opts: RunOptions, *, output: str | None, suffix: str | None,
                    fmt: str | None, skip_existing: bool, label: str, quiet: bool, json_lines: bool) -> int:
     """Upscale every video in ``sources``; returns the exit code (0 all done or skipped, 1 a failure)."""
     if fmt is not None:
         raise _usage("--format is for images: a video's container follows -o's extension (or the input's)")
     jobs = _plan(sources, output, suffix, label, skip_existing, opts.overwrite)[opts.rank::opts.world]
-    report = _Reporter(console, quiet=quiet, json_lines=json_lines, json_to_stderr=False, world=opts.world,
+    report = Reporter(console, quiet=quiet, json_lines=json_lines, json_to_stderr=False, world=opts.world,
                        rank=opts.rank)
     for problem in problems if opts.rank == 0 else []:
         report.failed_input(problem.input, problem.reason)
@@ -105,12 +102,11 @@ def upscale_videos(sources, problems, console, opts: _RunOptions, *, output: str
             report.skipped(job)
     runnable = [job for job in jobs if job.error is None and not job.skip]
     if runnable:
-        networks, settings = _prepare(console, report, opts, f"{len(runnable)} video(s)")
-        network = networks.for_input("video") if networks is not None else None
-        with _sigterm_as_interrupt():
+        upscaler = prepare(opts, report.info, f"{len(runnable)} video(s)").for_input("video")
+        with sigterm_as_interrupt():
             try:
                 for job in runnable:
-                    _one_video(job, network, settings, opts, report)
+                    _one_video(job, upscaler, opts, report)
             except KeyboardInterrupt:
                 console.print("interrupted: the video being written was removed, the finished ones are complete; "
                               "run the same command with --skip-existing to go on", markup=False)
@@ -119,32 +115,28 @@ def upscale_videos(sources, problems, console, opts: _RunOptions, *, output: str
     return 1 if report.failures else 0
 
 
-def _one_video(job: _VideoJob, network, settings, opts: _RunOptions, report: _Reporter) -> None:
-    from ..color import array_to_tensor, tensor_to_array
-    from ..pipeline import target_size, upscale_tensor
-    from ..video import VideoError, probe_video, upscale_video
+def _one_video(job: _VideoJob, upscaler, opts: RunOptions, report: Reporter) -> None:
+    from ..errors import DrcnError
+    from ..video import probe_video, upscale_video
 
     started = time.perf_counter()
     try:
         info = probe_video(job.source)
-        size = target_size(info.height, info.width, opts.scale, opts.width, opts.height)
-        if opts.max_output_pixels and size[0] * size[1] > opts.max_output_pixels:
-            raise ValueError(f"frames of {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.1f} Mpx are over "
-                             f"--max-output-pixels {opts.max_output_pixels / 1e6:g} Mpx")
+        size = upscaler.output_size(info.height, info.width, opts.scale, opts.width, opts.height,
+                                    opts.max_output_pixels)  # fmt: skip
 
         def upscale_frame(rgb):
-            tensor, fmt = array_to_tensor(rgb)
-            return tensor_to_array(upscale_tensor(tensor, size, network, settings, scale=opts.scale), fmt)
+            return upscaler.upscale_array(rgb, size, opts.scale)
 
         with _frame_progress(report, job, info.frames) as on_frame:
             result = upscale_video(job.source, job.output, upscale_frame, size, overwrite=opts.overwrite,
-                                   read_ahead=opts.io_threads, on_frame=on_frame)
-    except (VideoError, ValueError, OSError) as exc:
-        reason = _one_line(getattr(exc, "strerror", None) or str(exc)) if isinstance(exc, OSError) else str(exc)
+                                   read_ahead=opts.io_threads, on_frame=on_frame)  # fmt: skip
+    except (DrcnError, OSError) as exc:
+        why = reason(exc)
         report.counts["failed"] += 1
-        report.console.print(f"error: {job.input_label}: {_one_line(reason)}", markup=False)
-        report._json(input=job.input_label, output=None, status="failed", error=_one_line(reason), input_size=None,
-                     output_size=None, seconds=round(time.perf_counter() - started, 4))
+        report.console.print(f"error: {job.input_label}: {why}", markup=False)
+        report.record(input=job.input_label, output=None, status="failed", error=why, input_size=None,
+                      output_size=None, seconds=round(time.perf_counter() - started, 4))  # fmt: skip
         return
     seconds = round(time.perf_counter() - started, 4)
     report.counts["ok"] += 1
@@ -152,16 +144,16 @@ def _one_video(job: _VideoJob, network, settings, opts: _RunOptions, report: _Re
         report.info(f"note: {job.input_label}: {dropped}: dropped")
     report.info(f"ok {job.input_label} -> {job.output_label} ({info.width}x{info.height} -> {result.width}x"
                 f"{result.height}, {result.frames} frames, {result.audio_copied} audio stream(s) kept, "
-                f"{model_label(network)}, {seconds:.2f} s)")
-    report._json(input=job.input_label, output=job.output_label, status="ok", error=None,
+                f"{upscaler.name}, {seconds:.2f} s)")
+    report.record(input=job.input_label, output=job.output_label, status="ok", error=None,
                  input_size=[info.width, info.height], output_size=[result.width, result.height], seconds=seconds,
-                 bytes=result.bytes, frames=result.frames, model=model_label(network))
+                 bytes=result.bytes, frames=result.frames, model=upscaler.name)
 
 
 class _frame_progress:
     """A bar in frames with ETA on a terminal (nothing in a log or with --quiet); yields on_frame(done)."""
 
-    def __init__(self, report: _Reporter, job: _VideoJob, total: int | None) -> None:
+    def __init__(self, report: Reporter, job: _VideoJob, total: int | None) -> None:
         self.report, self.job, self.total = report, job, total
         self.progress = None
 

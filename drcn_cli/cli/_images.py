@@ -1,0 +1,129 @@
+"""`drcn upscale`'s image run: every planned job read (in reader threads), upscaled (here), written (in writer
+threads) through drcn_cli.batch.run_pipelined, each outcome reported as it finishes; Ctrl-C completes the
+writes already handed over and reports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import typer
+
+from ._errors import EXIT_INTERRUPTED
+from ._report import Reporter
+from ._run import RunOptions, no_pillow_pixel_limit, prepare, reason, sigterm_as_interrupt
+from ._stdio import read_stdin, write_stdout
+
+SKIPPED = -1  # what save() returns when another process wrote the output meanwhile and --skip-existing
+
+
+@dataclass
+class Upscaled:
+    """What the upscale step hands to the write step."""
+
+    pixels: Any
+    loaded: Any  # imageio.LoadedImage
+    model: str  # the upscaler that made it (Upscaler.name)
+
+
+def run_images(jobs: list, report: Reporter, opts: RunOptions) -> None:
+    """Load the models once and run every job; sets report's counts. Exits 1 on a model error, 130 on Ctrl-C."""
+    from ..batch import run_pipelined
+
+    steps = _ImageSteps(opts, prepare(opts, report.info, f"{len(jobs)} image(s)"), report)
+    with report.progress(len(jobs)), sigterm_as_interrupt(), no_pillow_pixel_limit():
+        outcomes = run_pipelined(jobs, steps.load, steps.process, steps.save, read_ahead=opts.io_threads,
+                                 writers=opts.io_threads)  # fmt: skip
+        try:
+            for outcome in outcomes:
+                steps.unreported.pop(id(outcome.job), None)
+                _report_outcome(report, outcome)
+        except KeyboardInterrupt:
+            _finish_writes(outcomes)
+            _report_unreported(report, steps.unreported)
+            report.interrupted(len(jobs))
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@dataclass
+class _ImageSteps:
+    """The three steps of one image for batch.run_pipelined: read (in a reader thread), upscale (in this one),
+    write (in a writer thread)."""
+
+    opts: RunOptions
+    upscalers: Any  # pipeline.UpscalerChoice
+    report: Reporter
+    # Images whose write finished but is not reported yet: on an interrupt, the writes already handed over are
+    # completed (atomically), and must then be counted and get their --json line too.
+    unreported: dict[int, tuple[Any, Upscaled, int]] = field(default_factory=dict)
+
+    def load(self, job):
+        """The decoded image (stdin is read whole first); refused over --max-pixels."""
+        from ..imageio import read_image
+
+        source, max_pixels = job.source.path, self.opts.max_pixels
+        return read_image(read_stdin(max_pixels) if source is None else source, max_pixels)
+
+    def process(self, job, loaded) -> Upscaled:
+        """The image upscaled to the size asked for, by the upscaler for its kind of file; OutputTooLargeError
+        over --max-output-pixels."""
+        opts, report = self.opts, self.report
+        upscaler = self.upscalers.for_input(loaded.source_format)
+        size = upscaler.output_size(loaded.height, loaded.width, opts.scale, opts.width, opts.height,
+                                    opts.max_output_pixels)  # fmt: skip
+        report.start(job, loaded, size)
+        pixels = upscaler.upscale_array(loaded.pixels, size, opts.scale, report.tile, report.shrink)
+        return Upscaled(pixels, loaded, upscaler.name)
+
+    def save(self, job, result: Upscaled) -> int:
+        """:meth:`_write`, then note the image as written but not yet reported."""
+        size = self._write(job, result)
+        self.unreported[id(job)] = (job, result, size)
+        return size
+
+    def _write(self, job, result: Upscaled) -> int:
+        """Write the image (atomically, or to stdout); its size in bytes, or SKIPPED."""
+        from ..imageio import OutputExistsError, encode_image, write_image
+
+        opts = self.opts
+        meta = dict(quality=opts.quality, icc_profile=result.loaded.icc_profile, exif=result.loaded.exif,
+                    dpi=result.loaded.dpi)  # fmt: skip
+        if job.output is None:
+            data = encode_image(result.pixels, job.fmt, **meta)
+            write_stdout(data)
+            return len(data)
+        try:
+            return write_image(job.output, result.pixels, job.fmt, overwrite=opts.overwrite, **meta)
+        except OutputExistsError as exc:
+            if opts.skip_existing:  # another process wrote it meanwhile: as if it had been there at the start
+                return SKIPPED
+            raise OutputExistsError(f"{exc} (use --overwrite or --skip-existing)") from None
+
+
+def _report_outcome(report: Reporter, outcome) -> None:
+    """One finished job: upscaled, skipped (its output appeared meanwhile) or failed."""
+    if outcome.ok and outcome.saved == SKIPPED:
+        report.skipped(outcome.job, planned=False)
+    elif outcome.ok:
+        report.done(outcome)
+    else:
+        report.failed(outcome, reason(outcome.error))
+
+
+def _finish_writes(outcomes) -> None:
+    """After Ctrl-C: wait for the writes already handed over (a no-op if the run has ended)."""
+    try:
+        outcomes.close()
+    except KeyboardInterrupt:
+        pass  # a second signal: stop waiting
+
+
+def _report_unreported(report: Reporter, unreported: dict[int, tuple[Any, Upscaled, int]]) -> None:
+    """Count the images written but not reported when the run was interrupted, as done (or skipped)."""
+    from ..batch import JobOutcome
+
+    for job, result, size in list(unreported.values()):
+        if size == SKIPPED:
+            report.skipped(job, planned=False)
+        else:
+            report.done(JobOutcome(job, loaded=result.loaded, processed=result, saved=size))
