@@ -67,3 +67,13 @@ def test_usage_and_model_errors(tmp_path, weights):
 def test_default_output_name():
     assert default_output(Path("w/drcn-lite.safetensors"), None, "fp32") == Path("drcn-lite.onnx")
     assert default_output(Path("w/drcn-lite.safetensors"), 8, "fp16") == Path("drcn-lite_k8_fp16.onnx")
+
+
+@pytest.mark.parametrize("command", ["export", "upscale", "bench"])
+def test_an_unknown_model_is_the_same_usage_error_in_every_command(tmp_path, command):
+    extra = {"export": [], "upscale": [str(tmp_path / "a.png"), "-s", "2"], "bench": ["-d", str(tmp_path)]}[command]
+    result = runner.invoke(app, [command, "--model", "nonexistent", *extra])
+    assert result.exit_code == 2, result.output
+    assert "unknown model 'nonexistent'; known models: drcn, drcn-lite" in result.stderr
+    both = runner.invoke(app, [command, "--model", "drcn-lite", "--weights", str(tmp_path / "w.safetensors"), *extra])
+    assert both.exit_code == 2 and "give either --model or --weights, not both" in both.stderr

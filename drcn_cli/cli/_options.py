@@ -67,3 +67,30 @@ def tile_problem(tile: int) -> str | None:
     if 0 < tile < MIN_TILE:
         return f"--tile {tile} is too small: give 0 (auto) or at least {MIN_TILE}"
     return None
+
+
+def model_problem(
+    model: str | None,
+    weights: Path | None,
+    *,
+    method: Method = Method.drcn,
+    recursions: object = None,
+    self_ensemble: bool = False,
+    tile: int = 0,
+) -> str | None:
+    """The one check of the model options every command shares (--model, --weights, --method, --recursions,
+    --self-ensemble, --tile): what cannot work, as a usage error's message, else None."""
+    if (problem := tile_problem(tile)) is not None:
+        return problem
+    if model is not None and weights is not None:
+        return "give either --model or --weights, not both"
+    if method is Method.bicubic and (
+        model is not None or weights is not None or recursions is not None or self_ensemble
+    ):
+        return "--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble"
+    if model is not None:
+        from ..registry import KNOWN_WEIGHTS
+
+        if model not in KNOWN_WEIGHTS:
+            return f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}"
+    return None

@@ -27,7 +27,7 @@ from ._options import (
     SelfEnsemble,
     Threads,
     WeightsPath,
-    tile_problem,
+    model_problem,
 )
 from ._report import Reporter
 from ._run import RunOptions
@@ -241,23 +241,14 @@ def _check_options(inputs: list[str], scale: float | None, width: int | None, he
         raise _usage("give a scale (-s 2) or an output size (--width / --height)")
     if scale is not None and (width is not None or height is not None):
         raise _usage("give either -s/--scale or --width/--height, not both")
-    if model is not None and weights is not None:
-        raise _usage("give either --model or --weights, not both")
-    if method is Method.bicubic and (
-        model is not None or weights is not None or recursions is not None or self_ensemble
-    ):
-        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
+    problem = model_problem(model, weights, method=method, recursions=recursions, self_ensemble=self_ensemble,
+                            tile=tile)  # fmt: skip
+    if problem is not None:
+        raise _usage(problem)
     from ..pipeline import MAX_SCALE
 
-    if (problem := tile_problem(tile)) is not None:
-        raise _usage(problem)
     if suffix is not None and any(sep and sep in suffix for sep in ("/", os.sep, os.altsep)):
         raise _usage(f"--suffix {suffix!r} contains a path separator: it would write outside the output folder")
-    if model is not None:
-        from ..registry import KNOWN_WEIGHTS
-
-        if model not in KNOWN_WEIGHTS:
-            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
     if scale is not None and not 1.0 <= scale <= MAX_SCALE:
         raise typer.BadParameter(f"{scale:g} is outside 1 to {MAX_SCALE:g}", param_hint="'-s' / '--scale'")
 
