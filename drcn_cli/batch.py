@@ -113,10 +113,6 @@ class OutputPlan:
     skip_existing: bool = False
 
 
-class UsageError(errors.UsageError):
-    """A combination of inputs and options that cannot work; the message says which."""
-
-
 def default_suffix(plan: OutputPlan, next_to_input: bool) -> str:
     """No suffix when writing into another folder (same names there); ``_x3`` etc. when writing beside the inputs."""
     if plan.suffix is not None:
@@ -326,11 +322,11 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
         existing output without ``overwrite`` (with ``skip_existing`` the job is marked ``skip`` instead).
     """
     if plan.overwrite and plan.skip_existing:
-        raise UsageError("--overwrite and --skip-existing contradict each other: give one")
+        raise errors.UsageError("--overwrite and --skip-existing contradict each other: give one")
     fmt_given = normalize_format(plan.fmt) if plan.fmt is not None else None
     to_stdout = plan.output == STDIO or (plan.output is None and any(s.path is None for s in sources))
     if to_stdout and len(sources) > 1:
-        raise UsageError("only one input can be written to stdout")
+        raise errors.UsageError("only one input can be written to stdout")
     out = Path(plan.output).expanduser() if plan.output not in (None, STDIO) else None
     single_file = _names_one_file(out, plan.output, sources)
     _check_destination(sources, out, to_stdout, single_file)
@@ -373,19 +369,19 @@ def _names_one_file(out: Path | None, typed: str | None, sources: list[Source]) 
 def _check_destination(sources: list[Source], out: Path | None, to_stdout: bool, single_file: bool) -> None:
     """UsageError for inputs that cannot go where -o says."""
     if any(s.path is None for s in sources) and out is not None and not single_file:
-        raise UsageError("stdin needs a file name with -o (or none, for stdout)")
+        raise errors.UsageError("stdin needs a file name with -o (or none, for stdout)")
     if out is None and not to_stdout and any(s.root is not None for s in sources):
         # Outputs beside the inputs of a folder would be taken as inputs by the next run.
-        raise UsageError("a folder input needs an output folder: add -o OUT")
+        raise errors.UsageError("a folder input needs an output folder: add -o OUT")
 
 
 def _check_file_format(out: Path, fmt_given: str | None, typed_fmt: str | None) -> None:
     """UsageError when -o FILE's extension names no format and --format is not given, or the two disagree."""
     by_extension = format_from_path(out)
     if fmt_given is None and by_extension is None:
-        raise UsageError(f"cannot tell the format from {out.name!r}: use .png, .jpg, .webp or .tif, or --format")
+        raise errors.UsageError(f"cannot tell the format from {out.name!r}: use .png, .jpg, .webp or .tif, or --format")
     if fmt_given is not None and by_extension is not None and by_extension != fmt_given:
-        raise UsageError(f"-o {out.name} does not match --format {typed_fmt}")
+        raise errors.UsageError(f"-o {out.name} does not match --format {typed_fmt}")
 
 
 def _job_in_folder(source: Source, out: Path | None, plan: OutputPlan) -> Job:

@@ -128,19 +128,6 @@ class ReadyModel:
     def config(self) -> DRCNConfig:
         return self.network.config
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return preferred_memory_format(self.device)
-
-    @property
-    def receptive_radius(self) -> int:
-        """Pixels of context each output pixel depends on, on every side: the overlap tiles need."""
-        return self.network.config.receptive_radius
-
-    def tile_side(self, tile: int = 0) -> int:
-        """``tile`` if given, else the auto tile for this network, device and precision."""
-        return tile or auto_tile(self.config, self.device, self.precision)
-
     def settings(self, tile: int = 0, recursions: int | None = None, self_ensemble: bool = False) -> InferenceSettings:
         """The settings to run this network with (its device and precision)."""
         return InferenceSettings(self.device, self.precision, tile, recursions, self_ensemble)

@@ -24,24 +24,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SSIM_WINDOW", "crop_border", "luma_8bit", "mod_crop", "psnr", "quantize_8bit", "score_y", "ssim"]
+__all__ = ["SSIM_WINDOW", "crop_border", "luma_8bit", "psnr", "quantize_8bit", "score_y", "ssim"]
 
 SSIM_WINDOW = 11  # side of the Gaussian window
 _SSIM_SIGMA = 1.5
 _K1, _K2 = 0.01, 0.03
-
-
-def mod_crop(image: Any, scale: int) -> Any:
-    """Crop the bottom and right of a (..., H, W) array or tensor so that H and W are multiples of ``scale``.
-
-    Raises ValueError when a side is smaller than ``scale`` (nothing would be left).
-    """
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
-    height, width = image.shape[-2], image.shape[-1]
-    if height < scale or width < scale:
-        raise ValueError(f"image of {width}x{height} pixels is smaller than the scale x{scale}")
-    return image[..., : height - height % scale, : width - width % scale]
 
 
 def crop_border(image: Any, border: int) -> Any:

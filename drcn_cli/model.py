@@ -344,11 +344,6 @@ def context_row_cost(config: DRCNConfig, recursions: int | None = None) -> float
     return sum(flops * extra for flops, extra in context) / (total * 2 * radius)
 
 
-def conv_weight_count(model: DRCN) -> int:
-    """Conv kernel weights only (no biases, no ensemble weights): 1,774,080 for F=256, D=16."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
-
-
 def conv_flops_per_pixel(config: DRCNConfig, recursions: int | None = None) -> int:
     """Multiply-adds x 2 of every conv, per output pixel, for an inference with k recursions."""
     k = config.recursions if recursions is None else recursions

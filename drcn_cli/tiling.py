@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Tile", "auto_tile_size", "plan_tiles", "run_tiled", "run_tiled_adaptive"]
+__all__ = ["Tile", "auto_tile_size", "is_out_of_memory", "plan_tiles", "run_tiled", "run_tiled_adaptive"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,8 @@ def run_tiled(
     return out
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device's out-of-memory error (CUDA's, or a backend's RuntimeError saying so)."""
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -153,7 +154,7 @@ def run_tiled_adaptive(
         try:
             return run_tiled(fn, x, size, overlap, on_tile, by_area, row_context_cost, cuts_rows)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not _is_out_of_memory(exc) or size <= min_tile:
+            if not is_out_of_memory(exc) or size <= min_tile:
                 raise
             size = max(min_tile, size // 2)
             if x.is_cuda:

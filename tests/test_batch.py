@@ -8,7 +8,6 @@ from drcn_cli.batch import (
     Job,
     OutputPlan,
     Source,
-    UsageError,
     distributed_rank,
     expand_inputs,
     plan_jobs,
@@ -16,6 +15,7 @@ from drcn_cli.batch import (
     scale_label,
     shard,
 )
+from drcn_cli.errors import UsageError
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

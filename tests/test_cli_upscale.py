@@ -11,8 +11,8 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from drcn_cli import imageio, pipeline, registry
-from drcn_cli.cli import app
 from drcn_cli.cli import _run as run_options
+from drcn_cli.cli import app
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ FAILURES = [
     imageio.ImageFormatError, registry.ChecksumError, registry.WeightsNotFoundError, train.CheckpointError,
     train.TrainingError, video.VideoError, weights.WeightsError,
 ]  # fmt: skip
-USAGE = [errors.UsageError, ConfigError, batch.UsageError, datasets.UnknownDatasetError]
+USAGE = [errors.UsageError, ConfigError, datasets.UnknownDatasetError]
 
 
 @pytest.mark.parametrize("error", FAILURES + USAGE, ids=lambda e: e.__name__)

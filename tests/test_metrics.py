@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from drcn_cli.metrics import crop_border, luma_8bit, mod_crop, psnr, quantize_8bit, ssim
+from drcn_cli.metrics import crop_border, luma_8bit, psnr, quantize_8bit, ssim
 
 C1 = (0.01 * 255) ** 2  # 6.5025
 C2 = (0.03 * 255) ** 2  # 58.5225
@@ -130,16 +130,6 @@ def test_ssim_needs_an_11x11_window_after_the_crop():
 
 
 # ----------------------------------------------------------------------------------------------- crops, luma
-
-
-def test_mod_crop_keeps_the_top_left_multiple_of_the_scale():
-    x = np.arange(3 * 13 * 10).reshape(3, 13, 10)
-    y = mod_crop(x, 4)
-    assert y.shape == (3, 12, 8)
-    assert np.array_equal(y, x[:, :12, :8])
-    assert mod_crop(torch.zeros(1, 9, 9), 3).shape == (1, 9, 9)
-    with pytest.raises(ValueError, match="smaller than the scale"):
-        mod_crop(np.zeros((1, 2, 9)), 3)
 
 
 def test_crop_border_shapes_and_errors():

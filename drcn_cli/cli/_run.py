@@ -45,9 +45,9 @@ class RunOptions:
 def reason(exc: BaseException) -> str:
     """The one-line reason for a failed input: drcn's own errors as they are, an OS error by its text, anything
     else with its type."""
-    import torch
+    from ..tiling import is_out_of_memory
 
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+    if is_out_of_memory(exc):
         return "out of memory even with the smallest tile: try --device cpu, or free memory on the device"
     if isinstance(exc, DrcnError):
         return one_line(str(exc))

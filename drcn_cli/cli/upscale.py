@@ -216,7 +216,7 @@ def upscale(
         overwrite=overwrite,
         skip_existing=skip_existing,
     )
-    jobs = plan_jobs(sources, plan)  # a combination that cannot work: batch.UsageError, exit 2
+    jobs = plan_jobs(sources, plan)  # a combination that cannot work: a UsageError, exit 2
     to_stdout = any(job.output is None for job in jobs)
     check_stdout(to_stdout, world)
     jobs = shard(jobs, rank, world)
