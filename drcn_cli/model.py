@@ -273,7 +273,8 @@ def widen(model: DRCN, features: int, method: str = "split", noise: float = 0.01
     unchanged. Every channel is alive from the first step. Copies would stay copies under Adam (their gradients
     differ only by a positive factor, which Adam's normalisation removes), so each copy's incoming weights get
     Gaussian noise of ``noise`` times the layer's weight std: the function changes by about that much.
-    Measured in DEVELOPERS.md: that noise was all that told the copies apart after 1,382 steps at lr 1e-5.
+    Measured (docs/training.md, "Records of training runs"): that noise was all that told the copies apart after
+    1,382 steps at lr 1e-5.
 
     ``signed``: as ``split``, but an old channel's copies share its outgoing weights in parts of both signs that
     still sum to one (of n copies, the first ceil(n/2) take a positive part, the others -1/n each: 0.75, 0.75,
@@ -282,7 +283,7 @@ def widen(model: DRCN, features: int, method: str = "split", noise: float = 0.01
 
     ``fresh``: the old channels keep their weights; each new channel gets fresh incoming weights (as
     :meth:`DRCN.reset_parameters`, scaled by ``new_scale``, the recursive conv's identity unscaled) and zero
-    outgoing weights into the old channels and the output: exactly the same function. Measured in DEVELOPERS.md:
+    outgoing weights into the old channels and the output: exactly the same function. Measured (docs/training.md):
     after 2,000 steps the new channels still carried almost nothing (outgoing weights 0.4% of the old ones' norm),
     a saddle where each side's gradient is proportional to the other's small weights.
     """
