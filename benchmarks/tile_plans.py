@@ -1,4 +1,4 @@
-"""Tile plans compared: `super_resolve_y` as drcn runs it (`pipeline.tile_plan`: bands that cut their context
+"""Tile plans compared: `super_resolve_y` as drcn runs it (`tiling.tile_plan`: bands that cut their context
 rows, where planned) against whole windows as before (the automatic tile as an area budget, every window run
 whole, its context rows computed at every layer), in one process, alternating.
 
@@ -25,9 +25,12 @@ prefer_huge_pages()  # as `drcn` does, before torch is imported
 import torch  # noqa: E402
 from speed import cpu_description  # noqa: E402  # benchmarks/ is the script's folder
 
-from drcn_cli.loader import auto_tile  # noqa: E402
-from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y, tile_plan  # noqa: E402
-from drcn_cli.tiling import run_tiled  # noqa: E402
+from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y  # noqa: E402
+from drcn_cli.tiling import (  # noqa: E402
+    auto_tile,
+    run_tiled,  # noqa: E402
+    tile_plan,
+)
 
 
 def compare(precision: str, sizes: list[tuple[int, int]], rounds: int) -> None:

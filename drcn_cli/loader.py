@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,16 +20,14 @@ from pathlib import Path
 import torch
 
 from . import registry
-from .device import memory_budget, resolve_device, resolve_precision, reuse_freed_memory
 from .device import memory_format as preferred_memory_format
+from .device import resolve_device, resolve_precision, reuse_freed_memory
 from .model import DRCN, DRCNConfig
-from .tiling import auto_tile_size
 from .weights import load_weights
 
 __all__ = [
     "InferenceSettings",
     "ReadyModel",
-    "auto_tile",
     "compute_dtype",
     "open_model",
     "prepare_for_inference",
@@ -71,41 +68,6 @@ def prepare_for_inference(model: DRCN, device: torch.device, precision: str = "f
         if isinstance(module, torch.nn.Conv2d) and module is not ready.embed1:
             module.to(dtype)
     return ready
-
-
-# -- tile policy -------------------------------------------------------------------------------------------------
-
-# A bf16 CPU tile whose F-channel map fits in about this many bytes runs from the caches: with AMX, a
-# 1024x1024 output in 384-pixel tiles took 1.62 s against 2.63 s in one piece (docs/speed.md), the recomputed
-# overlap included. The floor of 256 keeps that overlap (20 px a side) under 1.35x the work. fp32 convolutions
-# are bound by arithmetic, not memory: per output pixel they ran as fast on a whole 1024² map as in 312-px
-# windows, so fp32 tiles are as large as memory allows (1024² in one piece: 10.2-10.9 s against 12.2 s).
-_CPU_TILE_MAP_BYTES = 24 << 20
-
-
-def _bytes_per_pixel(config: DRCNConfig, precision: str) -> int:
-    # Live at once per pixel: the recursion state, the conv output, the reconstruction hidden map (F channels
-    # each) plus fp32 input/output/accumulator; x1.5 for allocator slack and conv workspaces.
-    element = 2 if precision in ("fp16", "bf16") else 4
-    return int(1.5 * (3 * config.features * element + 16))
-
-
-def _cache_tile_cap(config: DRCNConfig, device: torch.device, precision: str) -> int:
-    if device.type != "cpu" or precision != "bf16":
-        return 4096
-    side = int(math.sqrt(_CPU_TILE_MAP_BYTES / (config.features * 2))) - 2 * config.receptive_radius
-    return max(256, side // 8 * 8)
-
-
-def auto_tile(config: DRCNConfig, device: torch.device, precision: str) -> int:
-    """The tile side (output pixels) for ``tile=0``: what the memory of ``device`` holds, capped for bf16 on the
-    CPU so one tile's feature maps stay in the caches."""
-    return auto_tile_size(
-        _bytes_per_pixel(config, precision),
-        memory_budget(device),
-        config.receptive_radius,
-        _cache_tile_cap(config, device, precision),
-    )
 
 
 # -- the ready model -------------------------------------------------------------------------------------------

@@ -22,11 +22,11 @@ from .color import array_to_pil, array_to_tensor, pil_to_array, rgb_to_ycbcr, te
 from .device import autocast_dtype, resolve_device, resolve_precision, set_threads
 from .device import memory_format as preferred_memory_format
 from .errors import DrcnError
-from .loader import InferenceSettings, ReadyModel, auto_tile, compute_dtype, open_model, prepare_for_inference
-from .model import DRCN, DRCNConfig, context_row_cost
+from .loader import InferenceSettings, ReadyModel, compute_dtype, open_model, prepare_for_inference
+from .model import DRCN
 from .registry import LOSSY_FORMATS, model_for_input
 from .resize import imresize, output_size
-from .tiling import plan_tiles, run_tiled_adaptive
+from .tiling import check_tile, run_tiled_adaptive, tile_plan
 from .weights import WeightsError
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "OutputTooLargeError",
     "SizeError",
     "ReadyModel",
-    "TilePlan",
     "Upscaler",
     "UpscalerChoice",
     "open_model",
@@ -44,7 +43,6 @@ __all__ = [
     "prepare_for_inference",
     "super_resolve_y",
     "target_size",
-    "tile_plan",
     "upscale_image",
     "upscale_tensor",
 ]
@@ -148,54 +146,6 @@ def super_resolve_y(
             out = run(view, report, shrunk)
             total += _dihedral_inverse(out, rotations, flip)
         return total / len(_DIHEDRAL)
-
-
-# Windows at most this wide ran 15-20% faster per pixel than wide ones in oneDNN's bf16 conv on a Xeon with AMX
-# (a scan at equal pixel counts: 2,450-2,900 GFLOP/s at widths 216-248, about 2,000 from 600 up; docs/speed.md).
-_NARROW_WINDOW = 256
-# fp32 on the CPU: bands whose windows hold at most (512 + 2 * radius)² pixels (256 core rows at 1024 wide) ran
-# 5-10% faster than one window at 600x800 to 720x1280, 0.91-1.03x its time at 1024² (0.92-0.96x held to AVX2),
-# 1.06x at 512x1024 (docs/speed.md): a small gain on the whole.
-_FP32_BAND_TILE = 512
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """How :func:`super_resolve_y` tiles an image: ``tile`` is a side, or with ``by_area`` a window area of
-    (tile + 2 * radius)²; ``row_context_cost`` is what the planner counts for a context row (see plan_tiles)."""
-
-    tile: int
-    by_area: bool
-    row_context_cost: float = 1.0
-
-
-def tile_plan(
-    config: DRCNConfig, recursions: int | None, device: torch.device, precision: str, height: int, width: int,
-    tile: int = 0,
-) -> TilePlan:
-    """The tiles for an output of height x width; ``tile`` > 0 is the user's side, used as given.
-
-    The network cuts context rows as its layers consume them, so bands the width of the image (rows of context,
-    none of columns) do less work than windows with context on all sides. On the CPU they are planned where
-    they measured faster (docs/speed.md): in bf16 5-18% at 512² to 1280x960 on a Xeon with AMX, but not where
-    the whole-window plan's windows are narrow (768²: 768x232 ran 8% faster than bands of 232x768), nor as 2-D
-    grids of cut windows (280x680 windows ran 22-37% slower); in fp32 about 5% on the whole (0.90-1.06x of one
-    window). GPUs keep whole windows (not measured).
-    """
-    if tile > 0:
-        return TilePlan(tile, by_area=False)
-    auto = auto_tile(config, device, precision)
-    if device.type != "cpu":
-        return TilePlan(auto, by_area=True)
-    overlap, share = config.receptive_radius, context_row_cost(config, recursions)
-    band_tile = auto if precision != "fp32" else min(auto, _FP32_BAND_TILE)
-    bands = plan_tiles(height, width, band_tile, overlap, by_area=True, row_context_cost=share)
-    whole = plan_tiles(height, width, auto, overlap, by_area=True)
-    full_width = len(bands) > 1 and all(t.window[2:] == (0, width) for t in bands)
-    narrow = len(whole) > 1 and whole[0].window[3] - whole[0].window[2] <= _NARROW_WINDOW
-    if full_width and not narrow:
-        return TilePlan(band_tile, by_area=True, row_context_cost=share)
-    return TilePlan(auto, by_area=True)
 
 
 # (quarter turns, mirrored first): the 8 symmetries of the square, identity first.
@@ -379,6 +329,8 @@ def open_upscaler(
     a bicubic with network options, and as :func:`open_model`."""
     if method not in ("drcn", "bicubic"):
         raise ValueError(f"unknown method {method!r} (use drcn or bicubic)")
+    if (problem := check_tile(tile, "tile")) is not None:
+        raise ValueError(problem)
     if method == "bicubic":
         if weights is not None or self_ensemble or recursions is not None:
             raise ValueError("method 'bicubic' runs no network: weights, recursions and self_ensemble need 'drcn'")

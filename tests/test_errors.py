@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from drcn_cli import batch, bench, data, datasets, device, errors, export, hub, imageio, registry, train, video, weights
+from drcn_cli import bench, data, datasets, device, errors, export, hub, imageio, registry, train, video, weights
 from drcn_cli.cli import app, main
 from drcn_cli.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, DrcnError
 
@@ -55,11 +55,14 @@ def _raising(exc: BaseException):
 
 
 def test_a_bug_in_train_is_not_a_usage_error(train_args, monkeypatch):
-    monkeypatch.setattr(train, "train", _raising(ValueError("a bug: list index")))
+    bug = ValueError("a bug: list index")
+    monkeypatch.setattr(train, "train", _raising(bug))
     result = CliRunner().invoke(app, train_args)
-    assert result.exit_code == 1 and result.exit_code != EXIT_USAGE
-    assert isinstance(result.exception, ValueError)  # it escapes with its traceback: not dressed up as a line
+    assert result.exit_code == EXIT_FAILURE  # what the runner gives any exception that escapes
+    assert result.exception is bug  # it escapes itself, with its traceback: not dressed up as a line, nor wrapped
     assert "error:" not in result.stderr
+    with pytest.raises(ValueError, match="a bug: list index"):  # and `drcn` itself lets it out, not exit 2
+        main(train_args)
 
 
 def test_a_config_the_library_refuses_is_a_usage_error_of_one_line(train_args, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hubstub import HubStub, point_client_at, skip_retry_sleeps
 
-from drcn_cli import loader, registry, weights
+from drcn_cli import registry, tiling, weights
 from drcn_cli.loader import ReadyModel, open_model
 from drcn_cli.model import DRCN, DRCNConfig
 from drcn_cli.pipeline import upscale_image
@@ -110,9 +110,9 @@ def test_ready_model_holds_what_a_run_needs(tmp_path):
 
 def test_cpu_tiles_are_capped_by_the_caches_in_bf16_and_by_memory_in_fp32():
     cpu, lite = torch.device("cpu"), DRCNConfig(64, 16)
-    bf16, fp32 = loader.auto_tile(lite, cpu, "bf16"), loader.auto_tile(lite, cpu, "fp32")
+    bf16, fp32 = tiling.auto_tile(lite, cpu, "bf16"), tiling.auto_tile(lite, cpu, "fp32")
     # bf16: one 64-channel window map within the cache budget; fp32 (bound by arithmetic): as memory allows.
-    assert (bf16 + 2 * lite.receptive_radius) ** 2 * 64 * 2 <= loader._CPU_TILE_MAP_BYTES
+    assert (bf16 + 2 * lite.receptive_radius) ** 2 * 64 * 2 <= tiling._CPU_TILE_MAP_BYTES
     assert fp32 >= 1024 > bf16
 
 

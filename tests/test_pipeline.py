@@ -5,9 +5,10 @@ from conftest import random_drcn
 from PIL import Image
 
 from drcn_cli.model import DRCN
-from drcn_cli.pipeline import InferenceSettings, TilePlan, super_resolve_y, target_size, upscale_image
+from drcn_cli.pipeline import InferenceSettings, super_resolve_y, target_size, upscale_image
 from drcn_cli.registry import WeightsNotFoundError
 from drcn_cli.resize import imresize
+from drcn_cli.tiling import TilePlan
 from drcn_cli.weights import WeightsError, save_weights
 
 
@@ -101,11 +102,17 @@ def test_fractional_scale_and_exact_size(model):
 
 
 def test_tiling_does_not_change_the_result(model):
-    image = rng_image((23, 19, 3))
+    image = rng_image((47, 39, 3))
     whole = upscale_image(image, 2, weights=model, tile=0)
-    tiled = upscale_image(image, 2, weights=model, tile=7)
+    tiled = upscale_image(image, 2, weights=model, tile=32)  # the smallest tile accepted: 3 x 3 tiles here
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
     assert np.mean(whole != tiled) < 0.001
+
+
+@pytest.mark.parametrize("tile", [5, -1, 31])
+def test_the_api_refuses_the_tiles_the_cli_refuses(model, tile):
+    with pytest.raises(ValueError, match=f"tile {tile} is too small: give 0 \\(auto\\) or at least 32"):
+        upscale_image(rng_image((8, 8, 3)), 2, weights=model, tile=tile)
 
 
 def test_fewer_recursions_give_a_different_result(model):
@@ -174,10 +181,8 @@ def test_bad_arguments(model):
      ("bf16", 200, 200, False), ("fp32", 1024, 1024, True), ("fp32", 512, 512, False), ("fp32", 720, 1280, True)],
 )
 def test_bands_that_cut_context_rows_only_where_they_measured_faster(precision, height, width, bands):
-    from drcn_cli.loader import auto_tile
     from drcn_cli.model import DRCNConfig, context_row_cost
-    from drcn_cli.pipeline import tile_plan
-    from drcn_cli.tiling import plan_tiles
+    from drcn_cli.tiling import auto_tile, plan_tiles, tile_plan
 
     config, cpu = DRCNConfig(features=64, recursions=16), torch.device("cpu")
     plan = tile_plan(config, None, cpu, precision, height, width)

@@ -57,18 +57,6 @@ SelfEnsemble = Annotated[
                  "8x slower, a little sharper (EDSR's self-ensemble).", rich_help_panel=MODEL_PANEL),
 ]
 
-# The smallest --tile accepted (besides 0 = auto): every tile also computes the network's receptive radius
-# (20 px for D=16) of context on each side, so tiny tiles multiply the work (--tile 1: about 1600x).
-MIN_TILE = 32
-
-
-def tile_problem(tile: int) -> str | None:
-    """What is wrong with a --tile between 1 and MIN_TILE - 1 (a usage error), else None."""
-    if 0 < tile < MIN_TILE:
-        return f"--tile {tile} is too small: give 0 (auto) or at least {MIN_TILE}"
-    return None
-
-
 def model_problem(
     model: str | None,
     weights: Path | None,
@@ -80,7 +68,9 @@ def model_problem(
 ) -> str | None:
     """The one check of the model options every command shares (--model, --weights, --method, --recursions,
     --self-ensemble, --tile): what cannot work, as a usage error's message, else None."""
-    if (problem := tile_problem(tile)) is not None:
+    from ..tiling import check_tile
+
+    if (problem := check_tile(tile)) is not None:
         return problem
     if model is not None and weights is not None:
         return "give either --model or --weights, not both"
