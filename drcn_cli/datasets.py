@@ -2,10 +2,10 @@
 
 Where a named dataset comes from, first found wins (:func:`resolve_dataset`):
 
-1. ``data_dir/<Name>/`` (a folder of HR images, e.g. ``../shared/datasets/Set5``; an alias such as
+1. ``data_dir/<Name>/`` (a folder of HR images, e.g. ``datasets/Set5``; an alias such as
    ``BSD100/`` or the hub's ``<Name>_HR/`` is accepted too);
-2. the cache, ``$DRCN_HOME/datasets/<Name>/`` (``DRCN_HOME`` defaults to ``$XDG_CACHE_HOME/drcn``, else
-   ``~/.cache/drcn``);
+2. the cache, ``$DRCN_HOME/datasets/<Name>/`` (see :func:`drcn_home`: ``$XDG_CACHE_HOME/drcn``, else the
+   system's cache folder, ``~/.cache/drcn`` on Linux);
 3. a download of ``data/<HubName>_HR.tar.gz`` from the hub dataset repo (e.g. ``eugenesiow/Set5``) through
    :mod:`drcn_cli.hub`, extracted into the cache.
 
@@ -32,7 +32,6 @@ import torch
 
 from .errors import EXIT_USAGE, DrcnError
 from .imageio import IMAGE_EXTENSIONS
-from .registry import drcn_home
 
 __all__ = [
     "BENCHMARKS",
@@ -43,6 +42,7 @@ __all__ = [
     "DatasetError",
     "UnknownDatasetError",
     "dataset_cache_dir",
+    "drcn_home",
     "extract_archive",
     "find_benchmark",
     "list_images",
@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)  # the one list of image extensions (imageio)
+HOME_ENV = "DRCN_HOME"
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,25 @@ class Dataset:
     benchmark: Benchmark | None = None
 
 
+def drcn_home() -> Path:
+    """drcn's own cache folder: ``$DRCN_HOME``, else ``$XDG_CACHE_HOME/drcn``, else the system's user cache folder
+    for drcn (platformdirs: ``~/.cache/drcn`` on Linux, ``~/Library/Caches/drcn`` on macOS,
+    ``%LOCALAPPDATA%\\drcn\\Cache`` on Windows).
+
+    Weights do not go there (they live in the hub cache, shared with other hub tools); it is for drcn's own files.
+    Nothing is created by calling this.
+    """
+    if home := os.environ.get(HOME_ENV):
+        return Path(home).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "drcn"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("drcn", appauthor=False))
+
+
 def dataset_cache_dir() -> Path:
-    """``$DRCN_HOME/datasets`` (not created here; see :func:`drcn_cli.registry.drcn_home`)."""
+    """``$DRCN_HOME/datasets`` (not created here; see :func:`drcn_home`)."""
     return drcn_home() / "datasets"
 
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
-import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -53,7 +51,6 @@ __all__ = [
     "cached_weights",
     "default_model_name",
     "download_weights",
-    "drcn_home",
     "entries_from_files",
     "entry_source",
     "known_weights",
@@ -71,7 +68,6 @@ PHOTO_MODEL = "drcn-lite-photo"  # the model for lossy inputs when none is named
 # Inputs whose pixels went through a lossy codec: JPEG files (MPO: a phone's multi-picture JPEG) and video frames.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "video"})
 REPO_ID_ENV = "DRCN_REPO_ID"
-HOME_ENV = "DRCN_HOME"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -151,18 +147,6 @@ class ChecksumError(DrcnError, RuntimeError):
 
 
 # -- small helpers ---------------------------------------------------------------------------------------------
-
-
-def drcn_home() -> Path:
-    """drcn's own cache folder: ``$DRCN_HOME``, else ``$XDG_CACHE_HOME/drcn``, else ``~/.cache/drcn``.
-
-    Weights do not go there (they live in the hub cache, shared with other hub tools); it is for drcn's own files.
-    Nothing is created by calling this.
-    """
-    if home := os.environ.get(HOME_ENV):
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "drcn"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -504,13 +488,13 @@ def list_weights(
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON); {} if unreadable."""
+    """The metadata of a safetensors file ({} if it has none or cannot be read)."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(min(length, 1 << 24)))
-        return {str(k): str(v) for k, v in header.get("__metadata__", {}).items()}
-    except (OSError, struct.error, ValueError, AttributeError):
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (OSError, SafetensorError):
         return {}
 
 

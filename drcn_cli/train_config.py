@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,10 +251,10 @@ def recipe_options(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """The options of a TOML recipe file (see :func:`recipe_options`); ConfigError if it cannot be read."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        raise ConfigError("recipe files need Python 3.11 or later (tomllib)") from None
+    else:  # the same parser, as a package (a dependency on Python 3.10)
+        import tomli as tomllib
     try:
         with open(path, "rb") as f:
             values = tomllib.load(f)

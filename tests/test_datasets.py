@@ -11,6 +11,7 @@ import pytest
 import torch
 from hubstub import HubStub, point_client_at, skip_retry_sleeps
 from PIL import Image
+from testdata import datasets_root, needs_datasets
 
 from drcn_cli import datasets
 from drcn_cli.datasets import (
@@ -23,8 +24,6 @@ from drcn_cli.datasets import (
     load_image,
     resolve_dataset,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def png_bytes(seed: int, size=(20, 16), mode="RGB") -> bytes:
@@ -156,9 +155,9 @@ def test_missing_empty_and_imageless_folders_are_errors(tmp_path):
         list_images(tmp_path / "docs")
 
 
-@pytest.mark.skipif(not (SHARED / "datasets" / "Set14").is_dir(), reason="shared/datasets is not beside the repo")
+@needs_datasets("Set14")
 def test_shared_datasets_resolve_by_name():
-    ds = resolve_dataset("Set14", SHARED / "datasets", download=False)
+    ds = resolve_dataset("Set14", datasets_root(), download=False)
     assert len(ds.images) == 14 and ds.images[0].name == "baboon.png"
 
 
@@ -272,3 +271,20 @@ def test_load_image_reports_the_file(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"bad\.png: not an image"):
         load_image(tmp_path / "bad.png")
+
+
+def test_drcn_home_follows_the_environment_then_the_systems_cache_folder(monkeypatch, tmp_path):
+    import platformdirs
+
+    from drcn_cli.datasets import dataset_cache_dir, drcn_home
+
+    monkeypatch.setenv("DRCN_HOME", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert drcn_home() == tmp_path / "mine" and dataset_cache_dir() == tmp_path / "mine" / "datasets"
+    monkeypatch.delenv("DRCN_HOME")
+    assert drcn_home() == tmp_path / "xdg" / "drcn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert drcn_home() == Path.home() / ".cache" / "drcn"  # what platformdirs says on Linux
+    # Elsewhere, the folder is the one platformdirs names for the system (macOS: ~/Library/Caches/drcn).
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda name, appauthor=None: f"/Users/u/Library/Caches/{name}")
+    assert drcn_home() == Path("/Users/u/Library/Caches/drcn")

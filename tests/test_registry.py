@@ -119,16 +119,6 @@ def test_sha256_file_and_verify_file(tmp_path):
         registry.verify_file(path, "0" * 64)
 
 
-def test_drcn_home_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("DRCN_HOME", str(tmp_path / "mine"))
-    assert registry.drcn_home() == tmp_path / "mine"
-    monkeypatch.delenv("DRCN_HOME")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert registry.drcn_home() == tmp_path / "xdg" / "drcn"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    assert registry.drcn_home() == Path.home() / ".cache" / "drcn"
-
-
 def test_default_model_prefers_bundled_drcn_then_drcn_lite(monkeypatch, tmp_path):
     monkeypatch.setattr(weights, "BUNDLED_DIR", tmp_path)
     assert registry.default_model_name() == "drcn"  # nothing bundled: the full model, to be downloaded
