@@ -445,8 +445,12 @@ def plot_recursion_sweep(report: BenchReport, path: str | Path) -> None:
     except ImportError:
         raise MissingExtraError("--plot needs matplotlib: pip install 'drcn[plot]'") from None
     matplotlib.use("Agg")
+    import io
+
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from .atomic import write_atomic
 
     names = list(dict.fromkeys(s.dataset for s in sweep))
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
@@ -464,7 +468,12 @@ def plot_recursion_sweep(report: BenchReport, path: str | Path) -> None:
             ax.grid(True, alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        # Drawn in memory, in the format the extension names (PNG when it names none matplotlib writes), then
+        # written as every file is (drcn_cli.atomic).
+        fmt = Path(path).suffix[1:].lower()
+        fmt = fmt if fmt in fig.canvas.get_supported_filetypes() else "png"
+        image = io.BytesIO()
+        fig.savefig(image, format=fmt, dpi=120)
     finally:
         plt.close(fig)
+    write_atomic(path, image.getvalue(), overwrite=True)

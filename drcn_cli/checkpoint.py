@@ -28,6 +28,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from .atomic import write_atomic
 from .errors import DrcnError
 from .model import DRCN
 from .train_config import RECIPE_FIELDS, TrainConfig, check_config
@@ -143,11 +144,14 @@ def write_checkpoint(
 ) -> Path:
     """Write a checkpoint folder atomically: everything goes into a temporary sibling, which then replaces
     ``path`` (the old folder is removed only once the new one is in place). ``log`` is copied in; ``ema``, the
-    moving average of the weights, is written beside them."""
-    from safetensors.torch import save_file
+    moving average of the weights, is written beside them. Each file is written by
+    :func:`drcn_cli.atomic.write_atomic` (fsync'ed), state.json last; ``path`` may only be a folder."""
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise CheckpointError(f"{path}: not a checkpoint folder, left as it is (a checkpoint replaces only a folder)")
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     old = path.parent / f".{path.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -169,10 +173,12 @@ def write_checkpoint(
         files = []
         for number, shard in enumerate(shards):
             files.append(f"optimizer-{number:02d}.safetensors")
-            save_file(shard, str(tmp / files[-1]))
-        torch.save(rng_state(), tmp / "rng.pt")
-        if log is not None and Path(log).is_file():
-            shutil.copyfile(log, tmp / "log.csv")
+            write_atomic(tmp / files[-1], save(shard), overwrite=False)
+        rng = rng_state()
+        write_atomic(tmp / "rng.pt", lambda file: torch.save(rng, file), overwrite=False)
+        log_file = Path(log) if log is not None else None
+        if log_file is not None and log_file.is_file():
+            write_atomic(tmp / "log.csv", lambda file: shutil.copyfile(log_file, file), overwrite=False)
         document = {
             "format": CHECKPOINT_FORMAT,
             **state,
@@ -181,7 +187,7 @@ def write_checkpoint(
             "optimizer_files": files,
             "optimizer_split": split,
         }
-        (tmp / "state.json").write_text(json.dumps(document, indent=2) + "\n")
+        write_atomic(tmp / "state.json", (json.dumps(document, indent=2) + "\n").encode(), overwrite=False)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)

@@ -159,26 +159,18 @@ def load_images(folders: Iterable[str | Path], color: bool = False) -> list[Trai
 
 def save_pack(path: str | Path, images: Sequence[TrainImage]) -> None:
     """Write the images' luminance (and RGB, where the images hold it) to a compressed ``.npz`` (uint8; ~25 MB for
-    T91 + BSD200 without colour), atomically."""
-    import os
-    import tempfile
+    T91 + BSD200 without colour), atomically (:func:`drcn_cli.atomic.write_atomic`)."""
+    from .atomic import write_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"y{i:05d}": image.y.numpy() for i, image in enumerate(images)}
     arrays |= {f"c{i:05d}": image.rgb.numpy() for i, image in enumerate(images) if image.rgb is not None}
     names = np.array([image.name for image in images])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file, not its name: numpy would add ".npz" to the temporary's name
             np.savez_compressed(f, format=np.array(PACK_FORMAT), names=names, **arrays)  # type: ignore[arg-type]  # keys are yNNNNN, never allow_pickle
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the pack private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write, overwrite=True)
 
 
 def load_pack(path: str | Path) -> list[TrainImage]:

@@ -196,15 +196,16 @@ def export_onnx(
     (default: all) of its recursions; weights, input and output in ``precision`` (fp32 or fp16).
 
     ``source`` (e.g. the weights file's name) is recorded in the metadata. The caller's model is not changed.
-    The file is written through a temporary file and renamed, so ``path`` is either untouched or complete.
+    The file is written by :func:`drcn_cli.atomic.write_atomic`, so ``path`` is either untouched or complete.
 
     Raises:
         ValueError: recursions outside 1..D, or an unknown precision (before anything is done).
         ExportError: onnx/onnxscript missing, or the exporter failed.
-        drcn_cli.imageio.OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        drcn_cli.imageio.ImageWriteError: the file could not be written (one-line reason).
+        drcn_cli.atomic.OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        drcn_cli.atomic.NotRegularFileError: a folder, FIFO, device or symbolic link is at ``path`` (left as it is).
+        drcn_cli.atomic.WriteError: the file could not be written (one-line reason).
     """
-    from .imageio import OutputExistsError, write_bytes_atomic
+    from .atomic import OutputExistsError, write_atomic
 
     k = _recursions_to_export(model, recursions)
     if precision not in PRECISIONS:
@@ -214,10 +215,15 @@ def export_onnx(
         raise OutputExistsError(f"output {path} exists (use --overwrite)")
     _require_exporter()
 
-    proto = _trace(model, k, PRECISIONS[precision])
     metadata = onnx_metadata(model, k, precision, source)
-    _stamp(proto, metadata)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    data = proto.SerializeToString()
-    write_bytes_atomic(path, data, replace=overwrite)
-    return ExportResult(path, len(data), k, precision, opset, metadata)
+    opset = 0
+
+    def build(tmp: Path) -> None:  # run after the destination was checked: a FIFO in the way costs no export
+        nonlocal opset
+        proto = _trace(model, k, PRECISIONS[precision])
+        _stamp(proto, metadata)
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        tmp.write_bytes(proto.SerializeToString())
+
+    size = write_atomic(path, build, overwrite=overwrite)
+    return ExportResult(path, size, k, precision, opset, metadata)

@@ -6,9 +6,10 @@ Pillow reads most files; 16-bit colour PNG and TIFF (RGB, RGBA, grey+alpha), whi
 8 bits, are decoded with OpenCV instead. The pixel count is checked against ``max_pixels`` from the header,
 before anything is decoded, so a decompression bomb costs nothing.
 
-Writing (:func:`write_image`) encodes in memory, then writes a temporary file in the destination folder
-(``.NAME.XXXX.tmp``), fsyncs it and renames it over the destination: a reader sees the old file or the
-complete new one, never a part. On any failure, Ctrl-C included, the temporary file is removed.
+Writing (:func:`write_image`) encodes in memory, then writes through :func:`drcn_cli.atomic.write_atomic`: a
+hidden temporary file in the destination folder, fsync'ed, then published under the destination's name, so that
+a reader sees the old file or the complete new one, never a part; only a regular file is ever replaced. On any
+failure, Ctrl-C included, the temporary file is removed.
 
 Bit-depth rules for output:
 
@@ -26,10 +27,8 @@ Bit-depth rules for output:
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import secrets
 import stat
 import struct
 import warnings
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import NotRegularFileError, OutputExistsError, WriteError, write_atomic
 from .errors import DrcnError
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "ImageReadError",
     "ImageWriteError",
     "LoadedImage",
+    "NotRegularFileError",
     "OutputExistsError",
     "apply_orientation",
     "encode_image",
@@ -55,7 +56,6 @@ __all__ = [
     "max_file_bytes",
     "normalize_format",
     "read_image",
-    "write_bytes_atomic",
     "write_image",
 ]
 
@@ -82,7 +82,6 @@ _PIXEL_Y_DIMENSION = 0xA003
 _ICC_TIFF_TAG = 34675
 _WEBP_MAX_SIDE = 16383
 _JPEG_MAX_SIDE = 65535
-_WRITE_CHUNK = 1 << 20
 # The tags EXIF defines for its main directory (IFD0), the pointers to its sub-directories included. A TIFF's
 # own directory is what Pillow gives as its "EXIF": only these are carried over from it, not its layout tags
 # (ImageWidth, StripOffsets ...), which would describe the input's pixels in the output.
@@ -101,12 +100,10 @@ class ImageReadError(DrcnError, ValueError):
     """A file that cannot be read as an image; the message is the reason, without the file name."""
 
 
-class ImageWriteError(DrcnError, OSError):
-    """An image that could not be written (folder missing or unwritable, disk full ...); nothing was left behind."""
-
-
-class OutputExistsError(ImageWriteError):
-    """The output file appeared while it was being written, and replacing it was not asked for; it is untouched."""
+# An image that could not be written (folder missing or unwritable, disk full ...; nothing was left behind), and an
+# output that exists or appeared while it was being written: the errors of drcn's one file writer, under the names
+# they have always had here.
+ImageWriteError = WriteError
 
 
 class ImageFormatError(DrcnError, ValueError):
@@ -754,97 +751,6 @@ def encode_image(
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
-    # os.open with mode 0o666 honours the umask, so the final file gets the usual permissions
-    # (tempfile.mkstemp would leave it readable by its owner only).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def _write_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "disk full"
-    return exc.strerror or str(exc)
-
-
-# errno values of os.link on a file system without hard links (FAT, some network and FUSE file systems).
-_NO_HARD_LINKS = frozenset(
-    getattr(errno, name) for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV", "EMLINK", "ENOSYS", "EACCES")
-    if hasattr(errno, name)
-)
-
-
-def _publish(tmp: Path, path: Path, replace: bool) -> None:
-    """Give the complete temporary file its final name. Without ``replace``, a file that appeared at ``path``
-    in the meantime (another process) is never replaced: the temporary file is hard-linked to ``path``, which
-    fails if it exists, then removed. Where hard links are not supported, the existence check and the rename
-    are two steps (a window of microseconds instead of the whole upscale)."""
-    if replace:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise OutputExistsError(f"output {path} appeared meanwhile; it was left as it is") from None
-    except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
-            raise
-        if os.path.lexists(path):
-            raise OutputExistsError(f"output {path} appeared meanwhile; it was left as it is") from None
-        os.replace(tmp, path)
-        return
-    try:
-        tmp.unlink()
-    except OSError:
-        pass  # the output is complete; a hidden .tmp name may stay beside it
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync'd, then renamed over it.
-
-    Creates missing parent folders. Raises ImageWriteError (an OSError) with a one-line reason; on any
-    failure, KeyboardInterrupt included, the temporary file is removed and ``path`` is untouched. With
-    ``replace`` False an existing ``path`` is never replaced, even one created while this call runs:
-    OutputExistsError.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ImageWriteError(f"cannot create folder {path.parent}: a file is in the way") from None
-    except OSError as exc:
-        raise ImageWriteError(f"cannot create folder {path.parent}: {_write_reason(exc)}") from None
-    try:
-        fd, tmp = _create_temp(path.parent, path.name)
-    except OSError as exc:
-        raise ImageWriteError(f"cannot write in {path.parent}: {_write_reason(exc)}") from None
-    try:
-        try:
-            view = memoryview(data)
-            for start in range(0, len(view), _WRITE_CHUNK):
-                chunk = view[start:start + _WRITE_CHUNK]
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _publish(tmp, path, replace)
-    except OutputExistsError:
-        tmp.unlink(missing_ok=True)
-        raise
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ImageWriteError(f"cannot write {path}: {_write_reason(exc)}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_image(
     path: str | os.PathLike,
     pixels: np.ndarray,
@@ -856,17 +762,17 @@ def write_image(
     dpi: tuple[float, float] | None = None,
     overwrite: bool = True,
 ) -> int:
-    """Encode and write an image atomically (see :func:`write_bytes_atomic`); returns the bytes written.
+    """Encode and write an image atomically (:func:`drcn_cli.atomic.write_atomic`); returns the bytes written.
 
     ``fmt`` defaults to the one the extension selects. Raises ImageFormatError before touching the disk
     when the format is unknown or cannot hold the pixels, ImageWriteError when writing fails, and
     OutputExistsError (an ImageWriteError) when ``overwrite`` is False and the file exists, even if it
-    appeared during the call.
+    appeared during the call, NotRegularFileError (one too) when a folder, FIFO, socket, device or symbolic link
+    is in the way.
     """
     if fmt is None:
         fmt = format_from_path(path)
         if fmt is None:
             raise ImageFormatError(f"cannot tell the format from {Path(path).name!r} (use .png, .jpg, .webp, .tif)")
     data = encode_image(pixels, fmt, quality=quality, icc_profile=icc_profile, exif=exif, dpi=dpi)
-    write_bytes_atomic(path, data, replace=overwrite)
-    return len(data)
+    return write_atomic(path, data, overwrite=overwrite)

@@ -29,6 +29,7 @@ __all__ = [
     "InferenceSettings",
     "ReadyModel",
     "compute_dtype",
+    "load_model",
     "open_model",
     "prepare_for_inference",
 ]
@@ -99,6 +100,18 @@ class ReadyModel:
 def _load_cached(path: str, mtime_ns: int, device: str, precision: str) -> DRCN:
     model, _metadata = load_weights(path)
     return prepare_for_inference(model, torch.device(device), precision)
+
+
+def load_model(
+    weights: str | os.PathLike | None = None, *, on_download: Callable[[str], None] | None = None
+) -> tuple[DRCN, dict[str, str], Path]:
+    """The plain fp32 module of a model name or a weights path, resolved as :func:`open_model` resolves it, with
+    its metadata and its file: for code that trains or exports the module rather than running it. Raises as
+    :func:`open_model`."""
+    name, path = registry.split_source(weights)
+    located = Path(registry.resolve_weights(name, path, on_download=on_download))
+    model, metadata = load_weights(located)
+    return model, metadata, located
 
 
 def open_model(

@@ -71,12 +71,13 @@ from .data import (
 from .device import autocast_dtype, resolve_device, resolve_precision, reuse_freed_memory, set_threads
 from .device import memory_format as preferred_memory_format
 from .errors import ConfigError, DrcnError
+from .loader import load_model
 from .model import DRCN, DRCNConfig, widen
 from .pipeline import InferenceSettings, open_model
 from .processes import Processes, all_mean, any_process, barrier, join, leave, processes
 from .protocol import BenchError, Sample, Score, evaluate, make_sample, min_image_side
 from .train_config import RECIPE_FIELDS, TrainConfig, check_config, jpeg_range
-from .weights import TINY, WeightsError, load_weights, save_weights
+from .weights import TINY, WeightsError, save_weights
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -236,7 +237,7 @@ def prepare_validation(
 
 def init_architecture(path: str | os.PathLike) -> DRCNConfig:
     """F and D of a weights file, to size a model that starts from it. Raises WeightsError."""
-    model, _metadata = load_weights(path)
+    model, _metadata, _file = load_model(path)
     return model.config
 
 
@@ -545,7 +546,7 @@ def _prepare_data(
     if checkpoint is not None:
         init_steps = int(checkpoint.state.get("init_steps", 0))
     elif cfg.init:  # a resumed run has its weights; the init file need not travel with it
-        init_model, init_meta = load_weights(cfg.init)
+        init_model, init_meta, _file = load_model(cfg.init)
         init_steps = _steps_behind(init_meta)
         small = init_model.config
         if small.recursions != cfg.recursions or small.features > cfg.features:

@@ -14,15 +14,15 @@ What goes where:
 - audio: every audio stream the output container can hold is copied packet by packet (not re-encoded);
   the others are dropped and named in :attr:`VideoResult.dropped`. Subtitles and data streams are dropped.
 
-The output is written to a hidden temporary file in its folder (``.NAME.XXXXXXXX.tmp``) and renamed when
-complete, so it is never seen half-written; on any error, Ctrl-C included, the temporary file is removed.
+The output is written by :func:`drcn_cli.atomic.write_atomic`: into a hidden temporary file in its folder, published
+under its name when complete, so it is never seen half-written; only a regular file is ever replaced; on any
+error, Ctrl-C included, the temporary file is removed.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import OutputExistsError, write_atomic
 from .errors import DrcnError
 
 __all__ = [
@@ -163,22 +164,6 @@ def _reader(av: Any, container: Any, items: queue.Queue, stop: threading.Event) 
         put(("error", exc))
 
 
-def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # fails if path appeared meanwhile: never replaced without overwrite
-    except FileExistsError:
-        raise VideoError(f"output {path} appeared meanwhile (use --overwrite or --skip-existing)") from None
-    except OSError:  # no hard links here: check, then rename
-        if path.exists():
-            raise VideoError(f"output {path} appeared meanwhile (use --overwrite or --skip-existing)") from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
-
-
 def upscale_video(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -199,7 +184,8 @@ def upscale_video(
     Raises:
         VideoError: PyAV missing; an unknown output extension; ``output`` exists and ``overwrite`` is False;
             the source is not a video, has no video stream, or is corrupt or truncated; the encoder failed.
-        OSError: the output folder cannot be created or written.
+        drcn_cli.atomic.WriteError (an OSError): the output folder cannot be created or written, or a folder, FIFO,
+            device or symbolic link is in the output's place (NotRegularFileError; it is left as it is).
     """
     av = _require_av()
     source, output = Path(source), Path(output)
@@ -228,9 +214,8 @@ def _transcode(
     read_ahead: int,
     on_frame: Callable[[int], None] | None,
 ) -> VideoResult:
-    """Decode ``source_container`` in a reader thread while this one upscales and encodes into a hidden
-    temporary file beside ``output``, then publish it (:func:`_publish`); the temporary file never outlives
-    the call."""
+    """Decode ``source_container`` in a reader thread while this one upscales and encodes into the temporary
+    file of :func:`drcn_cli.atomic.write_atomic`, which publishes it once complete; it never outlives the call."""
     height, width = size
     extension = output.suffix.lower()
     muxer = VIDEO_CODECS[extension][0]
@@ -240,13 +225,13 @@ def _transcode(
     time_base = video_in.time_base if muxer != "avi" else None
     audio_in = list(source_container.streams.audio)
 
-    tmp = _temporary_beside(output)
     items: queue.Queue = queue.Queue(maxsize=max(1, read_ahead) + 64)  # + room for the audio in between
     stop = threading.Event()
     reader = threading.Thread(target=_reader, args=(av, source_container, items, stop), daemon=True,
                               name="drcn-video-read")
     result = VideoResult(0, width, height, 0)
-    try:
+
+    def encode(tmp: Path) -> None:
         with av.open(str(tmp), "w", format=muxer) as container:
             sink = _open_sink(av, container, extension, size, rate, time_base)
             result.dropped.extend(_add_audio(sink, audio_in, extension))
@@ -255,16 +240,17 @@ def _transcode(
             _encode_all(av, sink, items, upscale_frame, result, on_frame)
         if result.frames == 0:
             raise VideoError("no frame could be decoded (truncated or corrupt video)")
-        result.bytes = tmp.stat().st_size
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a video is for everyone to read
-        _publish(tmp, output, overwrite)
+
+    try:
+        result.bytes = write_atomic(output, encode, overwrite=overwrite)
+    except OutputExistsError:
+        raise VideoError(f"output {output} appeared meanwhile (use --overwrite or --skip-existing)") from None
     except av.error.FFmpegError as exc:
         raise VideoError(f"cannot write {output}: {_one_line(exc)}") from None
     finally:
         stop.set()
         if reader.is_alive():
             reader.join(timeout=5)
-        tmp.unlink(missing_ok=True)
     return result
 
 
@@ -278,14 +264,6 @@ class _Sink:
     rate: Fraction
     time_base: Fraction | None  # the source's clock; None: one tick per frame
     audio: dict[int, Any] = field(default_factory=dict)  # source stream index -> output stream
-
-
-def _temporary_beside(output: Path) -> Path:
-    """A new empty hidden file ``.NAME.XXXXXXXX.tmp`` in ``output``'s folder, which is created if need be."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    return Path(tmp_name)
 
 
 def _open_sink(av: Any, container: Any, extension: str, size: tuple[int, int], rate: Fraction,

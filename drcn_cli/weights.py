@@ -8,11 +8,11 @@ torch.compile add), and refuses anything that is not a DRCN with a :class:`Weigh
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import write_atomic
 from .errors import DrcnError
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled, so finding files stays instant
@@ -166,8 +166,9 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 def save_weights(model: DRCN, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
-    """Write the model's tensors and metadata atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
+    """Write the model's tensors and metadata as safetensors, atomically (:func:`drcn_cli.atomic.write_atomic`:
+    an existing regular file is replaced, anything else in the way refused)."""
+    from safetensors.torch import save
 
     from . import __version__
 
@@ -185,13 +186,5 @@ def save_weights(model: DRCN, path: str | os.PathLike, metadata: Mapping[str, st
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     state = canonical_state_dict(model.state_dict())
     state = flush_tiny({k: v.detach().float().cpu().contiguous() for k, v in state.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a weights file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # In memory first: safetensors' save_file writes a private (0600) file of its own and renames it into place.
+    write_atomic(path, save(state, metadata=meta), overwrite=True)

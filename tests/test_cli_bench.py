@@ -14,13 +14,14 @@ import pytest
 import torch
 from hubstub import HubStub, point_client_at, skip_retry_sleeps
 from PIL import Image
+from testdata import datasets_root, needs_datasets
 from typer.testing import CliRunner
 
 from drcn_cli import weights
 from drcn_cli.cli import app
 from drcn_cli.model import DRCN, DRCNConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATASETS = datasets_root()  # the benchmark datasets, where the environment has them (tests/testdata.py)
 
 
 @pytest.fixture(autouse=True)
@@ -145,9 +146,9 @@ def test_self_ensemble_is_named_in_the_title_and_the_json(tmp_path, weights_file
     assert reports["x8"]["sets"][0]["psnr"] != reports["plain"]["sets"][0]["psnr"]
 
 
-@pytest.mark.skipif(not (SHARED / "datasets" / "Set5").is_dir(), reason="shared/datasets is not beside the repo")
+@needs_datasets("Set5")
 def test_set5_by_name_from_the_data_dir_beside_the_paper():
-    result = run("--method", "bicubic", "-d", "set5", "--data-dir", SHARED / "datasets", "-s", 4, "-q")
+    result = run("--method", "bicubic", "-d", "set5", "--data-dir", DATASETS, "-s", 4, "-q")
     assert result.exit_code == 0, result.output
     line = next(line for line in result.stdout.splitlines() if "Set5" in line)
     assert "28.419 / 0.8102" in line and "28.42 / 0.8104" in line and "-0.001 / -0.0002" in line
@@ -298,6 +299,7 @@ def test_bench_and_upscale_run_the_same_prepared_model(tmp_path, weights_file, m
         return real_run(model, *args, **kwargs)
 
     monkeypatch.setattr(loader, "open_model", spy_open)
+    monkeypatch.setattr(pipeline, "open_model", spy_open)  # the upscaler opens its network by this name
     monkeypatch.setattr(pipeline, "super_resolve_y", spy_run)
     folder = make_images(tmp_path / "mine", sizes=((40, 36),))
     assert run("--weights", weights_file, "--dataset", folder, "-s", 2, "-q", "--device", "cpu").exit_code == 0
@@ -309,3 +311,52 @@ def test_bench_and_upscale_run_the_same_prepared_model(tmp_path, weights_file, m
     assert all(isinstance(model, loader.ReadyModel) for model in ran)  # warm-up, bench and upscale
     assert {id(model.network) for model in ran} == {id(opened[0].network)}
     assert opened[0].network.embed2.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------- reports: through the one file writer
+
+
+def test_a_json_report_into_a_fifo_is_one_error_and_the_fifo_stays(tmp_path):
+    import os
+    import stat
+
+    folder = make_images(tmp_path / "mine", sizes=((30, 30),))
+    fifo = tmp_path / "r.json"
+    os.mkfifo(fifo)
+    before = os.lstat(fifo)
+    result = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", fifo)  # would block if it were opened
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {fifo} is a FIFO: drcn replaces only regular files (use - for a stream)"]
+    after = os.lstat(fifo)
+    assert stat.S_ISFIFO(after.st_mode) and after.st_ino == before.st_ino
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_a_report_over_a_symbolic_link_is_refused_and_a_regular_file_replaced(tmp_path):
+    folder = make_images(tmp_path / "mine", sizes=((30, 30),))
+    (tmp_path / "link.csv").symlink_to("/dev/null")
+    result = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", tmp_path / "link.csv", "-q")
+    assert result.exit_code == 1 and "is a symbolic link (to /dev/null)" in result.stderr
+    assert (tmp_path / "link.csv").is_symlink()
+    (tmp_path / "r.json").write_text("old")
+    again = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", tmp_path / "r.json", "-q")
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "r.json").read_text())["method"] == "bicubic"
+
+
+def test_json_or_csv_to_stdout_leaves_stdout_to_them_and_the_table_goes_to_stderr(tmp_path):
+    folder = make_images(tmp_path / "mine")
+    result = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", "-", "--csv", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # the JSON alone
+    assert data["method"] == "bicubic" and data["scales"] == [2] and len(data["images"]) == 2
+    assert "Bicubic (ours)" in result.stderr and "upscales in" in result.stderr
+    assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 2
+    assert not (tmp_path / "-").exists()
+    as_csv = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", "-", "-q")
+    assert as_csv.exit_code == 0, as_csv.output
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["image"] for r in rows] == ["im0", "im1"] and "Bicubic (ours)" in as_csv.stderr
+    both = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", "-", "--json", "-")
+    assert both.exit_code == 2 and "would both go to stdout" in both.stderr

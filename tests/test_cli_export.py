@@ -77,3 +77,16 @@ def test_an_unknown_model_is_the_same_usage_error_in_every_command(tmp_path, com
     assert "unknown model 'nonexistent'; known models: drcn, drcn-lite" in result.stderr
     both = runner.invoke(app, [command, "--model", "drcn-lite", "--weights", str(tmp_path / "w.safetensors"), *extra])
     assert both.exit_code == 2 and "give either --model or --weights, not both" in both.stderr
+
+
+def test_an_output_that_is_no_regular_file_is_one_error_even_with_overwrite(tmp_path, weights):
+    pytest.importorskip("onnxscript")
+    import os
+    import stat
+
+    os.mkfifo(tmp_path / "m.onnx")
+    result = run("--weights", weights, "-o", tmp_path / "m.onnx", "--overwrite", "-q")
+    assert result.exit_code == 1
+    message = f"{tmp_path / 'm.onnx'} is a FIFO: drcn replaces only regular files (use - for a stream)"
+    assert result.stderr == f"error: {message}\n"
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "m.onnx").st_mode) and sorted(os.listdir(tmp_path)) == ["m.onnx"]

@@ -455,3 +455,26 @@ def test_upscale_image_picks_the_photo_model_for_a_pil_jpeg_only(tmp_path, bundl
     array = np.asarray(photo.convert("RGB"))  # an array's history is unknown: the default model
     assert np.array_equal(pipeline.upscale_image(array, 2, device="cpu", precision="fp32"), with_lite)
     assert registry.model_for_input("PNG") == "drcn-lite" and registry.model_for_input("video") == "drcn-lite-photo"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "character device"])
+def test_an_output_that_is_no_regular_file_is_refused_even_with_overwrite(tmp_path, kind):
+    import stat
+
+    source = save_png(tmp_path / "in.png")
+    target = tmp_path / "out.png"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif os.geteuid() != 0:
+        pytest.skip("creating a device node needs root")
+    else:
+        os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    before = os.lstat(target)
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", target, "--overwrite")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    what = "a FIFO" if kind == "fifo" else "a character device"
+    assert len(errors) == 1 and f"{target} is {what}: drcn replaces only regular files" in errors[0]
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_rdev, after.st_ino) == (before.st_mode, before.st_rdev, before.st_ino)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # no temporary left

@@ -285,3 +285,20 @@ def test_packs_keep_the_colour_and_color_loading(tmp_path):
     back = load_pack(tmp_path / "p.npz")
     assert torch.equal(back[0].rgb, images[0].rgb) and back[1].rgb is None
     assert fingerprint(back) == fingerprint(plain)  # the same pixels' luminance: a resumed run matches
+
+
+def test_a_pack_goes_through_the_one_writer(tmp_path):
+    import os
+    import stat
+
+    from drcn_cli.atomic import NotRegularFileError
+
+    images = [_image("T91/a.png", 20, 30, 1)]
+    os.mkfifo(tmp_path / "pack.npz")
+    with pytest.raises(NotRegularFileError, match="is a FIFO"):
+        save_pack(tmp_path / "pack.npz", images)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pack.npz").st_mode)
+    save_pack(tmp_path / "p.npz", images)
+    save_pack(tmp_path / "p.npz", images)  # a regular file is replaced
+    assert [i.name for i in load_pack(tmp_path / "p.npz")] == ["T91/a.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz", "pack.npz"]  # no temporary left

@@ -87,3 +87,19 @@ def test_missing_exporter_packages_say_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(export.ExportError, match=r"needs the onnxscript package: pip install 'drcn\[export\]'"):
         export.export_onnx(tiny_model(), tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_an_output_that_is_no_regular_file_is_refused_before_the_export(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from drcn_cli.atomic import NotRegularFileError
+
+    traced = []
+    monkeypatch.setattr(export, "_require_exporter", lambda: None)
+    monkeypatch.setattr(export, "_trace", lambda *args: traced.append(args))
+    os.mkfifo(tmp_path / "m.onnx")
+    with pytest.raises(NotRegularFileError, match="is a FIFO"):
+        export.export_onnx(tiny_model(), tmp_path / "m.onnx", overwrite=True)
+    assert traced == [] and stat.S_ISFIFO(os.lstat(tmp_path / "m.onnx").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from drcn_cli import imageio
+from drcn_cli import atomic, imageio
 from drcn_cli.imageio import (
     ImageFormatError,
     ImageReadError,
@@ -269,7 +269,7 @@ def test_a_write_failing_half_way_leaves_nothing(tmp_path, monkeypatch):
             return real_write(fd, bytes(data[: len(data) // 2]))  # a short write: the loop goes on
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(imageio, "_WRITE_CHUNK", 64)
+    monkeypatch.setattr(atomic, "_WRITE_CHUNK", 64)
     monkeypatch.setattr(imageio.os, "write", failing_write)
     with pytest.raises(ImageWriteError, match="Input/output error"):
         write_image(tmp_path / "out.png", rng_pixels((16, 16, 3)))

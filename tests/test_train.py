@@ -518,3 +518,31 @@ def test_a_jpeg_run_needs_a_pack_with_colour(data_dir, tmp_path):
     colour = _config(data_dir, tmp_path, pack=str(tmp_path / "colour.npz"), jpeg_quality="50", steps=1)
     train(colour)
     train(dataclasses.replace(colour, data=(), checkpoint_dir=str(tmp_path / "again")))  # the pack serves alone
+
+
+def test_checkpoint_files_go_through_the_one_writer_and_only_a_folder_is_replaced(tmp_path):
+    import os
+    import stat
+
+    model = DRCN(DRCNConfig(features=8, recursions=3))
+    optimizer = _trained_optimizer(model)
+    (tmp_path / "log.csv").write_text("step,loss\n1,0.5\n")
+    umask = os.umask(0o027)
+    try:
+        path = write_checkpoint(tmp_path / "ck", model, optimizer, {"step": 1, "config": {}}, tmp_path / "log.csv")
+    finally:
+        os.umask(umask)
+    files = sorted(p.name for p in path.iterdir())
+    assert {"state.json", "rng.pt", "model.safetensors", "log.csv"} <= set(files)
+    assert not [name for name in files if name.startswith(".")]
+    assert all(stat.S_IMODE((path / name).stat().st_mode) == 0o640 for name in files)
+    assert (path / "log.csv").read_text() == "step,loss\n1,0.5\n"
+    assert read_checkpoint(path).state["step"] == 1
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link").symlink_to(path)
+    for target in (tmp_path / "pipe", tmp_path / "link"):
+        with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+            write_checkpoint(target, model, optimizer, {"step": 2, "config": {}})
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe").st_mode) and (tmp_path / "link").is_symlink()
+    assert read_checkpoint(path).state["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "link", "log.csv", "pipe"]

@@ -117,3 +117,32 @@ def test_without_pyav_the_error_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
     with pytest.raises(video.VideoError, match=r"video needs PyAV: pip install 'drcn\[video\]'"):
         video.probe_video(tmp_path / "clip.mp4")
+
+
+def test_an_output_that_is_no_regular_file_is_never_replaced(tmp_path):
+    import os
+    import stat
+
+    from drcn_cli.atomic import NotRegularFileError
+
+    source = make_clip(tmp_path / "clip.mp4", audio=False)
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "link.mkv").symlink_to("/dev/null")
+    calls = []
+
+    def upscale(rgb):
+        calls.append(1)
+        return resize_to((32, 48))(rgb)
+
+    for target, what in ((tmp_path / "pipe.mp4", "a FIFO"), (tmp_path / "link.mkv", "a symbolic link")):
+        with pytest.raises(NotRegularFileError, match=f"is {what}"):
+            video.upscale_video(source, target, upscale, (32, 48), overwrite=True)
+    assert calls == []  # refused before any frame is upscaled
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe.mp4").st_mode) and os.readlink(tmp_path / "link.mkv") == "/dev/null"
+    assert hidden(tmp_path) == []
+    umask = os.umask(0o027)
+    try:
+        video.upscale_video(source, tmp_path / "big.mp4", resize_to((32, 48)), (32, 48))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "big.mp4").stat().st_mode) == 0o640 and hidden(tmp_path) == []

@@ -1,3 +1,6 @@
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -86,13 +89,11 @@ def test_missing_file(tmp_path):
 
 
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
-    import safetensors.torch
-
     def broken(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "write", broken)
+    with pytest.raises(OSError, match="disk full"):
         save_weights(random_model(), tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
 
@@ -156,3 +157,24 @@ def test_finite_weights_whose_output_is_not_finite_are_an_error():
     image = np.full((8, 8, 3), 128, dtype=np.uint8)
     with pytest.raises(WeightsError, match="NaN or infinite"):
         upscale_image(image, 2, weights=model, device="cpu", precision="fp32")
+
+
+def test_weights_go_through_the_one_writer(tmp_path):
+    import stat
+
+    from drcn_cli.atomic import NotRegularFileError
+
+    (tmp_path / "target.safetensors").write_bytes(b"not to be touched")
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "target.safetensors")
+    with pytest.raises(NotRegularFileError, match="is a symbolic link"):
+        save_weights(random_model(), tmp_path / "link.safetensors")
+    assert (tmp_path / "target.safetensors").read_bytes() == b"not to be touched"
+    assert (tmp_path / "link.safetensors").is_symlink()
+    umask = os.umask(0o027)
+    try:
+        save_weights(random_model(), tmp_path / "m.safetensors")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o640
+    load_weights(tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.safetensors", "m.safetensors", "target.safetensors"]

@@ -29,7 +29,7 @@ from ._options import (
     SelfEnsemble,
     Threads,
     WeightsPath,
-    tile_problem,
+    model_problem,
 )
 
 _DATA = "Data"
@@ -103,11 +103,21 @@ def _timing_line(timing: Any) -> str:
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    from ..imageio import write_bytes_atomic
+def _to_stdout(path: Path | None) -> bool:
+    """Whether --json / --csv is ``-``: the report goes to stdout, and the table to stderr."""
+    return path is not None and str(path) == "-"
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, text.encode())
+
+def _write_text(path: Path, text: str) -> None:
+    """``text`` to stdout for ``-``, else to the file ``path``, replaced atomically if it is a regular file (a FIFO,
+    device, folder or symbolic link there is refused: drcn_cli.atomic)."""
+    if _to_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from ..atomic import write_atomic
+
+    write_atomic(path, text.encode(), overwrite=True)
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
@@ -177,12 +187,14 @@ def bench(
     ] = None,
     json_file: Annotated[
         Path | None,
-        typer.Option("--json", dir_okay=False, help="Write means, timing and per-image results as JSON.",
+        typer.Option("--json", dir_okay=False, help="Write means, timing and per-image results as JSON; - for "
+                     "stdout, which then holds the JSON alone (the table goes to stderr).",
                      rich_help_panel=_OUTPUT),
     ] = None,
     csv_file: Annotated[
         Path | None,
-        typer.Option("--csv", dir_okay=False, help="Write per-image results as CSV.", rich_help_panel=_OUTPUT),
+        typer.Option("--csv", dir_okay=False, help="Write per-image results as CSV; - for stdout, which then "
+                     "holds the CSV alone (the table goes to stderr).", rich_help_panel=_OUTPUT),
     ] = None,
     plot: Annotated[
         Path | None,
@@ -205,6 +217,8 @@ def bench(
     Exit code: 0 done, 1 a dataset, image or weights problem, 2 usage error.
     """
     _check_options(method, model, weights, recursions, self_ensemble, plot, tile)
+    if _to_stdout(json_file) and _to_stdout(csv_file):
+        raise _usage("--json - and --csv - would both go to stdout: send one of them to a file")
     datasets_spec = list(dataset or ["Set5"])
     scales = list(dict.fromkeys(scale or [2, 3, 4]))
     qualities: list[int | None] = list(dict.fromkeys(jpeg)) if jpeg else [None]
@@ -231,7 +245,7 @@ def bench(
 
     settings = InferenceSettings(dev, prec, tile, self_ensemble=self_ensemble)
     report = _measure(err, quiet, sets, scales, qualities, network, settings, depths, save_images)
-    _print_results(report, label)
+    _print_results(report, label, to_stderr=_to_stdout(json_file) or _to_stdout(csv_file))
 
     model_text = label if network is not None else None
     try:
@@ -287,11 +301,13 @@ def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], qualitie
         raise fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
 
 
-def _print_results(report: Any, label: str) -> None:
-    """The table and the timing line on stdout (120 columns when it is not a terminal)."""
+def _print_results(report: Any, label: str, to_stderr: bool = False) -> None:
+    """The table and the timing line on stdout, or on stderr when stdout takes --json - or --csv - (120 columns
+    when it is not a terminal)."""
     from rich.console import Console
 
-    out = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    stream = sys.stderr if to_stderr else sys.stdout
+    out = Console(file=stream, width=None if stream.isatty() else 120, highlight=False)
     out.print(_results_table(report, label))
     out.print(_timing_line(report.timing), markup=False)
 
@@ -322,19 +338,10 @@ def _write_reports(report: Any, sets: list[Any], scales: list[int], model: str |
 def _check_options(method: Method, model: str | None, weights: Path | None, recursions: str | None,
                    self_ensemble: bool, plot: Path | None, tile: int) -> None:
     """Usage errors (exit 2) of option combinations, before any work."""
-    if (problem := tile_problem(tile)) is not None:
+    problem = model_problem(model, weights, method=method, recursions=recursions, self_ensemble=self_ensemble,
+                            tile=tile)  # fmt: skip
+    if problem is not None:
         raise _usage(problem)
-    if model is not None:
-        from ..registry import KNOWN_WEIGHTS
-
-        if model not in KNOWN_WEIGHTS:
-            raise _usage(f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}")
-    if model is not None and weights is not None:
-        raise _usage("give either --model or --weights, not both")
-    if method is Method.bicubic and (
-        model is not None or weights is not None or recursions is not None or self_ensemble
-    ):
-        raise _usage("--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble")
     if method is Method.bicubic and plot is not None:
         raise _usage("--plot draws PSNR against recursion depth, which needs --method drcn")
     if plot is not None:

@@ -15,7 +15,7 @@ import typer
 
 from ._errors import fail, usage
 from ._options import MODEL_PANEL as _MODEL
-from ._options import ModelName, WeightsPath
+from ._options import ModelName, WeightsPath, model_problem
 
 
 class ExportPrecision(str, Enum):
@@ -65,12 +65,11 @@ def export(
     the bicubic upsample to the output size. Output y_sr: the super-resolved Y, residual included, not clamped.
     The contract is also in the model's metadata (drcn.*). Needs onnx and onnxscript (pip install onnx onnxscript).
     """
-    if model is not None and weights is not None:
-        raise _usage("give either --model or --weights, not both")
+    if (problem := model_problem(model, weights)) is not None:
+        raise _usage(problem)
 
-    from .. import registry
     from ..export import export_onnx
-    from ..weights import load_weights
+    from ..loader import load_model
 
     def info(message: str) -> None:
         if not quiet:
@@ -78,8 +77,7 @@ def export(
 
     # The exporter wants the plain fp32 module, not one prepared to run here (drcn_cli.loader); drcn's own errors
     # (weights not found, not DRCN weights, the exporter failing) are reported by the command's wrapper.
-    path = Path(registry.resolve_weights(model, weights, on_download=info))
-    network, _metadata = load_weights(path)
+    network, _metadata, path = load_model(weights or model, on_download=info)
     trained = network.config.recursions
     if recursions is not None and recursions > trained:
         raise _usage(f"--recursions {recursions}: this model has {trained}")
@@ -88,7 +86,7 @@ def export(
     if output is None:
         target = name
     elif output.endswith(("/", os.sep)) or Path(output).expanduser().is_dir():
-        target = Path(output).expanduser() / name  # write_bytes_atomic creates a missing folder
+        target = Path(output).expanduser() / name  # write_atomic creates a missing folder
     else:
         target = Path(output).expanduser()
     if target.exists() and not overwrite:  # before the work, not after it
