@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from testdata import DATA, datasets_root, needs_datasets
 
 from drcn_cli import bench
 from drcn_cli.bench import parse_recursions, run_bench
@@ -19,7 +20,7 @@ from drcn_cli.pipeline import InferenceSettings, upscale_image
 from drcn_cli.protocol import BenchError, degrade, evaluate_images, score_image, super_resolve
 from drcn_cli.published import published
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATASETS = datasets_root()  # the benchmark datasets, where the environment has them (tests/testdata.py)
 CPU = InferenceSettings(torch.device("cpu"))
 
 
@@ -62,9 +63,9 @@ def folder_dataset(root: Path, name: str = "mine", sizes=((40, 36), (33, 45)), b
 # --------------------------------------------------------------------------------------- the paper's row
 
 
-@pytest.mark.skipif(not (SHARED / "datasets" / "Set14").is_dir(), reason="shared/datasets is not beside the repo")
+@needs_datasets("Set5", "Set14")
 def test_bicubic_reproduces_the_papers_row_on_set5_and_set14():
-    sets = [resolve_dataset(name, SHARED / "datasets", download=False) for name in ("Set5", "Set14")]
+    sets = [resolve_dataset(name, DATASETS, download=False) for name in ("Set5", "Set14")]
     report = run_bench(sets, (2, 3, 4), None, CPU)
     assert len(report.sets) == 6
     for s in report.sets:
@@ -75,11 +76,11 @@ def test_bicubic_reproduces_the_papers_row_on_set5_and_set14():
         assert (s.psnr, s.ssim) == (s.bicubic_psnr, s.bicubic_ssim)
 
 
-@pytest.mark.skipif(not (SHARED / "datasets" / "Set14").is_dir(), reason="shared/datasets is not beside the repo")
 def test_grey_bridge_is_measured_on_its_grey_values():
     # Set14's bridge is one-channel: measured on its own levels. Through rgb2ycbcr (as RGB with equal channels)
-    # its range shrinks to 16..235 and PSNR rises, which is what moves Set14's mean by ~0.09 dB.
-    grey = load_image(SHARED / "datasets" / "Set14" / "bridge.png")
+    # its range shrinks to 16..235 and PSNR rises, which is what moves Set14's mean by ~0.09 dB. A 96x96 crop of
+    # it (tests/data) rises by 1.3 dB, as the whole image does.
+    grey = load_image(DATA / "bridge_crop.png")
     assert grey.shape[0] == 1
     as_grey = evaluate_images([grey], 2)
     as_rgb = evaluate_images([grey.expand(3, -1, -1).contiguous()], 2)
@@ -128,11 +129,21 @@ def test_evaluate_images_is_the_mean_of_per_image_scores(tmp_path):
 
 def test_evaluate_images_with_a_model_runs_the_network(model):
     images = [smooth_image(40, 40, seed=3)]
+    hr, lr = degrade(images[0], 2)
+    lr_pixels = (lr * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+    def upscaled_score(recursions: int) -> float:
+        """The score of what `drcn upscale` (the public upscale_image) makes of the LR, against the HR."""
+        sr = upscale_image(lr_pixels, 2, weights=model, device="cpu", precision="fp32", recursions=recursions)
+        return score_image(torch.from_numpy(sr).permute(2, 0, 1).float() / 255, hr, 2).psnr
+
     drcn = evaluate_images(images, 2, model)
     bicubic = evaluate_images(images, 2)
-    assert drcn.psnr != bicubic.psnr and drcn.psnr > 20  # a small change, not a wreck
+    assert drcn.psnr == pytest.approx(upscaled_score(3), abs=1e-9)
+    assert abs(drcn.psnr - bicubic.psnr) > 0.01 and drcn.psnr > 20  # a small change, not a wreck
     fewer = evaluate_images(images, 2, model, InferenceSettings(torch.device("cpu"), recursions=1))
-    assert fewer.psnr != drcn.psnr
+    assert fewer.psnr == pytest.approx(upscaled_score(1), abs=1e-9)
+    assert abs(fewer.psnr - drcn.psnr) > 0.01
 
 
 # ----------------------------------------------------------------------------------------------- the runner
@@ -252,3 +263,19 @@ def test_run_bench_with_jpeg_inputs_says_the_quality_and_leaves_clean_as_it_was(
     assert row.psnr == score_image(super_resolve(lr, 2, model, CPU), hr, 2).psnr
     with pytest.raises(BenchError, match="JPEG"):
         run_bench([ds], (2,), model, CPU, jpeg=(0,))
+
+
+def test_the_plot_is_drawn_in_memory_and_written_by_the_one_writer(tmp_path, model):
+    pytest.importorskip("matplotlib")
+    import os
+
+    from drcn_cli.atomic import NotRegularFileError
+
+    report = run_bench([folder_dataset(tmp_path, sizes=((30, 30),))], (2,), model, CPU, (1, 2))
+    (tmp_path / "p.png").symlink_to("/dev/null")
+    with pytest.raises(NotRegularFileError, match=r"is a symbolic link \(to /dev/null\)"):
+        bench.plot_recursion_sweep(report, tmp_path / "p.png")
+    assert os.readlink(tmp_path / "p.png") == "/dev/null"
+    bench.plot_recursion_sweep(report, tmp_path / "sweep.svg")  # the extension still chooses the format
+    assert (tmp_path / "sweep.svg").read_text().lstrip().startswith("<?xml")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

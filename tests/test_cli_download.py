@@ -121,9 +121,14 @@ def test_list_shows_every_model_and_where_it_is(env):
     assert len(env.stub.file_requests) == requests  # --list never asks the hub
 
 
-def test_list_takes_no_names(env):
-    result = run("--list", "drcn")
+@pytest.mark.parametrize("extra", [["drcn"], ["--all"]], ids=["a-name", "all"])
+def test_list_takes_no_names(env, extra):
+    result = run("--list", *extra)
     assert result.exit_code == 2
+    assert "--list takes no model names and no --all" in " ".join(result.stderr.split())  # the panel, unfolded
+    assert result.stdout == ""  # no table: the command stopped before doing anything
+    assert env.stub.file_requests == [] and cache_files(env.cache) == []  # nothing fetched, nothing left behind
+    assert not env.cache.exists() or not any(env.cache.rglob("*"))
 
 
 def test_unknown_names_are_a_usage_error_listing_known_ones(env):

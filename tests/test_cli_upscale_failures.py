@@ -261,11 +261,37 @@ def test_a_tile_below_the_floor_is_a_usage_error(tmp_path):
     assert not (tmp_path / "out.png").exists()
 
 
-def test_a_tile_at_the_floor_works(tmp_path):
+def test_a_tile_at_the_floor_works(tmp_path, monkeypatch):
+    # Through a network (bicubic never tiles): 32-pixel tiles split the 80x88 output into several windows, and
+    # the stitched result is the untiled one, pixel for pixel.
+    from conftest import random_drcn
+
+    from drcn_cli import tiling
+    from drcn_cli.weights import save_weights
+
+    weights = tmp_path / "net.safetensors"
+    save_weights(random_drcn(), weights)
     source = tmp_path / "in.png"
-    source.write_bytes(png_bytes())
-    result = run(source, "-s", 2, "--method", "bicubic", "--tile", 32, "-o", tmp_path / "out.png")
+    Image.fromarray(rng_pixels((40, 44, 3), seed=3)).save(source)
+    windows: list[int] = []
+    plan = tiling.plan_tiles
+
+    def counted(*args, **kwargs):
+        tiles = plan(*args, **kwargs)
+        windows.append(len(tiles))
+        return tiles
+
+    monkeypatch.setattr(tiling, "plan_tiles", counted)
+    result = run(source, "-s", 2, "--weights", weights, "--tile", 32, "-o", tmp_path / "tiled.png", "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert windows and max(windows) >= 4
+    windows.clear()
+    whole = run(source, "-s", 2, "--weights", weights, "--tile", 0, "-o", tmp_path / "whole.png", "--device", "cpu")
+    assert whole.exit_code == 0, whole.output
+    assert windows and max(windows) == 1
+    with Image.open(tmp_path / "tiled.png") as tiled, Image.open(tmp_path / "whole.png") as untiled:
+        assert tiled.size == (88, 80)
+        assert np.array_equal(np.asarray(tiled), np.asarray(untiled))
 
 
 # --------------------------------------------------------------------------------------------- interruption

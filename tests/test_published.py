@@ -1,16 +1,13 @@
-"""The published numbers shipped in drcn_cli.published agree with shared/reference/published_results.tsv."""
+"""The published numbers shipped in drcn_cli.published agree with the reference table (tests/data/README.md)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-import pytest
-
 from drcn_cli.published import DATASETS, METHODS, PUBLISHED, published
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TSV = SHARED / "reference" / "published_results.tsv"
+TSV = Path(__file__).resolve().parent / "data" / "published_results.tsv"
 
 
 def test_every_method_dataset_and_scale_is_there():
@@ -21,7 +18,6 @@ def test_every_method_dataset_and_scale_is_there():
     assert published("DRCN", "Set5", 8) is None
 
 
-@pytest.mark.skipif(not TSV.is_file(), reason="shared/reference/published_results.tsv is not beside the repo")
 def test_matches_the_reference_table():
     with TSV.open(newline="") as f:
         rows = [r for r in csv.DictReader(f, delimiter="\t") if r["method"] in METHODS]

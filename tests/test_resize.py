@@ -1,5 +1,6 @@
 """Tests for drcn_cli.resize: MATLAB test vectors, a naive reference, and hand-checkable facts."""
 
+import json
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -11,7 +12,9 @@ from PIL import Image
 
 from drcn_cli.resize import imresize, output_size
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared/reference/matlab_imresize"
+# Crops of MATLAB's test vectors (tests/data/README.md; tests/data/make_matlab_crops.py makes them).
+VECTORS = Path(__file__).resolve().parent / "data" / "matlab_imresize"
+CROPS = json.loads((VECTORS / "crops.json").read_text())
 
 # (file suffix, scale passed to MATLAB's imresize)
 CASES = [("down_x2", 1 / 2), ("down_x3", 1 / 3), ("down_x4", 1 / 4), ("up_x2", 2.0), ("up_x3", 3.0)]
@@ -34,20 +37,56 @@ def _to_uint8_like_imwrite(y: torch.Tensor) -> np.ndarray:
     return y.double().clamp_(0, 1).mul_(255).add_(0.5).floor_().to(torch.int16).numpy()
 
 
-@pytest.mark.skipif(not VECTORS.is_dir(), reason=f"MATLAB test vectors not found at {VECTORS}")
+def _margin(scale: float) -> int:
+    """Output pixels next to a side of a crop that may read input pixels beyond it: bicubic reaches 2 input pixels
+    either way, 2 * scale output pixels when enlarging; when shrinking its kernel is widened by 1 / scale, which
+    makes 2 output pixels. Two more to spare (the test below checks that the margin is enough)."""
+    return math.ceil(2 * max(scale, 1.0)) + 2
+
+
+def _interior(crop: dict, image_size: tuple[int, int], scale: float) -> tuple[slice, slice]:
+    """The output rows and columns of a crop that depend on the crop's pixels alone: all but a margin on the sides
+    inside the image; on a side that is the image's border both MATLAB and imresize mirror the crop's pixels."""
+    image_h, image_w = image_size
+    m = _margin(scale)
+    top = 0 if crop["top"] == 0 else m
+    left = 0 if crop["left"] == 0 else m
+    bottom = 0 if crop["top"] + crop["height"] == image_h else m
+    right = 0 if crop["left"] + crop["width"] == image_w else m
+    out_h, out_w = round(crop["height"] * scale), round(crop["width"] * scale)
+    return slice(top, out_h - bottom), slice(left, out_w - right)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize(("name", "scale"), CASES, ids=[c[0] for c in CASES])
-def test_matches_matlab_imresize_vectors(name, scale, dtype):
-    src = _load_png(VECTORS / "baboon.png")
-    ref = _load_png(VECTORS / f"baboon_{name}_matlab.png").transpose(2, 0, 1)  # (C, H, W)
+@pytest.mark.parametrize("crop", sorted(CROPS["crops"]))
+def test_matches_matlab_imresize_vectors(crop, name, scale, dtype):
+    src = _load_png(VECTORS / f"baboon_{crop}.png")
+    ref = _load_png(VECTORS / f"baboon_{crop}_{name}_matlab.png").transpose(2, 0, 1)  # (C, H, W)
     x = torch.from_numpy(src).permute(2, 0, 1).to(dtype) / 255  # im2double
     got = _to_uint8_like_imwrite(imresize(x, scale))
     assert got.shape == ref.shape
-    diff = np.abs(got - ref)
+    rows, cols = _interior(CROPS["crops"][crop], CROPS["image_size"], scale)
+    diff = np.abs(got - ref)[:, rows, cols]
+    assert min(diff.shape[1:]) >= 8  # the margins leave something to compare
     # The values that differ sit on a rounding tie (value * 255 = k + 0.5 up to rounding error),
     # which the order of summation decides; MATLAB's own order is not reproducible through GEMMs.
     assert diff.max() <= 1
     assert np.count_nonzero(diff) <= 0.0005 * diff.size
+
+
+@pytest.mark.parametrize(("name", "scale"), CASES, ids=[c[0] for c in CASES])
+def test_a_crops_interior_is_what_the_whole_image_gives_there(name, scale):
+    # What the MATLAB test above relies on: away from the margin, imresize of a crop is imresize of the whole
+    # image, cropped; on a side that is the image's border, too.
+    image = torch.rand(3, 96, 120, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    whole = imresize(image, scale)
+    for top, left in ((24, 36), (0, 0), (48, 72)):  # inside, the top-left corner, the bottom-right corner
+        crop = {"top": top, "left": left, "height": 48, "width": 48}
+        part = imresize(image[:, top : top + 48, left : left + 48], scale)
+        rows, cols = _interior(crop, (96, 120), scale)
+        expected = whole[:, round(top * scale) :, round(left * scale) :][:, rows, cols]
+        _assert_near(part[:, rows, cols], expected, 1e-12)
 
 
 def _naive_weights(in_len: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
