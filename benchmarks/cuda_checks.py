@@ -50,10 +50,11 @@ def check_precisions(weights: str, device: torch.device, image: np.ndarray) -> l
 
 
 def check_tiling(weights: str, device: torch.device, side: int) -> list[dict]:
-    model = open_model(weights, device, "fp32").network
+    ready = open_model(weights, device, "fp32")
+    model = ready.network
     y = torch.rand(1, 1, side, side - 40, generator=torch.Generator().manual_seed(0)).to(device)
-    whole = super_resolve_y(model, y, InferenceSettings(device, "fp32", tile=4096))
-    tiled = super_resolve_y(model, y, InferenceSettings(device, "fp32", tile=64))
+    whole = super_resolve_y(ready, y, InferenceSettings(device, "fp32", tile=4096))
+    tiled = super_resolve_y(ready, y, InferenceSettings(device, "fp32", tile=64))
     gap = (whole - tiled).abs().max().item()
     rows = [{"check": "tiled (64) vs untiled, fp32", "ok": bool(gap <= 1e-4), "detail": f"max |diff| {gap:.2e}"}]
 
@@ -68,7 +69,7 @@ def check_tiling(weights: str, device: torch.device, side: int) -> list[dict]:
 
     model.forward = runs_out_of_memory_on_big_windows
     try:
-        halved = super_resolve_y(model, y, InferenceSettings(device, "fp32", tile=4096), on_shrink=shrinks.append)
+        halved = super_resolve_y(ready, y, InferenceSettings(device, "fp32", tile=4096), on_shrink=shrinks.append)
     finally:
         model.forward = forward
     gap = (whole - halved).abs().max().item()

@@ -124,7 +124,8 @@ def random_model(features: int) -> DRCN:
 
 def network_rows(name: str, source, args, device: torch.device) -> None:
     for precision in args.precisions:
-        model = open_model(source, device, precision).network
+        ready = open_model(source, device, precision)
+        model = ready.network
         config = model.config
         settings = InferenceSettings(device, precision)
         print(f"\n{name} (F={config.features}, D={config.recursions}), {precision}:")
@@ -139,7 +140,7 @@ def network_rows(name: str, source, args, device: torch.device) -> None:
             rate, layout = rates[side]
             floor = conv_flops_per_pixel(config) * side * side / peak
             y = torch.rand(1, 1, side, side, device=device)
-            network = timed(lambda y=y, m=model, s=settings: super_resolve_y(m, y, s), device, args.repeats)
+            network = timed(lambda y=y, r=ready, s=settings: super_resolve_y(r, y, s), device, args.repeats)
             image = np.random.default_rng(0).integers(0, 256, (side // 2, side // 2, 3), dtype=np.uint8)
             whole = timed(
                 lambda image=image, m=model, p=precision: upscale_image(image, 2, weights=m, device=str(device),

@@ -11,6 +11,7 @@ carries its result or its exception; an error in one job never stops the others 
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import os
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from .imageio import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, format_from_path, normalize_format
+from .atomic import non_regular_reason
+from .imageio import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS, format_from_path, normalize_format, written_by_drcn
 from .processes import processes
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "default_suffix",
     "distributed_rank",
     "expand_inputs",
+    "name_problem",
     "plan_jobs",
     "run_pipelined",
     "shard",
@@ -129,12 +132,61 @@ def scale_label(scale: float | None, width: int | None, height: int | None) -> s
     return f"w{width}" if width else f"h{height}"
 
 
+# --------------------------------------------------------------------------------------------- names
+
+_NAME_MAX = 255  # bytes in one name where the file system does not say (ext4, XFS, Btrfs, APFS, NTFS: 255)
+_PATH_MAX = 4096  # bytes in a whole path where the system does not say (Linux)
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    """The file system's limit ``name`` (``PC_NAME_MAX``, ``PC_PATH_MAX``) where ``path`` would be, asked of its
+    nearest existing folder."""
+    for folder in (path.parent, *path.parent.parents):
+        if os.path.isdir(folder):
+            try:
+                return int(os.pathconf(folder, name))
+            except (OSError, ValueError, AttributeError):  # no pathconf on Windows
+                return default
+    return default
+
+
+def _real(path: Path) -> Path:
+    """``path`` with its links resolved, as far as they lead: a link that loops (``a.png -> a.png``) or a name too
+    long to look up is kept as it is, where Path.resolve would raise."""
+    return Path(os.path.realpath(path))
+
+
+def _abridged(name: str) -> str:
+    """A long name as a line can show it: its start and its end, with its length in bytes."""
+    shown = name if len(name) <= 40 else f"{name[:24]}...{name[-12:]}"
+    return f"{shown!r} ({len(os.fsencode(name))} bytes)"
+
+
+def name_problem(path: Path) -> str | None:
+    """Why no file can have the name ``path``, or None: a part longer than the file system allows in a name
+    (255 bytes on most: asked of the nearest existing folder's file system), a whole path longer than the system
+    allows (the system's own answer, ENAMETOOLONG), a NUL byte. Folders on the way need not exist yet."""
+    if "\0" in str(path):
+        return "the name holds a NUL byte, which no file name can"
+    limit = _limit(path, "PC_NAME_MAX", _NAME_MAX)
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            return f"name too long for the file system: {_abridged(part)}, where the most is {limit} bytes"
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            size, most = len(os.fsencode(str(path))), _limit(path, "PC_PATH_MAX", _PATH_MAX)
+            return f"path too long for the system: {size} bytes, where the most is {most} bytes"
+    return None
+
+
 # --------------------------------------------------------------------------------------------- inputs
 
 
 def _is_candidate(path: Path) -> bool:
     # Hidden files are skipped, among them the .NAME.XXXX.tmp files of an interrupted write.
-    return path.suffix.lower() in INPUT_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    return path.suffix.lower() in INPUT_EXTENSIONS and not path.name.startswith(".") and os.path.isfile(path)
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
@@ -225,8 +277,9 @@ def _glob(pattern: str, recursive: bool) -> list[str]:
 def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[Source], list[InputProblem]]:
     """Files, folders (their images; with ``recursive`` the whole tree), globs and ``-`` (stdin) -> sources.
 
-    A path that does not exist, a glob matching nothing and a folder without images become InputProblems.
-    A file reached twice is kept once. Order: as typed, each folder sorted.
+    A path that does not exist, a glob matching nothing and a folder without images become InputProblems, and so
+    do an empty name (never the current folder) and a name the file system cannot hold (over 255 bytes ...): one
+    problem each, never an exception. A file reached twice is kept once. Order: as typed, each folder sorted.
     """
     sources: list[Source] = []
     problems: list[InputProblem] = []
@@ -234,7 +287,7 @@ def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[
 
     def add(found: Iterable[Source]) -> None:
         for source in found:
-            key = source.path.resolve() if source.path is not None else None
+            key = _real(source.path) if source.path is not None else None
             if key is None or key not in seen:
                 if key is not None:
                     seen.add(key)
@@ -247,12 +300,18 @@ def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[
             else:
                 sources.append(Source(None))
             continue
+        if typed == "" or "\0" in typed:
+            # Path("") is ".", the current folder: an empty argument (an unset shell variable) is no name at all.
+            nothing = "the name holds a NUL byte, which no file name can" if "\0" in typed else "an empty name"
+            problems.append(InputProblem(typed, f"no such file or folder ({nothing})"))
+            continue
         path = Path(typed).expanduser()
-        if path.is_dir():
+        # os.path's tests, unlike Path's, answer False for a name the file system cannot even look up (too long).
+        if os.path.isdir(path):
             found, issues = _folder_sources(path, recursive, typed)
             add(found)
             problems.extend(issues)
-        elif path.exists() or path.is_symlink():
+        elif os.path.lexists(path):
             add([Source(path)])
         elif glob.has_magic(typed):
             pattern = os.path.expanduser(typed)
@@ -260,16 +319,19 @@ def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> tuple[list[
             parts = Path(pattern).parts
             base = Path(*parts[: next(i for i, part in enumerate(parts) if glob.has_magic(part))])
             files = [Path(m) for m in matches if _is_candidate(Path(m))]
-            folders = [Path(m) for m in matches if Path(m).is_dir()]
+            folders = [Path(m) for m in matches if os.path.isdir(m)]
             for folder in folders:
                 found, issues = _folder_sources(folder, recursive, str(folder))
                 add(found)
                 problems.extend(issues)
             add(Source(f, base=base) for f in files)
             if not files and not folders:
-                problems.append(InputProblem(typed, "no image matches this pattern"))
+                why = name_problem(path)  # a name with [ or * in it, that is also too long to be a file
+                reason = f"no such file or folder ({why}), nor an image matching it as a pattern" if why else None
+                problems.append(InputProblem(typed, reason or "no image matches this pattern"))
         else:
-            problems.append(InputProblem(typed, "no such file or folder"))
+            why = name_problem(path)
+            problems.append(InputProblem(typed, f"no such file or folder ({why})" if why else "no such file or folder"))
     return sources, problems
 
 
@@ -284,7 +346,7 @@ def _extension_for(fmt: str, source_suffix: str) -> str:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
+    if _real(a) == _real(b):
         return True
     try:
         return os.path.samefile(a, b)
@@ -296,8 +358,8 @@ def _in_nested_output(source: Source, out: Path) -> bool:
     """True for an image found under a folder input that lies inside OUT, itself inside that folder."""
     if source.root is None or source.path is None:
         return False
-    out_resolved = out.resolve()
-    return out_resolved != source.root.resolve() and source.path.resolve().is_relative_to(out_resolved)
+    out_resolved = _real(out)
+    return out_resolved != _real(source.root) and _real(source.path).is_relative_to(out_resolved)
 
 
 def _output_format(plan: OutputPlan, source: Source) -> str:
@@ -316,13 +378,23 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
       * One input and -o that is not an existing folder, does not end in a slash and has an extension (or
         exists, or the input is stdin): -o is the file. A new name without an extension is a folder.
       * Otherwise -o is a folder; each output is ``OUT/<path under its input folder>/<stem><suffix><ext>``
-        (the tree under a folder input is mirrored); images found inside OUT itself are left out. With no
-        -o, outputs go beside their inputs; a folder input then needs -o.
-      * Refused per job (``Job.error``): an output that is an input, two inputs with one output name, an
-        existing output without ``overwrite`` (with ``skip_existing`` the job is marked ``skip`` instead).
+        (the tree under a folder input is mirrored); images found inside OUT itself are left out, and so are
+        images found in a folder or by a glob that drcn wrote (its mark) when their output would go into their
+        own folder (a folder written into itself: earlier outputs are not inputs). With no -o, outputs go
+        beside their inputs; a folder input then needs -o.
+      * Refused per job (``Job.error``): an output name the file system cannot hold (:func:`name_problem`), an
+        output that is an input, two inputs with one output name, a folder, FIFO or symbolic link where the output
+        would go, an existing output without ``overwrite`` (with ``skip_existing`` the job is marked ``skip``
+        instead).
+      * An empty -o (or one with a NUL byte) names nothing: UsageError.
     """
     if plan.overwrite and plan.skip_existing:
         raise errors.UsageError("--overwrite and --skip-existing contradict each other: give one")
+    if plan.output == "" or "\0" in (plan.output or ""):
+        # Path("") would be ".", the current folder: an empty -o (an unset shell variable) names nothing.
+        raise errors.UsageError(
+            "-o names nothing (an empty name or a NUL byte): give a file or folder, or - for stdout"
+        )
     fmt_given = normalize_format(plan.fmt) if plan.fmt is not None else None
     to_stdout = plan.output == STDIO or (plan.output is None and any(s.path is None for s in sources))
     if to_stdout and len(sources) > 1:
@@ -337,20 +409,32 @@ def plan_jobs(sources: list[Source], plan: OutputPlan) -> list[Job]:
         assert out is not None
         _check_file_format(out, fmt_given, plan.fmt)
 
+    if to_stdout:
+        return [Job(source, None, fmt_given or _output_format(plan, source)) for source in sources]
+    if single_file:
+        assert out is not None
+        planned = [Job(source, out, fmt_given or format_from_path(out) or "PNG") for source in sources]
+    else:
+        planned = [job for job in (_job_in_folder(source, out, plan) for source in sources) if not _own_output(job)]
     jobs: list[Job] = []
     taken: dict[Path, str] = {}
-    inputs = {s.path.resolve() for s in sources if s.path is not None}
-    for source in sources:
-        if to_stdout:
-            jobs.append(Job(source, None, fmt_given or _output_format(plan, source)))
-            continue
-        if single_file:
-            assert out is not None
-            job = Job(source, out, fmt_given or format_from_path(out) or "PNG")
-        else:
-            job = _job_in_folder(source, out, plan)
+    inputs = {_real(job.source.path) for job in planned if job.source.path is not None}
+    for job in planned:
         jobs.append(_check_target(job, plan, taken, inputs))
     return jobs
+
+
+def _own_output(job: Job) -> bool:
+    """True for an image found in a folder or by a glob (not named) that drcn wrote (imageio.written_by_drcn: the
+    mark every output carries) and whose output would go into its own folder: an output of an earlier run into
+    that folder, which is not an input of this one (else each run would upscale the last one's outputs again).
+    Outputs of drcn written elsewhere stay inputs: upscaling a result again into another folder is asked for."""
+    source = job.source
+    if source.path is None or (source.root is None and source.base is None) or job.output is None:
+        return False
+    if _real(job.output.parent) != _real(source.path.parent):
+        return False
+    return written_by_drcn(source.path)
 
 
 def _names_one_file(out: Path | None, typed: str | None, sources: list[Source]) -> bool:
@@ -359,10 +443,10 @@ def _names_one_file(out: Path | None, typed: str | None, sources: list[Source]) 
         out is not None
         and len(sources) == 1
         and sources[0].root is None
-        and not out.is_dir()
+        and not os.path.isdir(out)
         and not str(typed).endswith(("/", os.sep))
         # A new name without an extension (`-o outdir`) is a folder to create, unless the input is stdin.
-        and (out.suffix != "" or out.exists() or out.is_symlink() or sources[0].path is None)
+        and (out.suffix != "" or os.path.lexists(out) or sources[0].path is None)
     )
 
 
@@ -389,7 +473,7 @@ def _job_in_folder(source: Source, out: Path | None, plan: OutputPlan) -> Job:
     same path as the source below its input folder or glob base."""
     assert source.path is not None
     fmt = _output_format(plan, source)
-    beside = out is None or out.resolve() == source.path.parent.resolve()
+    beside = out is None or _real(out) == _real(source.path.parent)
     suffix = default_suffix(plan, next_to_input=beside)
     name = f"{source.path.stem}{suffix}{_extension_for(fmt, source.path.suffix)}"
     if out is None:
@@ -406,17 +490,20 @@ def _job_in_folder(source: Source, out: Path | None, plan: OutputPlan) -> Job:
 def _check_target(job: Job, plan: OutputPlan, taken: dict[Path, str], inputs: set[Path]) -> Job:
     target = job.output
     assert target is not None
-    resolved = target.resolve()
+    if (why := name_problem(target)) is not None:
+        return replace(job, error=f"cannot write the output: {why} (give a shorter -o or --suffix)")
+    resolved = _real(target)
     if resolved in inputs or (job.source.path is not None and _same_file(job.source.path, target)):
         return replace(job, error=f"output {target} is an input file: never overwritten (give -o or --suffix)")
     if resolved in taken:
         return replace(job, error=f"output {target} is also the output of {taken[resolved]}")
     taken[resolved] = job.input_label
-    if target.exists():
-        if plan.skip_existing:
-            return replace(job, skip=True)
-        if not plan.overwrite:
-            return replace(job, error=f"output {target} exists (use --overwrite or --skip-existing)")
+    if plan.skip_existing and os.path.exists(target):
+        return replace(job, skip=True)
+    if (why := non_regular_reason(target)) is not None:
+        return replace(job, error=why)  # a link, folder, FIFO ... where the output would go: never replaced
+    if os.path.exists(target) and not plan.overwrite:
+        return replace(job, error=f"output {target} exists (use --overwrite or --skip-existing)")
     return job
 
 

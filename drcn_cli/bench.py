@@ -19,12 +19,12 @@ import torch
 
 from .datasets import Dataset, DatasetError, load_image
 from .errors import DrcnError
-from .pipeline import InferenceSettings, ReadyModel, super_resolve_y
+from .pipeline import Upscaler, super_resolve_y
 from .protocol import BenchError, Sample, check_size, make_sample, score_image, super_resolve
 from .published import PublishedResult, published
 
 if TYPE_CHECKING:
-    from .model import DRCN
+    pass
 
 __all__ = [
     "BenchError",
@@ -180,27 +180,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _warm_up(model: ReadyModel | DRCN | None, settings: InferenceSettings) -> None:
+def _warm_up(upscaler: Upscaler) -> None:
     """One small forward pass, so that CUDA start-up and kernel selection stay out of the timed region."""
-    if model is None:
+    if upscaler.network is None:
         return
-    x = torch.zeros(1, 1, 64, 64, device=settings.device)
-    super_resolve_y(model, x, settings)
-    _sync(settings.device)
+    x = torch.zeros(1, 1, 64, 64, device=upscaler.settings.device)
+    super_resolve_y(upscaler.network, x, upscaler.settings)
+    _sync(upscaler.settings.device)
 
 
 def _timed_upscale(
-    lr: torch.Tensor,
-    scale: int,
-    model: ReadyModel | DRCN | None,
-    settings: InferenceSettings,
-    recursions: int | None = None,
+    lr: torch.Tensor, scale: int, upscaler: Upscaler, recursions: int | None = None
 ) -> tuple[torch.Tensor, float]:
     """:func:`super_resolve` with the device synchronised around it; returns (SR on the CPU, seconds)."""
-    _sync(settings.device)
+    device = upscaler.settings.device
+    _sync(device)
     start = time.perf_counter()
-    result = super_resolve(lr, scale, model, settings, recursions)
-    _sync(settings.device)
+    result = super_resolve(lr, scale, upscaler, recursions)
+    _sync(device)
     elapsed = time.perf_counter() - start
     return result.cpu(), elapsed
 
@@ -230,13 +227,14 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def _depths(model: ReadyModel | DRCN | None, recursions: Sequence[int | None]) -> tuple[int | None, ...]:
+def _depths(upscaler: Upscaler, recursions: Sequence[int | None]) -> tuple[int | None, ...]:
     """The recursion depths to measure (bicubic has one); BenchError for a depth the model lacks."""
-    if model is None:
+    if upscaler.network is None:
         return (None,)
-    bad = [k for k in recursions if k is not None and not 1 <= k <= model.config.recursions]
+    depth = upscaler.network.config.recursions
+    bad = [k for k in recursions if k is not None and not 1 <= k <= depth]
     if bad:
-        raise BenchError(f"recursions {bad[0]} out of range: this model has 1..{model.config.recursions}")
+        raise BenchError(f"recursions {bad[0]} out of range: this model has 1..{depth}")
     return tuple(recursions)
 
 
@@ -258,22 +256,21 @@ def _measure(
     dataset: str,
     path: Path,
     sample: Sample,
-    model: ReadyModel | DRCN | None,
-    settings: InferenceSettings,
+    upscaler: Upscaler,
     depths: Sequence[int | None],
     tally: _Tally,
     save_root: Path | None,
 ) -> list[ImageResult]:
-    """One sample, bicubic and at every depth (bicubic alone when ``model`` is None): a result per depth."""
-    lr, scale = sample.lr.to(settings.device), int(sample.scale)
-    bicubic, bicubic_seconds = _timed_upscale(lr, scale, None, settings)
+    """One sample, bicubic and at every depth (bicubic alone for a bicubic upscaler): a result per depth."""
+    lr, scale = sample.lr.to(upscaler.settings.device), int(sample.scale)
+    bicubic, bicubic_seconds = _timed_upscale(lr, scale, Upscaler(None, upscaler.settings))
     bicubic_score = score_image(bicubic, sample.hr, scale)
     results = []
     for depth in depths:
-        if model is None:
+        if upscaler.network is None:
             sr, elapsed, score = bicubic, bicubic_seconds, bicubic_score
         else:
-            sr, elapsed = _timed_upscale(lr, scale, model, settings, depth)
+            sr, elapsed = _timed_upscale(lr, scale, upscaler, depth)
             score = score_image(sr, sample.hr, scale)
         tally.add(sr, elapsed)
         height, width = sample.hr.shape[-2:]
@@ -292,17 +289,15 @@ def _measure(
 def run_bench(
     datasets: Sequence[Dataset],
     scales: Sequence[int],
-    model: ReadyModel | DRCN | None,
-    settings: InferenceSettings,
+    upscaler: Upscaler,
     recursions: Sequence[int | None] = (None,),
     save_dir: str | Path | None = None,
     on_progress: Callable[[BenchProgress], None] | None = None,
     jpeg: Sequence[int | None] = (None,),
 ) -> BenchReport:
-    """Measure ``model`` (None: bicubic) on every image of ``datasets`` at every scale and recursion depth, with
-    the LR images as the paper makes them (None in ``jpeg``) or through JPEG at each quality in ``jpeg``.
-
-    The model must already be on ``settings.device``. ``save_dir`` receives the SR images as
+    """Measure ``upscaler`` (a network's, or bicubic's) on every image of ``datasets`` at every scale and recursion
+    depth, with the LR images as the paper makes them (None in ``jpeg``) or through JPEG at each quality in ``jpeg``.
+ ``save_dir`` receives the SR images as
     ``<dataset>/x<scale>/<image>.png`` (``x<scale>_jpeg<q>/`` for JPEG inputs; ``<image>_r<k>.png`` for each
     depth of a sweep).
 
@@ -315,10 +310,11 @@ def run_bench(
         raise BenchError(f"scales must be integers >= 2, got {list(scales)}")
     if not jpeg or any(q is not None and not 1 <= q <= 100 for q in jpeg):
         raise BenchError(f"JPEG qualities must be in 1..100, got {list(jpeg)}")
-    depths = _depths(model, recursions)
+    depths = _depths(upscaler, recursions)
     _check_sizes(datasets, scales)
     save_root = Path(save_dir) if save_dir is not None else None
-    _warm_up(model, settings)
+    _warm_up(upscaler)
+    settings = upscaler.settings
     if settings.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(settings.device)
     results: list[ImageResult] = []
@@ -330,7 +326,7 @@ def run_bench(
             for scale in scales:
                 for quality in jpeg:
                     sample = _sample(image, scale, path, quality)
-                    results += _measure(dataset.name, path, sample, model, settings, depths, tally, save_root)
+                    results += _measure(dataset.name, path, sample, upscaler, depths, tally, save_root)
             done += 1
             if on_progress is not None:
                 on_progress(BenchProgress(dataset.name, path.stem, index, len(dataset.images), done, total))
@@ -338,7 +334,7 @@ def run_bench(
     timing = Timing(
         tally.upscales, tally.seconds, tally.pixels / 1e6, str(settings.device), settings.precision, peak, peak_kind
     )
-    method = "bicubic" if model is None else "drcn"
+    method = "bicubic" if upscaler.network is None else "drcn"
     sets = _summarise(datasets, scales, jpeg, depths, results, method)
     return BenchReport(method, sets, tuple(results), timing)
 

@@ -56,42 +56,83 @@ def ycbcr_to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ArrayFormat:
-    """How to turn a float tensor back into the caller's array: dtype, full-scale value and layout."""
+    """How to turn a float tensor back into the caller's array: dtype, scale and layout. The array's values are
+    ``offset + max_value * t`` for the tensor's values t in [0, 1]."""
 
     dtype: np.dtype
-    max_value: float  # 255 for uint8, 65535 for uint16, 1.0 for float
+    max_value: float  # 255 for uint8, 65535 for uint16, 1.0 for float in [0, 1]; else the span of the values
     channels: int
     had_channel_axis: bool  # (H, W, 1) vs (H, W)
+    offset: float = 0.0  # 0, or the lowest value of data that goes below 0
+
+
+def _scale_of(array: np.ndarray) -> tuple[float, float]:
+    """(offset, full scale) that map ``array`` onto [0, 1] without clipping any of its values.
+
+    uint8 and uint16: their full range. Float: [0, 1] when the values lie in it (the usual convention), else the
+    span from min(0, lowest) to max(1, highest). int32 (Pillow's mode I, 32-bit TIFF samples): the 16-bit range
+    when the values fit in it (as for a mode I image read from a file, which becomes uint16 then), else the span
+    from min(0, lowest) to the highest, so that values beyond 16 bits (126000 in a 32-bit TIFF) come back as they
+    were, never cut at 65535.
+    """
+    if array.dtype == np.uint8:
+        return 0.0, 255.0
+    if array.dtype == np.uint16:
+        return 0.0, 65535.0
+    if array.dtype != np.int32 and not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"unsupported image dtype {array.dtype} (use uint8, uint16, int32 or float)")
+    low, high = float(array.min()), float(array.max())
+    if np.issubdtype(array.dtype, np.floating):
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError("the image holds NaN or infinite values, which cannot be upscaled")
+        if low >= 0.0 and high <= 1.0:
+            return 0.0, 1.0
+        offset = min(0.0, low)
+        return offset, max(1.0, high) - offset
+    if low >= 0 and high <= 65535:
+        return 0.0, 65535.0
+    offset = min(0.0, low)
+    return offset, high - offset
 
 
 def array_to_tensor(array: np.ndarray) -> tuple[torch.Tensor, ArrayFormat]:
     """(H, W) or (H, W, C) with C in 1..4 (grey, grey+alpha, RGB, RGBA; not BGR) -> (C, H, W) float32 in [0, 1].
 
-    uint8 and uint16 are scaled by their full range; float arrays are taken to be in [0, 1] already.
+    uint8 and uint16 are scaled by their full range; float arrays in [0, 1] are taken as they are. Values beyond
+    those conventions (a float image in [0, 1000], a 32-bit integer image up to 126000) are mapped by their own
+    span (:func:`_scale_of`) and come back in it from :func:`tensor_to_array`: nothing is clipped away.
     """
     if array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
         raise ValueError(f"expected an image array of shape (H, W) or (H, W, 1..4), got {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"empty image array of shape {array.shape}")
-    if array.dtype == np.uint8:
-        max_value = 255.0
-    elif array.dtype == np.uint16:
-        max_value = 65535.0
-    elif np.issubdtype(array.dtype, np.floating):
-        max_value = 1.0
-    else:
-        raise ValueError(f"unsupported image dtype {array.dtype} (use uint8, uint16 or float)")
+    offset, max_value = _scale_of(array)
     had_channel_axis = array.ndim == 3
     hwc = array if had_channel_axis else array[:, :, None]
-    tensor = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)).astype(np.float32))
-    if max_value != 1.0:
-        tensor /= max_value
-    return tensor, ArrayFormat(array.dtype, max_value, hwc.shape[2], had_channel_axis)
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    if offset == 0.0 and max_value in (1.0, 255.0, 65535.0):
+        tensor = torch.from_numpy(chw.astype(np.float32))
+        if max_value != 1.0:
+            tensor /= max_value
+    else:  # in float64 first: 32-bit integers keep their precision up to the division
+        tensor = torch.from_numpy(((chw.astype(np.float64) - offset) / max_value).astype(np.float32))
+    return tensor, ArrayFormat(array.dtype, max_value, hwc.shape[2], had_channel_axis, offset)
 
 
 def tensor_to_array(tensor: torch.Tensor, fmt: ArrayFormat) -> np.ndarray:
     """(C, H, W) float in [0, 1] -> an array in ``fmt``: clipped to the range, rounded for integer dtypes."""
     values = tensor.detach().float().clamp(0.0, 1.0).cpu()
+    integer = np.issubdtype(fmt.dtype, np.integer)
+    if fmt.offset != 0.0 or fmt.max_value not in (1.0, 255.0, 65535.0):
+        scaled = values.double() * fmt.max_value
+        if integer:
+            scaled = torch.floor(scaled + 0.5)
+        array = (scaled + fmt.offset).numpy().transpose(1, 2, 0)
+        if integer:
+            info = np.iinfo(fmt.dtype)
+            array = np.clip(array, info.min, info.max)
+        array = array.astype(fmt.dtype)
+        return array if fmt.had_channel_axis else array[:, :, 0]
     if fmt.max_value != 1.0:
         # Round half up, as MATLAB's im2uint8 does: floor(v * max + 0.5).
         values = torch.floor(values * fmt.max_value + 0.5)
@@ -103,7 +144,8 @@ def pil_to_array(image) -> tuple[np.ndarray, str]:
     """A PIL image -> (array for :func:`array_to_tensor`, the PIL mode to rebuild in :func:`array_to_pil`).
 
     Grey, grey+alpha, RGB and RGBA are kept as they are; 16-bit grey (I;16*) and 32-bit integer grey (I)
-    become uint16; float grey (F) stays float; bilevel (1) becomes L; palette becomes RGB or RGBA (with
+    become uint16 when their values fit in 0..65535, else int32 (mode "I"): values beyond 16 bits or below 0 are
+    kept, never clipped; float grey (F) stays float; bilevel (1) becomes L; palette becomes RGB or RGBA (with
     its transparency); CMYK, YCbCr, LAB and HSV become RGB.
     """
     mode = image.mode
@@ -111,9 +153,11 @@ def pil_to_array(image) -> tuple[np.ndarray, str]:
         return np.asarray(image), mode
     if mode.startswith("I;16") or mode == "I":
         array = np.asarray(image)
-        if array.dtype != np.uint16:
-            array = np.clip(array, 0, 65535).astype(np.uint16)
-        return array, "I;16"
+        if array.dtype == np.uint16:
+            return array, "I;16"
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            return array.astype(np.int32), "I"
+        return array.astype(np.uint16), "I;16"
     if mode == "F":
         return np.asarray(image, dtype=np.float32), "F"
     if mode == "1":
@@ -136,7 +180,7 @@ def array_to_pil(array: np.ndarray, mode: str):
     """Inverse of :func:`pil_to_array` for an array of the same dtype and channel count."""
     from PIL import Image
 
-    dtype = {"I;16": np.uint16, "F": np.float32}.get(mode, np.uint8)
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}.get(mode, np.uint8)
     image = Image.fromarray(np.ascontiguousarray(array.astype(dtype, copy=False)))
     if image.mode != mode:
         raise ValueError(f"array of shape {array.shape} and dtype {array.dtype} does not make a {mode} image")

@@ -240,10 +240,35 @@ def resolve_dataset(
             f"run `drcn bench -d {bench.name}` once with network access (it keeps the dataset in the cache), "
             f"or give --data-dir DIR with the HR images in DIR/{bench.name}/"
         )
+    _check_home(bench, root, cache_dir)
     if on_download is not None:
         on_download(f"{bench.name}: downloading {bench.repo_id}/{bench.archive} into {cached}")
     folder = _download(bench, root, revision, on_progress)
     return Dataset(bench.name, folder, list_images(folder), "hub", bench)
+
+
+def _home_origin(root: Path, cache_dir: str | os.PathLike | None) -> str:
+    """What put the dataset cache at ``root``: the caller's folder, DRCN_HOME or XDG_CACHE_HOME, or the default."""
+    if cache_dir is not None:
+        return "the cache folder given"
+    for variable in (HOME_ENV, "XDG_CACHE_HOME"):
+        value = os.environ.get(variable)
+        if value and root.is_relative_to(Path(value).expanduser()):
+            return f"{variable}={value}"
+    return "the default location"
+
+
+def _check_home(bench: Benchmark, root: Path, cache_dir: str | os.PathLike | None) -> None:
+    """DatasetError, before a download is announced or tried, when the dataset cache cannot be a folder (DRCN_HOME
+    naming a file ...): the message says which variable points where."""
+    from .atomic import folder_problem
+
+    if (problem := folder_problem(root)) is not None:
+        raise DatasetError(
+            f"{bench.name}: cannot download: the dataset cache {root} cannot be a folder: {problem} (set by "
+            f"{_home_origin(root, cache_dir)}): point it to a folder, or give --data-dir DIR with the HR images "
+            f"in DIR/{bench.name}/"
+        )
 
 
 def _hub_offline() -> bool:
@@ -258,8 +283,14 @@ def _download(
     """Fetch and extract ``bench`` into ``root/<name>``; only a complete extraction is renamed into place."""
     from .hub import HubError, fetch_file
 
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{bench.name}-", suffix=".partial", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{bench.name}-", suffix=".partial", dir=root))
+    except OSError as exc:  # a file in the way, no permission, a read-only or full disk: nothing was downloaded
+        raise DatasetError(
+            f"{bench.name}: cannot download into the dataset cache {root}: {exc.strerror or exc} (set by "
+            f"{_home_origin(root, None)})"
+        ) from None
     try:
         try:
             archive = fetch_file(

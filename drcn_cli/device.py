@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import numbers
 import os
 import sys
 
@@ -13,8 +14,11 @@ from .errors import ConfigError
 
 __all__ = [
     "PRECISIONS",
+    "THREADS_PER_CPU",
     "autocast_dtype",
+    "cpu_count",
     "cpu_has_native_bf16",
+    "max_threads",
     "memory_budget",
     "memory_format",
     "precision_reason",
@@ -22,6 +26,7 @@ __all__ = [
     "resolve_precision",
     "reuse_freed_memory",
     "set_threads",
+    "threads_problem",
 ]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -106,12 +111,50 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
 
+# The most CPU threads drcn lets torch start, per CPU this process may run on. More only contend for the same
+# cores; far more (--threads 100000) made torch's thread pool crash the process where a cgroup limits the number
+# of tasks.
+THREADS_PER_CPU = 4
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a container's or taskset's
+    share), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The largest thread count :func:`set_threads` accepts: THREADS_PER_CPU per CPU of :func:`cpu_count`."""
+    return THREADS_PER_CPU * cpu_count()
+
+
+def threads_problem(threads: int | None) -> str | None:
+    """Why ``threads`` cannot be a CPU thread count, as a phrase about the value ("must be at most 8 ..."), or
+    None. The one check of `--threads` (upscale, bench, train), TrainConfig.threads and the API's ``threads``."""
+    if threads is None:
+        return None
+    if threads < 0:
+        return f"must be >= 0 (0: torch's choice), got {threads}"
+    if threads > (most := max_threads()):
+        return (f"must be at most {most} ({THREADS_PER_CPU} per CPU; this process may use {cpu_count()}), "
+                f"got {threads}")
+    return None
+
+
 def set_threads(threads: int | None) -> None:
-    """Set torch's CPU thread count; None or 0 leaves torch's default."""
+    """Set torch's CPU thread count; None or 0 leaves torch's default. TypeError for a value that is not a whole
+    number, ConfigError for one below 0 or above :func:`max_threads`."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"threads must be a whole number or None, got {threads!r}")
+    if (problem := threads_problem(int(threads))) is not None:
+        raise ConfigError(f"threads {problem}")
     if threads:
-        if threads < 0:
-            raise ConfigError(f"threads must be >= 0, got {threads}")
-        torch.set_num_threads(threads)
+        torch.set_num_threads(int(threads))
 
 
 def memory_budget(device: torch.device, cpu_budget_bytes: int = 2 << 30) -> int:

@@ -21,9 +21,12 @@ from typing import Any
 from .errors import DrcnError
 
 __all__ = [
+    "CacheLocationError",
     "HubError",
     "ProgressCallback",
+    "cache_location_problem",
     "cached_file",
+    "check_cache_location",
     "endpoint",
     "fetch_file",
     "hub_cache_dir",
@@ -37,6 +40,10 @@ ProgressCallback = Callable[[int, int | None], None]
 
 class HubError(DrcnError, RuntimeError):
     """A file could not be had from the hub (offline, missing, server error); the message says what to do."""
+
+
+class CacheLocationError(HubError):
+    """The hub cache's location cannot be a folder (``HF_HOME`` names a file ...); nothing was downloaded."""
 
 
 def offline_mode() -> bool:
@@ -58,6 +65,39 @@ def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     from huggingface_hub import constants
 
     return Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
+
+
+# The variables that place the hub cache, most specific first (the client's own order).
+_CACHE_VARIABLES = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
+
+
+def _cache_origin(cache: Path, cache_dir: str | os.PathLike | None) -> str:
+    """What put the hub cache at ``cache``: the caller's folder, the variable whose value it lies in, or the default."""
+    if cache_dir is not None:
+        return "the cache folder given (--cache-dir)"
+    for variable in _CACHE_VARIABLES:
+        value = os.environ.get(variable)
+        if value and cache.is_relative_to(Path(value).expanduser()):
+            return f"{variable}={value}"
+    return "the default location"
+
+
+def cache_location_problem(cache_dir: str | os.PathLike | None = None) -> str | None:
+    """Why the hub cache (:func:`hub_cache_dir`) cannot be a folder, naming what placed it there (``HF_HOME=/x``,
+    ``--cache-dir``), or None. Checked before any download is announced or tried; nothing is created."""
+    from .atomic import folder_problem
+
+    cache = hub_cache_dir(cache_dir)
+    problem = folder_problem(cache)
+    if problem is None:
+        return None
+    return f"the hub cache {cache} cannot be a folder: {problem} (set by {_cache_origin(cache, cache_dir)})"
+
+
+def check_cache_location(cache_dir: str | os.PathLike | None = None) -> None:
+    """CacheLocationError when :func:`cache_location_problem` finds one."""
+    if (problem := cache_location_problem(cache_dir)) is not None:
+        raise CacheLocationError(f"{problem}: point it to a folder")
 
 
 def _where(repo_id: str, filename: str, repo_type: str, revision: str | None) -> str:
@@ -157,13 +197,17 @@ def fetch_file(
         length; they are not checked against any checksum here.
 
     Raises:
-        HubError: one line saying what failed (offline, not found, HTTP status, broken transfer) and for which file.
+        HubError: one line saying what failed (offline, not found, HTTP status, broken transfer) and for which file;
+            CacheLocationError (one too), before any request, when the cache cannot be a folder (HF_HOME names a
+            file ...).
     """
     where = _where(repo_id, filename, repo_type, revision)
     if force and local_only:
         raise ValueError("force and local_only exclude each other")
     if force and offline_mode():
         raise HubError(f"{where}: cannot download again in offline mode (HF_HUB_OFFLINE=1)")
+    if not local_only:
+        check_cache_location(cache_dir)
     tqdm_class = _relay_class(on_progress) if on_progress is not None else None
     try:
         path = _download(repo_id, filename, repo_type, revision, cache_dir, force, local_only, tqdm_class)
@@ -245,6 +289,11 @@ def _failure_reason(
         return f"the hub answered {_http_status(exc)}"
     if isinstance(exc, httpx2.HTTPError):
         return f"transfer failed, the partial file was discarded: {_first_line(exc)}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # The file system refused (a file where a folder should be, permissions, a full disk): say where, and
+        # not that a download happened, which may never have started.
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"cannot write in the hub cache {hub_cache_dir(cache_dir)}: {exc.strerror or exc}{where}"
     if isinstance(exc, OSError):
         return f"download failed, the partial file was discarded: {_first_line(exc)}"
     return None

@@ -18,11 +18,18 @@ Bit-depth rules for output:
   profile goes in too, which OpenCV's writers cannot do. Float grey (Pillow mode F) is kept as float in
   TIFF and becomes 16-bit in PNG.
 * JPEG and WebP hold 8 bits: 16-bit and float images are rounded to 8 bits (v * 255 / 65535).
+* Grey samples beyond those scales, 32-bit integers (Pillow mode I, 126000 in a 32-bit TIFF) or floats outside
+  [0, 1], are kept as they are in TIFF, and refused with :class:`ImageFormatError` by the other formats: never
+  clipped without a word.
 * JPEG has no alpha channel: an alpha that is fully opaque is dropped (nothing is lost); any other alpha
   is refused with :class:`ImageFormatError` rather than flattened onto a guessed background.
 * WebP has no grey mode: grey becomes RGB (grey+alpha becomes RGBA). ``quality=100`` means lossless WebP.
 * An ICC profile is written only where its colour space matches the pixels (an RGB profile on RGB(A),
   a grey one on grey); a CMYK image with a CMYK profile is converted to sRGB through that profile on read.
+
+Every output carries drcn's mark (:data:`MARK`, checked by :func:`written_by_drcn`), so that a folder written into
+itself is not read back as its own input. Decoding keeps the decoders' own messages (libpng, libtiff, OpenCV's log,
+Pillow's log) off stderr: what is wrong with an image is its one :class:`ImageReadError`.
 """
 
 from __future__ import annotations
@@ -31,19 +38,24 @@ import io
 import os
 import stat
 import struct
+import threading
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .atomic import NotRegularFileError, OutputExistsError, WriteError, write_atomic
 from .errors import DrcnError
 
 __all__ = [
     "FORMAT_EXTENSIONS",
     "IMAGE_EXTENSIONS",
+    "MARK",
     "ImageFormatError",
     "ImageReadError",
     "ImageWriteError",
@@ -57,6 +69,7 @@ __all__ = [
     "normalize_format",
     "read_image",
     "write_image",
+    "written_by_drcn",
 ]
 
 # Image files taken from folders and globs, by every command (upscale inputs, benchmark and training folders):
@@ -75,6 +88,16 @@ FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
 _FORMAT_ALIASES = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
 
 DEFAULT_QUALITY = 95
+# What every output says made it, in its own format's place for it: PNG's "Software" text, JPEG's comment, an XMP
+# packet's CreatorTool in WebP and TIFF (whose own Software tag carries the input's, which is kept). drcn checks it
+# (written_by_drcn) to tell its outputs from the user's images in a folder that it writes into.
+MARK = f"drcn {__version__}"
+_XMP_TAG = 700
+_XMP_MARK = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    f'<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="{MARK}"/>'
+    "</rdf:RDF></x:xmpmeta>"
+).encode()
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD = 0x8769
 _PIXEL_X_DIMENSION = 0xA002
@@ -114,9 +137,10 @@ class ImageFormatError(DrcnError, ValueError):
 class LoadedImage:
     """A decoded image, upright, with the metadata to write back.
 
-    pixels: (H, W) or (H, W, C), C in 2..4 (grey+alpha, RGB, RGBA), RGB(A) order; uint8, uint16, or float32
-        in [0, 1] (Pillow mode F).
-    mode: what the pixels are: the Pillow mode "L", "LA", "RGB", "RGBA", "I;16" (16-bit grey), "F", or
+    pixels: (H, W) or (H, W, C), C in 2..4 (grey+alpha, RGB, RGBA), RGB(A) order; uint8, uint16, float32
+        (Pillow mode F: [0, 1] as a rule, other values kept), or int32 (Pillow mode I, 32-bit grey whose values
+        go beyond 0..65535: kept, never clipped).
+    mode: what the pixels are: the Pillow mode "L", "LA", "RGB", "RGBA", "I;16" (16-bit grey), "I", "F", or
         "LA;16", "RGB;16", "RGBA;16" for 16-bit images that Pillow cannot hold.
     icc_profile: the embedded ICC profile (None if there is none).
     exif: EXIF bytes as Pillow writes them, orientation reset to 1 (the pixels are already turned).
@@ -260,10 +284,47 @@ def _dpi(image) -> tuple[float, float] | None:
         return None
 
 
+_opencv_quiet_lock = threading.Lock()
+_opencv_quiet_users = 0
+_opencv_log_level: int | None = None
+
+
+@contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """OpenCV's log (where libtiff's warnings and errors go: ``[ WARN:0] ... TIFFReadDirectory: Unknown field``)
+    silenced while decoding: what is wrong with an image is drcn's one error line, and what OpenCV reads past is
+    not the user's concern. Counted, so that threads decoding at once restore the level the last one out."""
+    import cv2
+
+    global _opencv_quiet_users, _opencv_log_level
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None or not hasattr(logging, "setLogLevel"):
+        yield
+        return
+    with _opencv_quiet_lock:
+        if _opencv_quiet_users == 0:
+            _opencv_log_level = logging.getLogLevel()
+            logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+        _opencv_quiet_users += 1
+    try:
+        yield
+    finally:
+        with _opencv_quiet_lock:
+            _opencv_quiet_users -= 1
+            if _opencv_quiet_users == 0 and _opencv_log_level is not None:
+                logging.setLogLevel(_opencv_log_level)
+
+
 def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool) -> tuple[np.ndarray, str]:
     import cv2
 
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if data[:8] == _PNG_SIGNATURE:
+        data = _png_for_libpng(data)
+    try:
+        with _opencv_quiet():
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own checks (a side over its limit ...): its message's last part says which
+        raise ImageReadError(f"truncated or corrupt image ({_opencv_reason(exc)})") from None
     if pixels is None:
         raise ImageReadError("truncated or corrupt image")
     if pixels.dtype != np.uint16:
@@ -281,6 +342,172 @@ def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool) -> tuple[np.
     else:
         raise ImageReadError(f"unsupported channel layout {pixels.shape}")
     return apply_orientation(pixels, orientation), mode
+
+
+def _opencv_reason(exc: BaseException) -> str:
+    """The gist of a cv2.error: ``(-215:Assertion failed) size.width > 0 in function ...`` -> ``size.width > 0``."""
+    text = " ".join(str(exc).split())
+    if "error: (" in text:
+        text = text.split("error: (", 1)[1]
+        text = text.split(")", 1)[1] if ")" in text else text
+        text = text.split(" in function")[0]
+    return text.strip() or "OpenCV could not decode it"
+
+
+# --------------------------------------------------------------------------------------------- PNG chunks
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+_EXIF_AS_TEXT = b"Raw profile type exif"  # ImageMagick's old way to store EXIF in PNG; Pillow reads it as the EXIF
+_LIBPNG_MAX_SIDE = 1_000_000  # libpng's default user limit on width and height (PNG_USER_WIDTH_MAX)
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """(offset, type, payload length) of each whole chunk of a PNG, up to IEND, or to where the chunk structure
+    breaks (a length past the end of the file): what follows is not walked."""
+    offset = 8
+    while offset + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        if offset + 12 + length > len(data):
+            return
+        yield offset, kind, length
+        if kind == b"IEND":
+            return
+        offset += 12 + length
+
+
+def _small_exif_text(data: bytes, offset: int, length: int) -> bool:
+    """Whether the text chunk at ``offset`` is an EXIF block kept as text and small enough for Pillow's limits."""
+    from PIL import PngImagePlugin
+
+    payload = data[offset + 8:offset + 8 + length]
+    if not payload.startswith(_EXIF_AS_TEXT + b"\x00") or length > PngImagePlugin.MAX_TEXT_CHUNK:
+        return False
+    if data[offset + 4:offset + 8] != b"zTXt":
+        return True
+    inflater = zlib.decompressobj()
+    try:
+        inflater.decompress(payload[len(_EXIF_AS_TEXT) + 2:], PngImagePlugin.MAX_TEXT_CHUNK + 1)
+    except zlib.error:
+        return False
+    return not inflater.unconsumed_tail  # inflates to no more than Pillow takes
+
+
+def _without_text(data: bytes) -> bytes:
+    """The PNG without its text chunks (tEXt, zTXt, iTXt: comments, descriptions, XMP), which drcn does not carry
+    into its outputs. Pillow would read them all, and refuse a whole image over a comment that inflates past its
+    limit (``Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK``); libpng would print warnings about
+    them (``libpng warning: tEXt: out of memory`` for a 20 MB one). Kept: a small EXIF block stored as text."""
+    cuts = [(offset, offset + 12 + length) for offset, kind, length in _png_chunks(data)
+            if kind in _PNG_TEXT and not _small_exif_text(data, offset, length)]  # fmt: skip
+    if not cuts:
+        return data
+    parts, last = [], 0
+    for start, end in cuts:
+        parts.append(data[last:start])
+        last = end
+    parts.append(data[last:])
+    return b"".join(parts)
+
+
+def _png_for_libpng(data: bytes) -> bytes:
+    """The PNG as OpenCV's libpng gets it: only the chunks decoding needs (IHDR, tRNS, IDAT, IEND), after the
+    checks libpng would make.
+
+    libpng prints its warnings and errors itself, on the process's stderr (``libpng warning: iCCP: too short``,
+    ``libpng error: IDAT: CRC error``), where drcn cannot turn them into its one line. So metadata that it could
+    dislike is left out (drcn reads the profile, EXIF and resolution with Pillow from the file itself), and any
+    damage it would speak of is an ImageReadError here, before it gets the file: a chunk failing its CRC, a header
+    it refuses, a pixel stream that is corrupt, too short, too long or followed by other data, a row with an
+    unknown filter.
+    """
+    chunks = list(_png_chunks(data))
+    if not chunks or chunks[0][1] != b"IHDR" or chunks[0][2] != 13:
+        raise ImageReadError("truncated or corrupt image (no PNG header chunk)")
+    width, height, depth, colour_type, compression, filtering, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if compression != 0 or filtering != 0 or interlace not in (0, 1) or colour_type not in _PNG_CHANNELS:
+        raise ImageReadError("truncated or corrupt image (the PNG header holds values no decoder knows)")
+    if max(width, height) > _LIBPNG_MAX_SIDE:
+        raise ImageReadError(f"{width}x{height}: a 16-bit PNG is read up to {_LIBPNG_MAX_SIDE} pixels a side")
+    header, transparency = data[8:8 + 25], b""
+    pixel_data: list[bytes] = []
+    for index, (offset, kind, length) in enumerate(chunks):
+        whole = data[offset:offset + 12 + length]
+        first_trns = kind == b"tRNS" and not transparency and not pixel_data and _trns_fits(colour_type, length)
+        if not (index == 0 or kind == b"IDAT" or first_trns):
+            continue  # metadata (read with Pillow), or a chunk out of place that libpng would complain of
+        if zlib.crc32(whole[4:-4]) != struct.unpack(">I", whole[-4:])[0]:
+            name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            raise ImageReadError(f"truncated or corrupt image (the {name} chunk fails its checksum)")
+        if kind == b"IDAT":
+            pixel_data.append(whole[8:-4])
+        elif first_trns:
+            transparency = whole
+    _check_pixel_stream(pixel_data, width, height, depth, colour_type, interlace == 1)
+    idat = _png_chunk(b"IDAT", b"".join(pixel_data))
+    return b"".join([_PNG_SIGNATURE, header, transparency, idat, _png_chunk(b"IEND", b"")])
+
+
+def _trns_fits(colour_type: int, length: int) -> bool:
+    """A tRNS chunk libpng takes without a word: 2 bytes for grey, 6 for RGB; none with an alpha channel."""
+    return (colour_type, length) in ((0, 2), (2, 6))
+
+
+def _row_starts(width: int, height: int, depth: int, colour_type: int, interlaced: bool) -> np.ndarray:
+    """Where each row (with its filter byte) starts in the inflated pixel stream, pass after pass for Adam7."""
+    bits = depth * _PNG_CHANNELS[colour_type]
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    starts, position = [], 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if columns <= 0 or rows <= 0:
+            continue
+        row_bytes = 1 + (columns * bits + 7) // 8
+        starts.append(position + row_bytes * np.arange(rows, dtype=np.int64))
+        position += row_bytes * rows
+    return np.concatenate(starts) if starts else np.zeros(0, np.int64)
+
+
+def _check_pixel_stream(pieces: list[bytes], width: int, height: int, depth: int, colour_type: int,
+                        interlaced: bool) -> None:
+    """ImageReadError unless the IDAT data inflates, checksum included, to exactly the image's rows, each with a
+    known filter (0 to 4), with nothing after the stream."""
+    expected = _png_pixel_bytes(width, height, depth, colour_type, interlaced)
+    starts = _row_starts(width, height, depth, colour_type, interlaced)
+    inflater = zlib.decompressobj()
+    produced = 0
+
+    def take(out: bytes) -> None:
+        nonlocal produced
+        if produced + len(out) > expected:
+            raise ImageReadError("truncated or corrupt image (more pixel data than the image holds)")
+        rows = starts[np.searchsorted(starts, produced):np.searchsorted(starts, produced + len(out))]
+        if rows.size and (np.frombuffer(out, np.uint8)[rows - produced] > 4).any():
+            raise ImageReadError("truncated or corrupt image (a row of pixels has an unknown filter)")
+        produced += len(out)
+        if inflater.eof and inflater.unused_data:
+            raise ImageReadError("truncated or corrupt image (data after the end of the pixel stream)")
+
+    try:
+        for piece in pieces:
+            pending = piece
+            while pending:
+                if inflater.eof:
+                    raise ImageReadError("truncated or corrupt image (data after the end of the pixel stream)")
+                take(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+        while not inflater.eof:  # output the inflater still holds
+            out = inflater.decompress(b"", 1 << 20)
+            if not out:
+                break
+            take(out)
+    except zlib.error as exc:
+        raise ImageReadError(f"truncated or corrupt image (pixel data: {exc})") from None
+    if produced < expected or not inflater.eof:
+        share = f"{100 * produced / expected:.0f}%" if expected else "0%"
+        raise ImageReadError(
+            f"truncated or corrupt image (the pixel data stops at {share} of the {width}x{height} image)"
+        )
 
 
 def _png_pixel_bytes(width: int, height: int, depth: int, colour_type: int, interlaced: bool) -> int:
@@ -446,12 +673,63 @@ def _decode(image, data: bytes, icc: bytes | None) -> tuple[np.ndarray, str, byt
             if upright.mode == "CMYK":
                 upright, icc = _cmyk_to_srgb(upright, icc)
             pixels, mode = pil_to_array(upright)
+            if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+                raise ImageReadError("its float samples include NaN or infinity, which cannot be upscaled")
         exif = _exif_upright(image)  # after exif_transpose, which reads the orientation from the same object
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageReadError(f"truncated or corrupt image ({exc})") from None
     return pixels, mode, icc, exif
+
+
+_decoders_quiet = False
+
+
+def _quiet_decoders() -> None:
+    """Keep the decoders' own diagnostics off stderr, where they would stand beside drcn's one line per image
+    (the damage they speak of is that line's reason, or was read past): once per process.
+
+    * Pillow reports some damage through the logging module too (``More samples per pixel than can be decoded``)
+      before raising; with no handler configured, Python's last resort prints it. A NullHandler on Pillow's
+      logger stops only that last resort: an application that configures logging still gets the records.
+    * libtiff, which Pillow decodes compressed TIFF with, prints its warnings and errors itself
+      (``TIFFFetchDirectory: Can not read TIFF directory.``) unless its handlers are unset: they are, in the
+      libtiff that Pillow loaded (found among the process's mapped files; best effort, Linux).
+    * OpenCV routes libtiff's messages to its log, silenced while it decodes (:func:`_opencv_quiet`); libpng's
+      cannot be routed, so libpng gets only files it has nothing to say about (:func:`_png_for_libpng`).
+    """
+    import logging
+
+    global _decoders_quiet
+    if _decoders_quiet:
+        return
+    _decoders_quiet = True
+    pillow = logging.getLogger("PIL")
+    if not any(isinstance(handler, logging.NullHandler) for handler in pillow.handlers):
+        pillow.addHandler(logging.NullHandler())
+    _unset_libtiff_handlers()
+
+
+def _unset_libtiff_handlers() -> None:
+    import ctypes
+
+    from PIL import Image  # noqa: F401  (loads Pillow's core, and with it its libtiff)
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            libraries = {line.split()[-1] for line in maps if "libtiff" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return
+    for library in sorted(libraries):
+        try:
+            tiff = ctypes.CDLL(library)
+            for setter in (tiff.TIFFSetErrorHandler, tiff.TIFFSetWarningHandler):
+                setter.restype = ctypes.c_void_p
+                setter.argtypes = [ctypes.c_void_p]
+                setter(None)
+        except (OSError, AttributeError):
+            continue
 
 
 def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> LoadedImage:
@@ -462,9 +740,12 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
     """
     from PIL import Image
 
+    _quiet_decoders()
     data = _source_bytes(source, max_pixels)
     if not data:
         raise ImageReadError("empty file")
+    if data[:8] == _PNG_SIGNATURE:
+        data = _without_text(data)
 
     with warnings.catch_warnings():
         # The size is checked against max_pixels below; Pillow's own bomb warning would only repeat it.
@@ -475,7 +756,7 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
         image = _open_image(data)
         width, height = image.size
         _check_pixels(width, height, max_pixels)
-        if image.format == "PNG":
+        if image.format == "PNG" and not _needs_opencv(image, data):  # else _png_for_libpng checks it all
             _check_png_complete(data)
         # Read before decoding: loading a PNG adds the chunks after its pixel data to image.info.
         source_format = image.format
@@ -493,17 +774,55 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels
-    if pixels.dtype == np.uint16:
-        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    return np.floor(np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return ((_to_uint16(pixels).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def _to_uint16(pixels: np.ndarray) -> np.ndarray:
+    """16-bit samples: 8 bits widened, other integers as they are (:func:`_check_range` has made sure that they
+    fit), floats from [0, 1]."""
     if pixels.dtype == np.uint16:
         return pixels
     if pixels.dtype == np.uint8:
         return pixels.astype(np.uint16) * 257
+    if np.issubdtype(pixels.dtype, np.integer):
+        return np.clip(pixels, 0, 65535).astype(np.uint16)
     return np.floor(np.clip(pixels, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16)
+
+
+_FORMAT_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "TIFF": "TIFF"}
+
+
+def _keeps_as_is(pixels: np.ndarray, fmt: str) -> bool:
+    """Grey samples that TIFF stores as they are: 32-bit floats, and integers within 32 bits."""
+    if fmt != "TIFF" or _channels(pixels) != 1:
+        return False
+    if np.issubdtype(pixels.dtype, np.floating):
+        return True
+    info = np.iinfo(np.int32)
+    return bool(pixels.size == 0 or (pixels.min() >= info.min and pixels.max() <= info.max))
+
+
+def _check_range(pixels: np.ndarray, fmt: str) -> None:
+    """ImageFormatError for samples that ``fmt`` would have to clip: integers beyond 0..65535 (a 32-bit TIFF's
+    126000) and floats beyond [0, 1], unless TIFF keeps them as they are (grey). drcn never clips silently."""
+    if pixels.dtype in (np.uint8, np.uint16) or pixels.size == 0 or _keeps_as_is(pixels, fmt):
+        return
+    low, high = pixels.min(), pixels.max()
+    if np.issubdtype(pixels.dtype, np.integer):
+        if low >= 0 and high <= 65535:
+            return
+        scaled = "" if fmt in ("PNG", "TIFF") else ", as 8 bits"
+        span, holds = f"from {int(low)} to {int(high)}", f"0 to 65535{scaled}"
+    else:
+        if np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0:
+            return
+        span, holds = f"from {float(low):g} to {float(high):g}", "0 to 1"
+    name = _FORMAT_NAMES[fmt]
+    way_out = ("write TIFF (--format tiff), which keeps them as they are" if _channels(pixels) == 1
+               else "TIFF keeps such samples for grey images only")  # fmt: skip
+    raise ImageFormatError(
+        f"the image's samples go {span}, outside what {name} holds ({holds}): {name} would clip them; {way_out}"
+    )
 
 
 def _channels(pixels: np.ndarray) -> int:
@@ -567,6 +886,7 @@ def _encode_png16(pixels: np.ndarray, icc: bytes | None, exif: bytes | None, dpi
         chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
     if exif:
         chunks.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    chunks.append(_png_chunk(b"tEXt", b"Software\x00" + MARK.encode("latin-1")))
     chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)))
     chunks.append(_png_chunk(b"IEND", b""))
     return b"".join(chunks)
@@ -605,6 +925,7 @@ def _encode_tiff16(pixels: np.ndarray, icc: bytes | None, dpi) -> bytes:
         entries.append((338, 3, 1, struct.pack("<H", 2)))  # unassociated alpha
     if icc:
         entries.append((_ICC_TIFF_TAG, 7, len(icc), icc))
+    entries.append((_XMP_TAG, 1, len(_XMP_MARK), _XMP_MARK))
     entries.sort()
 
     # Layout: header (8 bytes), the one IFD, values too long to sit in their entry, then the strip.
@@ -668,9 +989,58 @@ def _pillow_options(
         options.update(quality=quality, lossless=quality == 100, method=4)
     if exif:
         options["exif"] = exif
-    if fmt == "TIFF":
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        options["pnginfo"] = PngInfo()
+        options["pnginfo"].add_text("Software", MARK)
+    elif fmt == "JPEG":
+        options["comment"] = MARK
+    elif fmt == "WEBP":
+        options["xmp"] = _XMP_MARK
+    else:  # TIFF: the XMP tag goes in with the EXIF tags (Pillow drops the EXIF when given tiffinfo too)
+        options["exif"] = _with_xmp_mark(exif)
         options["compression"] = "tiff_adobe_deflate"
     return options
+
+
+def _with_xmp_mark(exif: bytes | None) -> bytes:
+    """TIFF tags as Pillow takes them through ``exif``: ``exif``'s, and the XMP packet with drcn's mark."""
+    from PIL import Image
+
+    tags = Image.Exif()
+    if exif:
+        try:
+            tags.load(exif)
+        except _METADATA_ERRORS:
+            tags = Image.Exif()
+    tags[_XMP_TAG] = _XMP_MARK
+    return tags.tobytes()
+
+
+def written_by_drcn(path: str | os.PathLike) -> bool:
+    """Whether the image file carries drcn's mark (:data:`MARK`), which every image drcn writes does; False for
+    any other file, one that cannot be read included. Reads the header only."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # the header only: no decompression bomb to fear
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                found = [image.info.get(key) for key in ("Software", "comment", "xmp")]
+                if image.format == "TIFF":
+                    found.append(image.tag_v2.get(_XMP_TAG))
+    except Exception:  # not an image, damaged, unreadable: not one of drcn's outputs
+        return False
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    for value in found:
+        text = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else value
+        if isinstance(text, str) and (text == "drcn" or text.startswith("drcn ") or 'CreatorTool="drcn ' in text):
+            return True
+    return False
 
 
 def _check_side(pixels: np.ndarray, limit: int, fmt: str) -> None:
@@ -708,8 +1078,10 @@ def _pillow_pixels(pixels: np.ndarray, fmt: str) -> np.ndarray:
         return _jpeg_pixels(pixels)
     if fmt == "WEBP":
         return _webp_pixels(pixels)
-    if pixels.dtype == np.uint8 or (pixels.dtype == np.float32 and fmt == "TIFF"):
-        return pixels  # 8 bits, or float grey, which TIFF keeps as float
+    if pixels.dtype == np.uint8:
+        return pixels
+    if _keeps_as_is(pixels, fmt):  # float or 32-bit integer grey, which TIFF keeps as it is
+        return pixels.astype(np.float32 if np.issubdtype(pixels.dtype, np.floating) else np.int32, copy=False)
     return _to_uint16(pixels)
 
 
@@ -725,8 +1097,9 @@ def encode_image(
     """Encode (H, W[, C]) pixels (uint8, uint16 or float32 in [0, 1]; RGB(A) order) as PNG, JPEG, WEBP or TIFF.
 
     Follows the module's bit-depth and alpha rules. ``quality`` (1..100, default 95) is used by JPEG and WebP
-    (100 = lossless WebP) and ignored by the lossless PNG and TIFF. Raises ImageFormatError for pixels the
-    format cannot hold.
+    (100 = lossless WebP) and ignored by the lossless PNG and TIFF. Grey samples beyond those ranges (32-bit
+    integers, floats outside [0, 1]) are kept as they are in TIFF and refused elsewhere. Raises ImageFormatError
+    for pixels the format cannot hold (never clips them silently). Every output carries :data:`MARK`.
     """
     fmt = normalize_format(fmt)
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and not 1 <= pixels.shape[2] <= 4):
@@ -738,6 +1111,7 @@ def encode_image(
     channels = _channels(pixels)
     if pixels.ndim == 3 and channels == 1:
         pixels = pixels[:, :, 0]
+    _check_range(pixels, fmt)
     icc = _icc_for(icc_profile, channels if fmt != "WEBP" else max(channels, 3))
     exif = _exif_for(exif, width, height, tiff=fmt == "TIFF")
     options = _pillow_options(fmt, quality, icc, exif, dpi)

@@ -86,7 +86,7 @@ def target_size(
 
 
 def super_resolve_y(
-    model: ReadyModel | DRCN,
+    model: ReadyModel,
     y: torch.Tensor,
     settings: InferenceSettings,
     on_tile: Callable[[int, int], None] | None = None,
@@ -94,32 +94,35 @@ def super_resolve_y(
 ) -> torch.Tensor:
     """Run the network on bicubic-upsampled luminance y (N, 1, H, W) float32 in [0, 1].
 
-    Returns (N, 1, H, W) float32 on y's device, not clamped. The model must be on settings.device: a
-    :class:`ReadyModel`, or a bare DRCN (one not prepared for the precision runs under autocast).
+    Returns (N, 1, H, W) float32 on y's device, not clamped. ``model`` is prepared for ``settings``' device and
+    precision (:func:`open_model`): its conv weights hold the compute dtype where that is native (bf16 on the
+    CPU), and the other precisions run its fp32 weights under autocast.
     """
-    if isinstance(model, ReadyModel):
-        model = model.network
+    if model.device != settings.device or model.precision != settings.precision:
+        raise ValueError(
+            f"the model is prepared for {model.device} in {model.precision}, the settings ask for "
+            f"{settings.device} in {settings.precision}"
+        )
+    network = model.network
     device = settings.device
-    overlap = model.config.receptive_radius
+    overlap = network.config.receptive_radius
     shrunk_tile = 0  # after an out-of-memory error: the tile that fitted, for the views still to come
-    # A model prepared for this precision computes in its own dtype; any other model runs under autocast.
-    compute = compute_dtype(device, settings.precision)
-    prepared = compute != torch.float32 and model.recursive.weight.dtype == compute
-    amp = None if prepared else autocast_dtype(settings.precision)
+    native = compute_dtype(device, settings.precision) != torch.float32
+    amp = None if native else autocast_dtype(settings.precision)
     memory_format = preferred_memory_format(device)
 
     def forward(window: torch.Tensor, context: tuple[int, int]) -> torch.Tensor:
         window = window.to(device, torch.float32).contiguous(memory_format=memory_format)
         if amp is None:
-            return model(window, settings.recursions, context).float()
+            return network(window, settings.recursions, context).float()
         with torch.autocast(device.type, dtype=amp):
-            return model(window, settings.recursions, context).float()
+            return network(window, settings.recursions, context).float()
 
     def run(
         view: torch.Tensor, report: Callable[[int, int], None] | None, shrink: Callable[[int], None] | None
     ) -> torch.Tensor:
         height, width = view.shape[2], view.shape[3]
-        plan = tile_plan(model.config, settings.recursions, device, settings.precision, height, width, settings.tile)
+        plan = tile_plan(network.config, settings.recursions, device, settings.precision, height, width, settings.tile)
         return run_tiled_adaptive(
             forward, view, shrunk_tile or plan.tile, overlap, on_tile=report, on_shrink=shrink, by_area=plan.by_area,
             row_context_cost=plan.row_context_cost, cuts_rows=True,
@@ -166,7 +169,7 @@ def _dihedral_inverse(x: torch.Tensor, rotations: int, flip: bool) -> torch.Tens
 def upscale_tensor(
     image: torch.Tensor,
     size: tuple[int, int],
-    model: ReadyModel | DRCN | None,
+    model: ReadyModel | None,
     settings: InferenceSettings,
     scale: float | None = None,
     on_tile: Callable[[int, int], None] | None = None,
@@ -174,8 +177,9 @@ def upscale_tensor(
 ) -> torch.Tensor:
     """image (C, H, W) float in [0, 1], C in 1..4 (grey, grey+alpha, RGB, RGBA) -> (C, *size), clamped to [0, 1].
 
-    With ``model`` None the result is plain MATLAB bicubic. ``scale``, when the size came from one, is
-    passed to the resize so its kernel uses that exact factor, as MATLAB does.
+    With ``model`` None the result is plain MATLAB bicubic (prefer :class:`Upscaler`, which calls this).
+    ``scale``, when the size came from one, is passed to the resize so its kernel uses that exact factor, as
+    MATLAB does.
     """
     channels = image.shape[0]
     if channels not in (1, 2, 3, 4):
@@ -195,6 +199,20 @@ def upscale_tensor(
             raise WeightsError("the network's output is NaN or infinite: the weights are broken")
         color = y if channels <= 2 else ycbcr_to_rgb(torch.cat([y, luma[1:]]))
     return torch.cat([color, alpha]).clamp_(0.0, 1.0)
+
+
+def scale_problem(scale: float) -> str | None:
+    """Why ``scale`` cannot be an upscaling factor, as a phrase about the value, or None: the one range check of
+    :func:`upscale_image`'s ``scale`` and `drcn upscale -s`."""
+    if not math.isfinite(scale):
+        return f"{scale} is not a finite number"
+    if not 1.0 <= scale <= MAX_SCALE:
+        return f"{scale:g} is outside 1 to {MAX_SCALE:g}"
+    return None
+
+
+# PIL modes whose values are not RGB: upscaled, they would come back as RGB, so they are refused instead.
+_OTHER_COLOR_SPACES = ("LAB", "HSV", "YCbCr")
 
 
 def upscale_image(
@@ -230,13 +248,44 @@ def upscale_image(
         threads: CPU threads for torch (default: torch's choice).
         method: 'drcn', or 'bicubic' for the MATLAB bicubic alone.
         self_ensemble: average the network over the 8 flips and rotations of the input (8x slower).
+
+    The mode of a PIL image is kept for grey (L, I;16, F), grey+alpha, RGB and RGBA; a palette image comes back
+    RGB or RGBA, bilevel (1) as L, CMYK as RGB, as `drcn upscale` writes them. LAB, HSV and YCbCr images are
+    refused (ValueError): convert them to RGB first (``image.convert("RGB")``), and back if needed.
+
+    Raises TypeError for an ``image`` that is neither a PIL image nor a numpy array, or a ``scale``, ``width``,
+    ``height`` or ``threads`` that is not a number (a bool is not one); ValueError (SizeError, ConfigError,
+    WeightsError ...) for a value that cannot work: a scale outside 1..32 or not finite, a size below 1, pixels
+    that are NaN or infinite, a mode refused above.
     """
+    import numbers
+
+    from PIL import Image
+
+    if not isinstance(image, (Image.Image, np.ndarray)):
+        raise TypeError(f"image must be a PIL.Image.Image or a numpy.ndarray (H, W[, C]), got {type(image).__name__}")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be a number, got {type(scale).__name__} {scale!r}")
+        if (problem := scale_problem(float(scale))) is not None:
+            raise SizeError(f"scale {problem}")
+    for name, side in (("width", width), ("height", height)):
+        if side is not None:
+            if isinstance(side, bool) or not isinstance(side, numbers.Integral):
+                raise TypeError(f"{name} must be a whole number of pixels, got {type(side).__name__} {side!r}")
+            if side < 1:
+                raise SizeError(f"{name} must be at least 1 pixel, got {side}")
     set_threads(threads)
-    is_pil = not isinstance(image, np.ndarray)
-    if is_pil:
+    is_pil = isinstance(image, Image.Image)
+    if isinstance(image, Image.Image):
+        if image.mode in _OTHER_COLOR_SPACES:
+            raise ValueError(f"image is in mode {image.mode}, which drcn would return as RGB: convert it first, "
+                             'image.convert("RGB")')
         array, mode = pil_to_array(image)
     else:
         array = image
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError("image holds NaN or infinite pixel values (float images must be in [0, 1])")
     if weights is None and method == "drcn":
         weights = model_for_input(getattr(image, "format", None) if is_pil else None)
     upscaler = open_upscaler(weights, device, precision, method=method, tile=tile, recursions=recursions,

@@ -29,7 +29,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,10 +36,7 @@ from .data import downscale, mod_crop_size
 from .datasets import load_image
 from .errors import DrcnError
 from .metrics import SSIM_WINDOW, quantize_8bit, score_y
-from .pipeline import InferenceSettings, ReadyModel, upscale_tensor
-
-if TYPE_CHECKING:
-    from .model import DRCN
+from .pipeline import Upscaler, open_upscaler
 
 __all__ = [
     "BenchError",
@@ -115,24 +111,18 @@ def make_sample(hr: torch.Tensor, scale: float, name: str = "", jpeg: int | None
     return Sample(name, float(scale), cropped, lr, jpeg)
 
 
-def super_resolve(
-    lr: torch.Tensor,
-    scale: float,
-    model: ReadyModel | DRCN | None,
-    settings: InferenceSettings,
-    recursions: int | None = None,
-) -> torch.Tensor:
-    """lr (C, h, w) in [0, 1], C = 1 or 3 -> (C, round(h*s), round(w*s)) on 8-bit levels, on ``settings.device``.
+def super_resolve(lr: torch.Tensor, scale: float, upscaler: Upscaler, recursions: int | None = None) -> torch.Tensor:
+    """lr (C, h, w) in [0, 1], C = 1 or 3 -> (C, round(h*s), round(w*s)) on 8-bit levels, on the upscaler's device.
 
-    ``model`` None is MATLAB bicubic; otherwise the pipeline that ``drcn upscale`` runs (Y through the network,
-    Cb/Cr bicubic), with ``recursions`` (None: the settings' value) of the model's recursions.
+    The upscaler is what ``drcn upscale`` runs (Y through the network, Cb/Cr bicubic; or MATLAB bicubic alone),
+    with ``recursions`` (None: the upscaler's own) of the model's recursions.
     """
     if recursions is not None:
-        settings = dataclasses.replace(settings, recursions=recursions)
+        upscaler = dataclasses.replace(upscaler, settings=dataclasses.replace(upscaler.settings, recursions=recursions))
     size = (round(lr.shape[-2] * scale), round(lr.shape[-1] * scale))
     # An integer factor is passed on, so the resize uses it exactly as MATLAB would; a fractional one goes by size.
     factor = float(scale) if float(scale).is_integer() else None
-    return quantize_8bit(upscale_tensor(lr, size, model, settings, scale=factor))
+    return quantize_8bit(upscaler.upscale_tensor(lr, size, scale=factor))
 
 
 def score_image(sr: torch.Tensor, hr: torch.Tensor, scale: float) -> Score:
@@ -145,51 +135,36 @@ def _mean(scores: Sequence[Score]) -> Score:
 
 
 @torch.no_grad()
-def evaluate(
-    samples: Sequence[Sample], model: ReadyModel | DRCN | None, settings: InferenceSettings
-) -> dict[float, Score]:
-    """Mean PSNR/SSIM of ``model`` (None: bicubic) per scale over ``samples``, in the order the scales come.
-
-    ``model`` is a ReadyModel (drcn_cli.loader.open_model), or a DRCN on ``settings.device`` (its train/eval mode
-    is left as it is; nothing is recorded for autograd, so it can be called between training steps).
-    """
+def evaluate(samples: Sequence[Sample], upscaler: Upscaler) -> dict[float, Score]:
+    """Mean PSNR/SSIM of ``upscaler`` per scale over ``samples``, in the order the scales come. Nothing is recorded
+    for autograd, so training can call it between its steps."""
     if not samples:
         raise BenchError("no images to evaluate")
     scores: dict[float, list[Score]] = {}
     for sample in samples:
-        sr = super_resolve(sample.lr.to(settings.device), sample.scale, model, settings)
+        sr = super_resolve(sample.lr.to(upscaler.settings.device), sample.scale, upscaler)
         scores.setdefault(sample.scale, []).append(score_image(sr.cpu(), sample.hr.cpu(), sample.scale))
     return {scale: _mean(values) for scale, values in scores.items()}
-
-
-def _model_device(model: ReadyModel | DRCN | None) -> torch.device:
-    if model is None:
-        return torch.device("cpu")
-    if isinstance(model, ReadyModel):
-        return model.device
-    return next(model.parameters()).device
 
 
 def evaluate_images(
     images: Sequence[torch.Tensor | str | Path],
     scale: float,
-    model: ReadyModel | DRCN | None = None,
-    settings: InferenceSettings | None = None,
+    upscaler: Upscaler | None = None,
     jpeg: int | None = None,
 ) -> Score:
-    """Mean PSNR/SSIM of ``model`` (None: bicubic) over HR ``images`` at ``scale``, by the paper's protocol.
+    """Mean PSNR/SSIM of ``upscaler`` (None: MATLAB bicubic on the CPU) over HR ``images`` at ``scale``, by the
+    paper's protocol.
 
     Args:
         images: HR images, as (C, H, W) float tensors in [0, 1] on 8-bit levels (C = 1 or 3; see
             :func:`drcn_cli.datasets.load_image`) or as paths to image files.
         scale: 2, 3, 4 ...
-        model: as for :func:`evaluate`.
-        settings: device, precision, tile and recursions; default: the model's device, fp32, automatic tiles,
-            all recursions.
+        upscaler: from :func:`drcn_cli.pipeline.open_upscaler` (its device, precision, tiles and recursions).
         jpeg: a JPEG quality the LR images go through (None: the paper's clean LR).
     """
     if not images:
         raise BenchError("no images to evaluate")
-    settings = settings if settings is not None else InferenceSettings(_model_device(model))
+    upscaler = upscaler if upscaler is not None else open_upscaler(method="bicubic", device="cpu", precision="fp32")
     samples = [make_sample(i if isinstance(i, torch.Tensor) else load_image(i), scale, jpeg=jpeg) for i in images]
-    return evaluate(samples, model, settings)[float(scale)]
+    return evaluate(samples, upscaler)[float(scale)]

@@ -292,6 +292,7 @@ def download_weights(
     """
     entry = known_weights(name)
     _require_checksum(entry)
+    _check_cache_location(name, cache_dir)
     repo, rev = _source(entry, repo_id, revision)
     origin = _origin(entry, repo, rev)
     try:
@@ -310,6 +311,15 @@ def download_weights(
         ) from exc
     _check_or_evict(path, entry, origin)
     return path
+
+
+def _check_cache_location(name: str, cache_dir: str | os.PathLike | None) -> None:
+    """WeightsNotFoundError, before a download is announced or tried, when the hub cache cannot be a folder
+    (HF_HOME or HF_HUB_CACHE naming a file ...): the message says which variable (or --cache-dir) points where."""
+    if (problem := hub.cache_location_problem(cache_dir)) is not None:
+        raise WeightsNotFoundError(
+            f"{name}: cannot download: {problem}; point it to a folder (or unset it), or pass --weights PATH"
+        )
 
 
 def split_source(value: str | os.PathLike | None) -> tuple[str | None, Path | None]:
@@ -398,6 +408,7 @@ def locate_weights(
             f"{name}: not bundled and not in the cache {hub.hub_cache_dir(cache_dir)}, and HF_HUB_OFFLINE=1 "
             f"forbids downloading; run `drcn download-weights {name}` with network access, or pass --weights PATH"
         )
+    _check_cache_location(name, cache_dir)
     repo, rev = _source(entry, repo_id, revision)
     if on_download is not None:
         on_download(

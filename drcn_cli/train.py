@@ -73,7 +73,7 @@ from .device import memory_format as preferred_memory_format
 from .errors import ConfigError, DrcnError
 from .loader import load_model
 from .model import DRCN, DRCNConfig, widen
-from .pipeline import InferenceSettings, open_model
+from .pipeline import open_upscaler
 from .processes import Processes, all_mean, any_process, barrier, join, leave, processes
 from .protocol import BenchError, Sample, Score, evaluate, make_sample, min_image_side
 from .train_config import RECIPE_FIELDS, TrainConfig, check_config, jpeg_range
@@ -281,8 +281,30 @@ def jpeg_step(cfg: TrainConfig) -> JpegStep | None:
     return JpegStep(jpeg_range(cfg.jpeg_quality), cfg.jpeg_clean, cfg.jpeg_copies, cfg.seed)
 
 
+def _write_problem(path: Path, folder: bool) -> str | None:
+    """Why the file (or, with ``folder``, the folder) ``path`` could not be written, or None: the nearest existing
+    folder at or above the place must be one this process may write in (a missing folder below it is created)."""
+    above = Path(os.path.abspath(path))
+    if not folder or not os.path.isdir(above):
+        above = above.parent
+    while not os.path.isdir(above):
+        if os.path.lexists(above):
+            return f"{above} is not a folder"
+        above = above.parent
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"the folder {above} is not writable"
+    return None
+
+
 def _check_targets(cfg: TrainConfig) -> None:
-    """Refuse, before anything is written, to replace files this run does not own."""
+    """Refuse, before anything is written, to replace files this run does not own, or to start a run whose
+    weights, checkpoints or pack could not be written where they go."""
+    targets = [(cfg.out, False, "the weights"), (cfg.checkpoint_dir, True, "checkpoints")]
+    if cfg.pack and not Path(cfg.pack).is_file():
+        targets.append((cfg.pack, False, "the pack"))
+    for target, is_folder, what in targets:
+        if target and (problem := _write_problem(Path(target), is_folder)) is not None:
+            raise CheckpointError(f"{target}: cannot write {what} there: {problem}")
     if cfg.out and Path(cfg.out).exists():
         if Path(cfg.out).is_dir():
             raise CheckpointError(f"{cfg.out}: is a folder, expected a .safetensors file path")
@@ -657,7 +679,12 @@ def _loop(run: _Run, wall_start: float, should_stop: Callable[[], bool] | None) 
         stop_asked = should_stop is not None and should_stop()
         if stop_asked and not run.procs.distributed:
             run.stop = run.step
-        if run.step % cfg.log_every == 0 or run.step == run.stop:
+        logging = run.step % cfg.log_every == 0 or run.step == run.stop
+        checkpointing = bool(cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0)
+        validating = bool(run.data.val_samples and cfg.val_every and run.step % cfg.val_every == 0)
+        if logging or checkpointing or validating:  # before anything is logged, scored or written
+            _check_finite(run)
+        if logging:
             _log_window(run, lr, alpha, wall_start, stop_asked)
         finishing = run.step == run.stop  # the last step, or a stop (time limit, --stop-at, Ctrl-C) before it
         if run.data.val_samples and ((cfg.val_every and run.step % cfg.val_every == 0) or finishing):
@@ -666,6 +693,33 @@ def _loop(run: _Run, wall_start: float, should_stop: Callable[[], bool] | None) 
             if not run.data.val_samples:
                 _export(run, None)
             _save_checkpoint(run)
+
+
+def _check_finite(run: _Run) -> None:
+    """TrainingError when a weight of the model (or of its moving average), this log window's loss, or the
+    network's output on a small probe is NaN or infinite: the run stops before such weights are validated,
+    exported or checkpointed, so no file holds them (the probe catches weights that are still finite but so large
+    that the next step's output overflows). One device sync; called at the steps that log, validate or write."""
+    networks = [("the weights", run.model), *([("the averaged weights", run.ema)] if run.ema is not None else [])]
+    probe = torch.full((1, 1, 8, 8), 0.5, device=run.device)
+    with torch.no_grad():
+        outputs = [network(probe) for _, network in networks]
+    tensors = [*(p for _, network in networks for p in network.parameters()), *outputs]
+    if run.sums is not None:
+        tensors.append(run.sums)
+    if bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        return
+    what = "the loss (or the gradient norm)"
+    for (label, network), output in zip(reversed(networks), reversed(outputs), strict=True):
+        if not bool(torch.isfinite(output).all()):
+            what = f"the network's output ({label} are finite, but too large)"
+        broken = next((name for name, p in network.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if broken is not None:
+            what = f"{label} ({broken} first)"
+    raise TrainingError(
+        f"training diverged: {what} became NaN or infinite by step {run.step}; nothing of it was written. "
+        f"Lower the learning rate (lr {run.cfg.lr:g}) or keep --grad-clip on"
+    )
 
 
 def _step(run: _Run, params: Sequence[torch.Tensor]) -> tuple[float, float]:
@@ -727,10 +781,9 @@ def _validate(run: _Run) -> None:
     """Score the model on the validation images (main process); a new best is exported."""
     if run.procs.main:
         t = time.perf_counter()
-        ready = open_model(_scored(run), run.device, run.precision)  # a copy, as `drcn upscale` runs it
-        settings = InferenceSettings(run.device, run.precision)
-        scores = evaluate(run.data.val_samples, ready, settings)
-        jpeg_scores = evaluate(run.data.val_jpeg_samples, ready, settings) if run.data.val_jpeg_samples else {}
+        upscaler = open_upscaler(_scored(run), run.device, run.precision)  # a copy, as `drcn upscale` runs it
+        scores = evaluate(run.data.val_samples, upscaler)
+        jpeg_scores = evaluate(run.data.val_jpeg_samples, upscaler) if run.data.val_jpeg_samples else {}
         by_psnr = {scale: score.psnr for scale, score in scores.items()}
         by_ssim = {scale: score.ssim for scale, score in scores.items()}
         cells = [*by_psnr.values(), *(score.psnr for score in jpeg_scores.values())]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .weights import MAX_FEATURES, MAX_RECURSIONS
 
 __all__ = [
     "LOSSES",
@@ -25,6 +26,7 @@ __all__ = [
     "jpeg_range",
     "read_recipe",
     "recipe_options",
+    "value_problem",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -32,6 +34,8 @@ SCHEDULES = ("cosine", "constant")
 LOSSES = ("l2", "l1")
 PRECISIONS = ("auto", "fp32", "bf16")
 WIDENINGS = ("split", "signed", "fresh")  # drcn_cli.model.WIDEN_METHODS, repeated so that start-up needs no torch
+MAX_SCALE = 32.0  # drcn_cli.pipeline.MAX_SCALE, the largest factor `drcn upscale` takes, repeated for the same reason
+MAX_BATCH = 65536  # patches per step: far above any GPU's need, below what would exhaust memory drawing the batch
 
 
 # The `drcn train` options are generated from these fields' metadata (plain data; see drcn_cli.cli.train):
@@ -87,11 +91,12 @@ class TrainConfig:
         "channels from zero, which stayed near zero in a CPU run).", _MODEL,
         choices=WIDENINGS))
     features: int = field(default=256, metadata=_cli(
-        "Filters per conv (default: {default}, or --init's).", _MODEL, short="-F", min=1))
+        "Filters per conv (default: {default}, or --init's).", _MODEL, short="-F", min=1, max=MAX_FEATURES))
     recursions: int = field(default=16, metadata=_cli(
-        "Recursions (default: {default}, or --init's).", _MODEL, short="-D", min=1))
+        "Recursions (default: {default}, or --init's).", _MODEL, short="-D", min=1, max=MAX_RECURSIONS))
     # optimisation
-    batch_size: int = field(default=64, metadata=_cli("Patches per step, all processes.", _MODEL, short="-b", min=1))
+    batch_size: int = field(default=64, metadata=_cli("Patches per step, all processes.", _MODEL, short="-b", min=1,
+                                                      max=MAX_BATCH))
     steps: int = field(default=30000, metadata=_cli("Total optimiser steps.", _MODEL, min=1))
     lr: float = field(default=2e-4, metadata=_cli("Peak learning rate.", _MODEL, min=0.0))
     lr_min: float = field(default=2e-6, metadata=_cli("Final learning rate of the cosine.", _MODEL, min=0.0))
@@ -115,7 +120,7 @@ class TrainConfig:
     alpha_end: float = 0.0
     alpha_decay: float = field(default=0.25, metadata=_cli(
         "alpha goes from 1 to 0 over this fraction of the steps.", _MODEL, min=0.0, max=1.0))
-    seed: int = field(default=0, metadata=_cli("Random seed of the initialisation and the batches.", _MODEL))
+    seed: int = field(default=0, metadata=_cli("Random seed of the initialisation and the batches.", _MODEL, min=0))
     # run
     out: str | None = field(default=None, metadata=_cli(
         "Exported weights (.safetensors): the best validated, or the latest without --val.", _RUN, short="-o",
@@ -129,20 +134,24 @@ class TrainConfig:
     checkpoint_every: int = field(default=1000, metadata=_cli(
         "Checkpoint every N steps (and at the end).", _RUN, min=0))
     log_every: int = field(default=25, metadata=_cli("Log line every N steps.", _RUN, min=1))
-    # seconds here, minutes on the command line; checked every log_every steps, then checkpoint and stop
+    # seconds here, minutes on the command line; checked every log_every steps, then checkpoint and stop. No min
+    # here: value_problem refuses 0 and below for the option and a recipe alike (the Python API may give 0: stop
+    # at the first log step)
     time_limit: float | None = field(default=None, metadata=_cli(
-        "Minutes; then checkpoint and stop (continue with --resume).", _RUN, min=0.0))
+        "Minutes; then checkpoint and stop (continue with --resume).", _RUN))
     stop_at: int | None = field(default=None, metadata=_cli(  # a later --resume continues
         "Stop after this step (continue with --resume).", _RUN, min=1))
     device: str = field(default="auto", metadata=_cli("auto, cpu, cuda, cuda:N, mps.", _RUN))
     precision: str = field(default="auto", metadata=_cli(
         "auto (bf16 on CUDA and on CPUs with bf16 units, else fp32), fp32, bf16.", _RUN, choices=PRECISIONS))
-    threads: int | None = field(default=None, metadata=_cli(
-        "CPU threads for torch (default: torch's).", _RUN, min=0))
+    threads: int | None = field(default=None, metadata=_cli(  # at most drcn_cli.device.max_threads()
+        "CPU threads for torch, at most 4 per CPU (default: torch's).", _RUN, min=0))
     # allow replacing an existing `out` / checkpoint that this run did not resume
     overwrite: bool = field(default=False, metadata=_cli(
         "Replace an existing --out or checkpoint of another run.", _RUN))
 
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 # Fields that define the optimisation path: a resumed run must keep them, or it would not continue the same run.
 RECIPE_FIELDS = (
@@ -165,9 +174,64 @@ def jpeg_range(text: str) -> tuple[int, int]:
     return bounds
 
 
+# Bounds that a field's min/max cannot say (an open end), or that the help need not show: low (excluded), high
+# (included) and what they say.
+_BOUNDS: dict[str, tuple[float, float, str]] = {
+    "scales": (1.0, MAX_SCALE, f"must be above 1 and at most {MAX_SCALE:g}"),
+    "downscales": (0.0, 1.0, "must be above 0 and at most 1"),
+    "lr": (0.0, math.inf, "must be positive"),
+    "time_limit": (0.0, math.inf, "must be positive"),
+    "seed": (-1, 2**64 - 1, "must be a whole number from 0 to 2**64 - 1"),  # what torch.manual_seed takes
+}
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
+def value_problem(name: str, value: Any, *, api: bool = False) -> str | None:
+    """Why ``value`` cannot be the TrainConfig field ``name``, as a phrase about the value ("must be a finite
+    number, got inf"), or None; each item of a tuple is checked. NaN and infinities, an empty string, a value
+    outside the field's min/max or its bounds are refused; None and flags pass (the field's own default). With
+    ``api`` (a TrainConfig built in Python) a time_limit of 0 passes: it stops the run at its first log step.
+
+    The one check of a value: :func:`check_config` (the Python API, a resumed run), :func:`recipe_options` (a
+    ``--config`` file, naming it) and `drcn train`'s options (naming the option) all call it. CPU threads are
+    bounded by the machine: :func:`drcn_cli.device.threads_problem`.
+    """
+    metadata = _FIELDS[name].metadata
+    low, high = metadata.get("min"), metadata.get("max")
+    bounds = _BOUNDS.get(name)
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, str):
+            if not item:
+                return "must not be empty (an unset shell variable?)"
+            continue
+        if not isinstance(item, (int, float)):
+            continue  # another type: the checks below, or the run, say what is wrong with it
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"must be a finite number, got {item}"
+        if low is not None and item < low:
+            return f"must be >= {_shown(low)}, got {_shown(item)}"
+        if high is not None and item > high:
+            return f"must be <= {_shown(high)}, got {_shown(item)}"
+        stop_at_once = api and name == "time_limit" and item == 0
+        if bounds is not None and not bounds[0] < item <= bounds[1] and not stop_at_once:
+            return f"{bounds[2]}, got {_shown(item)}"
+    return None
+
+
 def check_config(cfg: TrainConfig) -> None:
     """ConfigError (a usage error) naming the first option of ``cfg`` that cannot work."""
-    problems = []
+    problems = [
+        f"{field.name} {problem}"
+        for field in dataclasses.fields(cfg)
+        if (problem := value_problem(field.name, getattr(cfg, field.name), api=True)) is not None
+    ]
+    if problems:  # a value that cannot be: the checks below would compare it
+        raise ConfigError(problems[0])
     if not cfg.data and not cfg.pack:
         problems.append("no training data (give data folders or a pack)")
     if not cfg.scales or any(not math.isfinite(s) or s <= 1 for s in cfg.scales):
@@ -233,7 +297,8 @@ def _fits(value: Any, annotation: str) -> bool:
 
 def recipe_options(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     """TrainConfig fields from a recipe's table (keys as the fields, ``-`` allowed for ``_``; lists become
-    tuples). Raises ConfigError naming ``source`` and the first key that is unknown or of the wrong type."""
+    tuples). Raises ConfigError naming ``source`` and the first key that is unknown, of the wrong type, or of a
+    value that cannot work (:func:`value_problem`: ``lr = inf``, ``time_limit = -1`` ...)."""
     fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     options = {}
     for key, value in values.items():
@@ -244,7 +309,13 @@ def recipe_options(values: Mapping[str, Any], source: str) -> dict[str, Any]:
         if not _fits(value, fields[name]):
             raise ConfigError(f"{source}: {key!r} should be {_TOML_TYPES[fields[name]][1]}, got {value!r}")
         if fields[name].startswith(("float", "tuple[float")):  # TOML's 2 is an int; the field holds floats
-            value = [float(v) for v in value] if isinstance(value, list) else float(value)
+            try:
+                value = [float(v) for v in value] if isinstance(value, list) else float(value)
+            except OverflowError:  # an integer beyond any float (TOML's integers have no limit here)
+                raise ConfigError(f"{source}: {key!r} must be a finite number, got an integer beyond any "
+                                  "float") from None
+        if (problem := value_problem(name, value)) is not None:
+            raise ConfigError(f"{source}: {key!r} {problem}")
         options[name] = tuple(value) if isinstance(value, list) else value
     return options
 
@@ -262,4 +333,9 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not a TOML recipe ({exc})") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise ConfigError(f"{path}: not a TOML recipe (nested too deeply)") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text; tomllib decodes the whole file first
+        raise ConfigError(f"{path}: not a TOML recipe (not UTF-8 text: byte {exc.start} is "
+                          f"0x{exc.object[exc.start]:02x})") from None
     return recipe_options(values, str(path))

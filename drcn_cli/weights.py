@@ -8,6 +8,7 @@ torch.compile add), and refuses anything that is not a DRCN with a :class:`Weigh
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled, so finding fil
 __all__ = [
     "BUNDLED_DIR",
     "DEFAULT_MODELS",
+    "MAX_FEATURES",
+    "MAX_RECURSIONS",
     "WeightsError",
     "bundled_weights",
     "canonical_state_dict",
@@ -41,6 +44,13 @@ _EXPECTED_KEYS = {
     for layer in ("embed1", "embed2", "recursive", "recon1", "recon2")
     for kind in ("weight", "bias")
 } | {"ensemble_logits"}
+_CONVS = ("embed1", "embed2", "recursive", "recon1", "recon2")
+
+# The largest network a weights file (and a training run) may describe. The paper's model is F=256, D=16 (it
+# measured D up to 20); a file claiming more, e.g. an ensemble_logits of 2000 entries, would make a tiny image run
+# for minutes, so it is refused rather than believed.
+MAX_FEATURES = 1024
+MAX_RECURSIONS = 64
 
 
 def _bundled_dir() -> Path:
@@ -89,8 +99,14 @@ def flush_tiny(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+def _majority(values: list[int]) -> int:
+    """The most common of ``values``; on a tie, the first given (the recursive conv's, the core of the network)."""
+    return Counter(values).most_common(1)[0][0]
+
+
 def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
-    """F, D and the kernel size from tensor shapes; raises WeightsError if the tensors are not a DRCN."""
+    """F, D and the kernel size from tensor shapes; raises WeightsError naming the tensor that is not a DRCN's
+    (of another type than floating point, another rank or shape), or a size over MAX_FEATURES / MAX_RECURSIONS."""
     missing = sorted(_EXPECTED_KEYS - state.keys())
     unexpected = sorted(state.keys() - _EXPECTED_KEYS)
     if missing or unexpected:
@@ -105,25 +121,40 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
         raise WeightsError(f"not DRCN weights ({detail})")
     from .model import DRCNConfig
 
-    # F and the kernel size come from the shared recursive conv, the core of the network, so that a layer of
-    # another shape is the one named in the error.
-    recursive, logits = state["recursive.weight"], state["ensemble_logits"]
-    if recursive.dim() != 4 or logits.dim() != 1:
-        raise WeightsError(f"not DRCN weights (recursive.weight has shape {tuple(recursive.shape)})")
-    features, in_channels, k, k2 = recursive.shape
-    recursions = logits.shape[0]
-    if features != in_channels or k != k2 or k % 2 == 0 or recursions < 1:
-        raise WeightsError(f"not DRCN weights (recursive.weight has shape {tuple(recursive.shape)})")
+    for key in sorted(state):
+        value = state[key]
+        if not value.is_floating_point():
+            raise WeightsError(f"not DRCN weights ({key} holds {str(value.dtype).removeprefix('torch.')} values, "
+                               "expected floating point)")
+        rank = 4 if key.endswith(".weight") else 1
+        if value.dim() != rank:
+            raise WeightsError(f"not DRCN weights ({key} has shape {tuple(value.shape)}, expected {rank} dimensions)")
+    # F and the kernel size are what most layers agree on (the recursive conv's on a tie), so that the one layer of
+    # another shape is the one named, whichever it is.
+    weights = {name: tuple(state[f"{name}.weight"].shape) for name in _CONVS}
+    k = _majority([shape[2] for shape in (weights["recursive"], *weights.values())])
+    features = _majority([
+        *weights["recursive"][:2], *weights["embed2"][:2], *weights["recon1"][:2], weights["embed1"][0],
+        weights["recon2"][1], *(state[f"{name}.bias"].shape[0] for name in _CONVS if name != "recon2"),
+    ])  # fmt: skip
+    recursions = state["ensemble_logits"].shape[0]
+    if k % 2 == 0:
+        raise WeightsError(f"not DRCN weights (kernels of {k}x{k}: a DRCN's are odd, 3x3)")
+    if not 1 <= features <= MAX_FEATURES:
+        raise WeightsError(f"not DRCN weights (F={features} filters; drcn reads 1 to {MAX_FEATURES})")
+    if not 1 <= recursions <= MAX_RECURSIONS:
+        raise WeightsError(f"not DRCN weights (ensemble_logits holds {recursions} entries, so D={recursions} "
+                           f"recursions; drcn reads 1 to {MAX_RECURSIONS})")
     config = DRCNConfig(features=int(features), recursions=int(recursions), kernel_size=int(k))
     shapes = {
+        "recursive.weight": (features, features, k, k),
         "embed1.weight": (features, 1, k, k),
         "embed2.weight": (features, features, k, k),
-        "recursive.weight": (features, features, k, k),
         "recon1.weight": (features, features, k, k),
         "recon2.weight": (1, features, k, k),
+        "recursive.bias": (features,),
         "embed1.bias": (features,),
         "embed2.bias": (features,),
-        "recursive.bias": (features,),
         "recon1.bias": (features,),
         "recon2.bias": (1,),
         "ensemble_logits": (recursions,),
@@ -132,7 +163,7 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor]) -> DRCNConfig:
         if tuple(state[key].shape) != shape:
             raise WeightsError(
                 f"inconsistent DRCN weights: {key} has shape {tuple(state[key].shape)}, "
-                f"expected {shape} for F={features}, D={recursions}"
+                f"expected {shape} for F={features}, D={recursions}, {k}x{k} kernels"
             )
     return config
 

@@ -309,3 +309,151 @@ def test_missing_folders_are_created_and_a_file_in_their_way_is_reported(tmp_pat
     (tmp_path / "file").write_text("x")
     with pytest.raises(WriteError, match="a file is in the way"):
         write_atomic(tmp_path / "file" / "out.bin", b"1", overwrite=False)
+
+
+# ------------------------------------------------------------------------------ links that lead nowhere, leftovers
+
+
+def test_a_link_is_named_with_where_it_leads_and_a_stream_hint_only_for_streams(tmp_path):
+    (tmp_path / "file.txt").write_text("kept")
+    links = {
+        "dangling": ("nowhere/x.png", "(to nowhere/x.png, which does not exist): drcn replaces only regular files"),
+        "through-a-file": ("file.txt/x.png", "(to file.txt/x.png, which cannot exist: a file is in the way of its "
+                           "folder): drcn replaces only regular files"),
+        "loop": ("loop", "(to loop, a loop of links that leads nowhere): drcn replaces only regular files"),
+        "to-a-file": ("file.txt", "(to file.txt): drcn replaces only regular files"),
+        "to-null": ("/dev/null", "(to /dev/null): drcn replaces only regular files (use - for a stream)"),
+    }
+    for name, (target, said) in links.items():
+        link = tmp_path / name if name != "loop" else tmp_path / "loop"
+        link.symlink_to(target)
+        expected = f"{link} is a symbolic link {said}"
+        assert atomic.non_regular_reason(link) == expected  # what a planner says before any work ...
+        for overwrite in (False, True):
+            with pytest.raises(NotRegularFileError) as raised:  # ... is what the writer says
+                write_atomic(link, b"new", overwrite=overwrite)
+            assert str(raised.value) == expected
+            assert "meanwhile" not in str(raised.value)
+        assert os.readlink(link) == target  # untouched
+    assert (tmp_path / "file.txt").read_text() == "kept" and not (tmp_path / "nowhere").exists()
+    assert atomic.non_regular_reason(tmp_path / "file.txt") is None
+    assert atomic.non_regular_reason(tmp_path / "missing.png") is None
+    assert atomic.non_regular_reason(tmp_path / ("n" * 300)) is None  # a name too long is another error
+
+
+def test_folder_problem_names_what_stands_in_the_way(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert atomic.folder_problem(tmp_path / "new" / "deeper") is None
+    assert atomic.folder_problem(tmp_path) is None
+    assert atomic.folder_problem(tmp_path / "file" / "hub") == f"{tmp_path / 'file'} is a file, not a folder"
+    assert atomic.folder_problem(tmp_path / "file") == f"{tmp_path / 'file'} is a file, not a folder"
+    assert atomic.folder_problem(tmp_path / "dangling" / "hub") == (
+        f"{tmp_path / 'dangling'} is a symbolic link (to {tmp_path / 'nowhere'}, which does not exist), where a "
+        "folder should be"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "file"]  # nothing created
+
+
+_HOLDER = r"""
+import os, sys, time
+from pathlib import Path
+from drcn_cli.atomic import write_atomic
+
+def writer(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"\x89PNG" + os.urandom(4 << 20))  # a large image, half written
+        f.flush()
+        print(tmp.name, flush=True)
+        time.sleep(600)
+
+write_atomic(Path(sys.argv[1]) / "big.png", writer, overwrite=False)
+"""
+
+
+def _start_writer(folder: Path):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    name = process.stdout.readline().strip()
+    assert TEMPORARY.fullmatch(name), name
+    return process, folder / name
+
+
+@pytest.mark.skipif(atomic.fcntl is None or not os.path.isdir("/proc/self/fd"), reason="flock and /proc (Linux)")
+def test_a_later_run_removes_the_temporaries_of_killed_writers_and_nothing_else(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    killed, killed_tmp = _start_writer(folder)
+    live, live_tmp = _start_writer(folder)
+    killed.send_signal(signal.SIGKILL)  # as the OOM killer or a power cut: no clean-up of its own
+    killed.wait()
+    assert killed_tmp.exists() and live_tmp.exists()
+    # What must stay: names of other patterns, a folder and a link named like a temporary, and a temporary that a
+    # live process holds open without a lock (an older drcn, a viewer).
+    kept = {".drcn-zzzzzzzz.tmp", ".drcn-0123abcd.tmp.keep", "drcn-0123abcd.tmp", ".drcn-0123abcd.TMP",
+            ".drcn-0123abcde.tmp", "photo.png"}
+    for name in kept:
+        (folder / name).write_bytes(b"mine")
+    (folder / ".drcn-aaaaaaaa.tmp").mkdir()
+    (folder / ".drcn-bbbbbbbb.tmp").symlink_to(folder / "photo.png")
+    held = folder / ".drcn-cccccccc.tmp"
+    held.write_bytes(b"open elsewhere")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; f = open(sys.argv[1], 'rb'); "
+                               "print('open', flush=True); time.sleep(600)", str(held)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "open"
+    time.sleep(0.05)  # every leftover strictly older than the later run
+    try:
+        later = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from drcn_cli.atomic import write_atomic; "
+             "write_atomic(Path(sys.argv[1]) / 'new.png', b'png', overwrite=False)", str(folder)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert later.returncode == 0, later.stderr
+        assert not killed_tmp.exists()  # the killed writer's leftover is gone ...
+        assert live_tmp.exists() and held.exists()  # ... the live writer's and the one held open are not
+        left = {p.name for p in folder.iterdir()}
+        assert left == kept | {live_tmp.name, held.name, ".drcn-aaaaaaaa.tmp", ".drcn-bbbbbbbb.tmp", "new.png"}
+        assert (folder / "photo.png").read_bytes() == b"mine" and (folder / ".drcn-bbbbbbbb.tmp").is_symlink()
+    finally:
+        for process in (live, holder):
+            process.kill()
+            process.wait()
+            process.stdout.close()
+        killed.stdout.close()
+
+
+@pytest.mark.skipif(atomic.fcntl is None, reason="flock")
+def test_only_temporaries_older_than_the_run_and_unlocked_are_stale(tmp_path):
+    import fcntl
+    import time
+
+    old, new, locked = (tmp_path / f".drcn-{n}.tmp" for n in ("00000001", "00000002", "00000003"))
+    for path in (old, new, locked):
+        path.write_bytes(b"x")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    os.utime(locked, (time.time() - 3600, time.time() - 3600))
+    started = time.time() - 60  # `new` was written after this run began: another run's, maybe not yet locked
+    with open(locked, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live writer holds its temporary
+        assert atomic.remove_stale_temporaries(tmp_path, before=started) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [new.name, locked.name]
+    assert atomic.remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_the_writer_holds_its_temporary_locked_until_it_is_published(tmp_path):
+    seen = []
+
+    def writer(tmp: Path) -> None:
+        tmp.write_bytes(b"data")
+        seen.append(atomic.remove_stale_temporaries(tmp_path, before=float("inf")))  # a sweep meanwhile
+
+    assert write_atomic(tmp_path / "out.bin", writer, overwrite=False) == 4
+    assert seen == [[]] and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]

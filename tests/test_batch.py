@@ -328,3 +328,104 @@ def test_a_glob_across_folders_mirrors_the_tree_below_its_fixed_part(tmp_path, m
     assert sorted(str(j.output) for j in jobs) == ["out2/a/x.png", "out2/b/x.png"]
     beside = plan_jobs(sources, OutputPlan(scale_label="x2"))
     assert sorted(str(j.output) for j in beside) == ["shots/a/x_x2.png", "shots/b/x_x2.png"]
+
+
+# ------------------------------------------------------------------------------------------ hostile names
+
+
+def test_names_the_file_system_cannot_hold_are_one_problem_each(tmp_path):
+    long_input = touch(tmp_path / ("a" * 251 + ".png"))  # 255 bytes: exists; its output name would not fit
+    missing = tmp_path / ("m" * 300 + ".png")
+    accents = tmp_path / ("é" * 126 + ".png")  # 130 characters, 256 bytes
+    deep = tmp_path / "/".join(["d" * 200] * 25) / "x.png"  # every name fits, the path (over 4096 bytes) does not
+    sources, problems = expand_inputs([str(long_input), str(missing), str(accents), str(deep)])
+    assert [s.path for s in sources] == [long_input]
+    reasons = {p.input: p.reason for p in problems}
+    assert reasons[str(missing)].startswith("no such file or folder (name too long for the file system: 'mmmm")
+    assert "(304 bytes), where the most is 255 bytes" in reasons[str(missing)]
+    assert "(256 bytes)" in reasons[str(accents)]
+    assert reasons[str(deep)].startswith("no such file or folder (path too long for the system")
+
+    (job,) = plan_jobs(sources, OutputPlan(scale_label="x2_bicubic"))  # beside: a_..._x2_bicubic.png, 266 bytes
+    assert job.error.startswith("cannot write the output: name too long for the file system: 'aaaa")
+    assert "(266 bytes), where the most is 255 bytes (give a shorter -o or --suffix)" in job.error
+    (job,) = plan_jobs(sources, OutputPlan(output=str(tmp_path / "out") + "/"))  # same name in a folder: fits
+    assert job.error is None and job.output == tmp_path / "out" / long_input.name
+    (job,) = plan_jobs(sources, OutputPlan(output=str(tmp_path / "new" / "deeper") + "/", suffix="_big"))
+    assert job.error.startswith("cannot write the output: name too long")  # its folders do not exist yet
+    assert not (tmp_path / "new").exists()
+    good, _ = expand_inputs([str(touch(tmp_path / "good.png"))])
+    (job,) = plan_jobs(good, OutputPlan(output=str(tmp_path / ("o" * 252 + ".png"))))  # -o of 256 bytes
+    assert job.error.startswith("cannot write the output: name too long") and "(256 bytes)" in job.error
+    (job,) = plan_jobs(good, OutputPlan(output=str(tmp_path / ("f" * 256)), suffix="_x2"))  # as a folder
+    assert job.error.startswith("cannot write the output: name too long") and "'ffff" in job.error
+
+
+def test_empty_and_nul_names_name_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    touch(tmp_path / "a.png")
+    sources, problems = expand_inputs(["", "a\0b.png", "a.png"])  # "" is not "." (the current folder)
+    assert [s.path for s in sources] == [Path("a.png")]
+    assert [p.reason for p in problems] == ["no such file or folder (an empty name)",
+                                            "no such file or folder (the name holds a NUL byte, which no file name "
+                                            "can)"]  # fmt: skip
+    for output in ("", "out\0.png"):
+        with pytest.raises(UsageError, match="-o names nothing"):
+            plan_jobs(sources, OutputPlan(output=output))
+
+
+def test_links_that_loop_are_no_traceback(tmp_path):
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    image = touch(tmp_path / "in" / "a.png")
+    sources, problems = expand_inputs([str(tmp_path / "loop.png"), str(image)])
+    assert problems == [] and len(sources) == 2  # a named file is tried; reading it fails in one line
+    jobs = plan_jobs(sources[1:], OutputPlan(output=str(tmp_path / "loop.png")))
+    assert jobs[0].error == (f"{tmp_path / 'loop.png'} is a symbolic link (to loop.png, a loop of links that leads "
+                             "nowhere): drcn replaces only regular files")  # fmt: skip
+
+
+def test_a_link_that_leads_nowhere_as_the_output_is_refused_while_planning(tmp_path):
+    image = touch(tmp_path / "a.png")
+    link = tmp_path / "out.png"
+    link.symlink_to(tmp_path / "nowhere" / "x.png")
+    sources, _ = expand_inputs([str(image)])
+    for plan in (OutputPlan(output=str(link)), OutputPlan(output=str(link), overwrite=True),
+                 OutputPlan(output=str(link), skip_existing=True)):  # fmt: skip
+        (job,) = plan_jobs(sources, plan)
+        assert job.error == (f"{link} is a symbolic link (to {tmp_path / 'nowhere' / 'x.png'}, which does not "
+                             "exist): drcn replaces only regular files")  # fmt: skip
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_outputs_of_drcn_in_the_folder_written_into_are_not_inputs(tmp_path):
+    import numpy as np
+
+    from drcn_cli.imageio import encode_image
+
+    folder = tmp_path / "same"
+    pixels = np.zeros((4, 5, 3), np.uint8)
+    ours = {"a_x2.png": "PNG", "b_x2.jpg": "JPEG", "c_x3.webp": "WEBP", "d.tif": "TIFF"}  # any name: the mark counts
+    for name, fmt in ours.items():
+        touch(folder / name, encode_image(pixels, fmt))
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    for name in ("a.png", "photo_x2.png"):  # the user's images, whatever their names say
+        touch(folder / name, buffer.getvalue())
+    touch(folder / "sub" / "e_x2.png", encode_image(pixels, "PNG"))
+
+    def inputs(typed, **plan):
+        sources, _ = expand_inputs(typed, recursive=True)
+        return sorted(str(j.source.path.relative_to(folder)) for j in plan_jobs(sources, OutputPlan(**plan)))
+
+    users = ["a.png", "photo_x2.png"]
+    assert inputs([str(folder)], output=str(folder)) == users  # written into itself
+    assert inputs([f"{folder}/*"], output=str(folder)) == users  # a glob
+    assert inputs([f"{folder}/*.*"]) == users  # a glob, beside the inputs
+    assert inputs([str(folder)], output=str(folder), suffix="_big", fmt="tiff") == users  # other options
+    every = sorted([*ours, *users, "sub/e_x2.png"])
+    assert inputs([str(folder)], output=str(tmp_path / "elsewhere")) == every  # results upscaled again elsewhere
+    assert inputs([str(folder / "a_x2.png")], output=str(folder)) == ["a_x2.png"]  # named: the user asks for it

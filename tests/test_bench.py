@@ -16,12 +16,17 @@ from drcn_cli import bench
 from drcn_cli.bench import parse_recursions, run_bench
 from drcn_cli.datasets import Dataset, DatasetError, find_benchmark, load_image, resolve_dataset
 from drcn_cli.model import DRCN, DRCNConfig
-from drcn_cli.pipeline import InferenceSettings, upscale_image
+from drcn_cli.pipeline import open_upscaler, upscale_image
 from drcn_cli.protocol import BenchError, degrade, evaluate_images, score_image, super_resolve
 from drcn_cli.published import published
 
 DATASETS = datasets_root()  # the benchmark datasets, where the environment has them (tests/testdata.py)
-CPU = InferenceSettings(torch.device("cpu"))
+BICUBIC = open_upscaler(method="bicubic", device="cpu", precision="fp32")
+
+
+def upscaler(model, **settings):
+    """``model`` (a DRCN) as the upscaler drcn runs, on the CPU in fp32."""
+    return open_upscaler(model, "cpu", "fp32", **settings)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def folder_dataset(root: Path, name: str = "mine", sizes=((40, 36), (33, 45)), b
 @needs_datasets("Set5", "Set14")
 def test_bicubic_reproduces_the_papers_row_on_set5_and_set14():
     sets = [resolve_dataset(name, DATASETS, download=False) for name in ("Set5", "Set14")]
-    report = run_bench(sets, (2, 3, 4), None, CPU)
+    report = run_bench(sets, (2, 3, 4), BICUBIC)
     assert len(report.sets) == 6
     for s in report.sets:
         paper = published("Bicubic", s.dataset, s.scale)
@@ -116,7 +121,7 @@ def test_evaluate_images_is_the_mean_of_per_image_scores(tmp_path):
     per_image = []
     for image in images:
         hr, lr = degrade(image, 2)
-        sr = super_resolve(lr, 2, None, CPU)
+        sr = super_resolve(lr, 2, BICUBIC)
         per_image.append(score_image(sr, hr, 2))
     mean = evaluate_images(images, 2)
     assert mean.psnr == pytest.approx(np.mean([s.psnr for s in per_image]), abs=1e-12)
@@ -137,11 +142,11 @@ def test_evaluate_images_with_a_model_runs_the_network(model):
         sr = upscale_image(lr_pixels, 2, weights=model, device="cpu", precision="fp32", recursions=recursions)
         return score_image(torch.from_numpy(sr).permute(2, 0, 1).float() / 255, hr, 2).psnr
 
-    drcn = evaluate_images(images, 2, model)
+    drcn = evaluate_images(images, 2, upscaler(model))
     bicubic = evaluate_images(images, 2)
     assert drcn.psnr == pytest.approx(upscaled_score(3), abs=1e-9)
     assert abs(drcn.psnr - bicubic.psnr) > 0.01 and drcn.psnr > 20  # a small change, not a wreck
-    fewer = evaluate_images(images, 2, model, InferenceSettings(torch.device("cpu"), recursions=1))
+    fewer = evaluate_images(images, 2, upscaler(model, recursions=1))
     assert fewer.psnr == pytest.approx(upscaled_score(1), abs=1e-9)
     assert abs(fewer.psnr - drcn.psnr) > 0.01
 
@@ -152,7 +157,7 @@ def test_evaluate_images_with_a_model_runs_the_network(model):
 def test_run_bench_sweep_saves_what_upscale_produces(tmp_path, model):
     ds = folder_dataset(tmp_path)
     events = []
-    report = run_bench([ds], (2, 3), model, CPU, (1, 3), tmp_path / "out", events.append)
+    report = run_bench([ds], (2, 3), upscaler(model), (1, 3), tmp_path / "out", events.append)
     assert report.method == "drcn"
     assert [(s.scale, s.recursions) for s in report.sets] == [(2, 1), (2, 3), (3, 1), (3, 3)]
     assert all(s.paper is None and s.psnr_delta is None and s.images == 2 for s in report.sets)
@@ -175,7 +180,7 @@ def test_run_bench_sweep_saves_what_upscale_produces(tmp_path, model):
 
 def test_run_bench_puts_the_papers_numbers_beside_a_known_dataset(tmp_path, model):
     ds = folder_dataset(tmp_path, "Set5", benchmark=find_benchmark("Set5"))
-    report = run_bench([ds], (4,), model, CPU)
+    report = run_bench([ds], (4,), upscaler(model))
     (s,) = report.sets
     assert s.recursions is None
     assert s.paper == published("DRCN", "Set5", 4) and s.paper_bicubic == published("Bicubic", "Set5", 4)
@@ -183,7 +188,7 @@ def test_run_bench_puts_the_papers_numbers_beside_a_known_dataset(tmp_path, mode
 
 
 def test_run_bench_bicubic_is_its_own_baseline(tmp_path):
-    report = run_bench([folder_dataset(tmp_path)], (2,), None, CPU, (1, 2))
+    report = run_bench([folder_dataset(tmp_path)], (2,), BICUBIC, (1, 2))
     assert report.method == "bicubic" and [s.recursions for s in report.sets] == [None]
     assert all(r.psnr == r.bicubic_psnr for r in report.images)
 
@@ -191,18 +196,18 @@ def test_run_bench_bicubic_is_its_own_baseline(tmp_path):
 def test_run_bench_bad_input(tmp_path, model):
     ds = folder_dataset(tmp_path)
     with pytest.raises(BenchError, match="out of range"):
-        run_bench([ds], (2,), model, CPU, (4,))
+        run_bench([ds], (2,), upscaler(model), (4,))
     with pytest.raises(BenchError, match="integers >= 2"):
-        run_bench([ds], (1,), None, CPU)
+        run_bench([ds], (1,), BICUBIC)
     small = folder_dataset(tmp_path, "small", sizes=((40, 40), (12, 40)))
     with pytest.raises(BenchError, match=r"img1\.png: .*too small for x2"):
-        run_bench([small], (2,), None, CPU)
+        run_bench([small], (2,), BICUBIC)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"text, not a PNG")
     broken = Dataset("broken", tmp_path / "broken", (tmp_path / "broken" / "x.png",), "folder")
     events = []
     with pytest.raises(DatasetError, match="not a readable image"):
-        run_bench([ds, broken], (2,), None, CPU, on_progress=events.append)
+        run_bench([ds, broken], (2,), BICUBIC, on_progress=events.append)
     assert events == []  # checked before any work
 
 
@@ -219,7 +224,7 @@ def test_parse_recursions():
 
 
 def test_report_to_dict_is_json(tmp_path, model):
-    report = run_bench([folder_dataset(tmp_path)], (2,), model, CPU, (1, 2))
+    report = run_bench([folder_dataset(tmp_path)], (2,), upscaler(model), (1, 2))
     data = json.loads(json.dumps(bench.report_to_dict(report)))
     assert data["method"] == "drcn" and len(data["sets"]) == 2 and len(data["images"]) == 4
     assert set(data["images"][0]) == {
@@ -230,8 +235,8 @@ def test_report_to_dict_is_json(tmp_path, model):
 
 
 def test_plot_needs_a_sweep_and_matplotlib(tmp_path, model, monkeypatch):
-    report = run_bench([folder_dataset(tmp_path)], (2, 3), model, CPU, (1, 2, 3))
-    single = run_bench([folder_dataset(tmp_path / "b")], (2,), model, CPU)
+    report = run_bench([folder_dataset(tmp_path)], (2, 3), upscaler(model), (1, 2, 3))
+    single = run_bench([folder_dataset(tmp_path / "b")], (2,), upscaler(model))
     with pytest.raises(BenchError, match="two or more recursion depths"):
         bench.plot_recursion_sweep(single, tmp_path / "p.png")
     pytest.importorskip("matplotlib")
@@ -245,8 +250,8 @@ def test_plot_needs_a_sweep_and_matplotlib(tmp_path, model, monkeypatch):
 
 def test_run_bench_with_jpeg_inputs_says_the_quality_and_leaves_clean_as_it_was(tmp_path, model):
     ds = folder_dataset(tmp_path, "Set5", benchmark=find_benchmark("Set5"))
-    clean = run_bench([ds], (2,), model, CPU)
-    both = run_bench([ds], (2,), model, CPU, jpeg=(None, 75, 40), save_dir=tmp_path / "sr")
+    clean = run_bench([ds], (2,), upscaler(model))
+    both = run_bench([ds], (2,), upscaler(model), jpeg=(None, 75, 40), save_dir=tmp_path / "sr")
     assert [(s.scale, s.jpeg) for s in both.sets] == [(2, None), (2, 75), (2, 40)]
     assert both.sets[0] == clean.sets[0]  # the clean cell is the paper's protocol, unchanged
     assert [s.paper is not None for s in both.sets] == [True, False, False]  # the paper is for clean LR only
@@ -260,9 +265,9 @@ def test_run_bench_with_jpeg_inputs_says_the_quality_and_leaves_clean_as_it_was(
     # A JPEG cell scores what the protocol makes of an LR image read back from a JPEG file.
     hr, lr = degrade(load_image(ds.images[0]), 2, 75)
     row = next(r for r in both.images if (r.image, r.jpeg) == ("img0", 75))
-    assert row.psnr == score_image(super_resolve(lr, 2, model, CPU), hr, 2).psnr
+    assert row.psnr == score_image(super_resolve(lr, 2, upscaler(model)), hr, 2).psnr
     with pytest.raises(BenchError, match="JPEG"):
-        run_bench([ds], (2,), model, CPU, jpeg=(0,))
+        run_bench([ds], (2,), upscaler(model), jpeg=(0,))
 
 
 def test_the_plot_is_drawn_in_memory_and_written_by_the_one_writer(tmp_path, model):
@@ -271,7 +276,7 @@ def test_the_plot_is_drawn_in_memory_and_written_by_the_one_writer(tmp_path, mod
 
     from drcn_cli.atomic import NotRegularFileError
 
-    report = run_bench([folder_dataset(tmp_path, sizes=((30, 30),))], (2,), model, CPU, (1, 2))
+    report = run_bench([folder_dataset(tmp_path, sizes=((30, 30),))], (2,), upscaler(model), (1, 2))
     (tmp_path / "p.png").symlink_to("/dev/null")
     with pytest.raises(NotRegularFileError, match=r"is a symbolic link \(to /dev/null\)"):
         bench.plot_recursion_sweep(report, tmp_path / "p.png")

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from testdata import DATA, datasets_root, needs_datasets
 
-from drcn_cli.pipeline import upscale_image
+from drcn_cli.pipeline import open_upscaler, upscale_image
 from drcn_cli.protocol import evaluate_images
 from drcn_cli.published import published
 from drcn_cli.registry import KNOWN_WEIGHTS, verify_file
@@ -116,7 +116,7 @@ def test_golden_psnr_on_a_butterfly_crop_x3():
     # with drcn-lite run 10 (the bundled weights since): 30.4229 dB / 0.94570. Bicubic (no weights involved) gives
     # 24.1196 dB / 0.80499. A change of protocol, resize, colour or model code moves them; a retrain moves the first.
     model, _ = load_weights(bundled_weights("drcn-lite"))
-    score = evaluate_images([DATA / "butterfly_crop.png"], 3, model)
+    score = evaluate_images([DATA / "butterfly_crop.png"], 3, open_upscaler(model, "cpu", "fp32"))
     assert score.psnr == pytest.approx(30.4229, abs=0.005)
     assert score.ssim == pytest.approx(0.94570, abs=0.0005)
     bicubic = evaluate_images([DATA / "butterfly_crop.png"], 3)
@@ -129,6 +129,6 @@ def test_golden_psnr_on_butterfly_x3():
     # Measured with `drcn bench -m drcn-lite -d Set5 -d Set14 --precision fp32 --csv` when the weights were
     # exported: 29.222 dB, bicubic 24.035 dB. A change of protocol, resize, colour or model code moves it.
     model, _ = load_weights(bundled_weights("drcn-lite"))
-    score = evaluate_images([SET5 / "butterfly.png"], 3, model)
+    score = evaluate_images([SET5 / "butterfly.png"], 3, open_upscaler(model, "cpu", "fp32"))
     assert score.psnr == pytest.approx(29.2217, abs=0.005)
     assert score.ssim == pytest.approx(0.93360, abs=0.0005)

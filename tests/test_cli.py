@@ -154,3 +154,28 @@ def test_every_progress_bar_is_built_the_same_way():
     assert kinds == [TextColumn, BarColumn, MofNCompleteColumn, TimeElapsedColumn, TextColumn, TimeRemainingColumn,
                      TextColumn]  # fmt: skip
     assert [type(c) for c in progress_bar(Console(), count=False, eta=False).columns] == [TextColumn, BarColumn]
+
+
+def _float_options():
+    """(command, option) for every option of every command that takes a float (found by walking the app)."""
+    import typer
+
+    root = typer.main.get_command(app)
+    for name, command in sorted(root.commands.items()):
+        for param in command.params:
+            if param.param_type_name == "option" and param.type.name.startswith("float"):  # float, float range
+                yield name, max(param.opts, key=len)
+
+
+def test_every_float_option_of_every_command_refuses_nan_and_infinities(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    options = list(_float_options())
+    assert {("upscale", "--scale"), ("upscale", "--max-pixels"), ("upscale", "--max-output-pixels"), ("train", "--lr"),
+            ("train", "--time-limit"), ("train", "--scale")} <= set(options)  # fmt: skip
+    for command, option in options:
+        for value in ("nan", "-nan", "inf", "-inf", "Infinity", "NAN", "+inf", "1e999"):
+            code, out, err = _run_main([command, option, value], capsys)
+            assert code == 2 and out == "", (command, option, value, err)
+            assert err.startswith("error: Invalid value for ") and f"'{option}'" in err, (command, option, err)
+            assert err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -231,3 +231,46 @@ def test_an_error_is_the_only_line_on_stderr_no_blank_line_before_it(env):
         result = run(*args)
         assert result.exit_code == 1
         assert result.stderr.startswith("error: drcn-lite") and result.stderr.count("\n") == 1, repr(result.stderr)
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["download", "force"])
+def test_hf_home_that_is_a_file_is_named_before_any_download(env, tmp_path, force):
+    from huggingface_hub import constants
+
+    blocker = tmp_path / "hf-home"
+    blocker.write_text("a file")
+    env.mp.delenv("HF_HUB_CACHE", raising=False)
+    env.mp.setenv("HF_HOME", str(blocker))
+    env.mp.setattr(constants, "HF_HUB_CACHE", str(blocker / "hub"))  # as the client computes it from HF_HOME
+
+    result = run("drcn", *(["--force"] if force else []))
+
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"error: drcn: cannot download: the hub cache {blocker / 'hub'} cannot be a folder: {blocker} is "
+                    f"a file, not a folder (set by HF_HOME={blocker}); point it to a folder (or unset it), or pass "
+                    "--weights PATH")  # fmt: skip
+    assert "partial file" not in result.output and "Errno" not in result.output
+    assert env.stub.file_requests == [] and blocker.read_text() == "a file"
+
+
+def test_upscale_names_a_cache_that_cannot_be_a_folder_before_announcing_a_download(env, tmp_path):
+    import numpy as np
+    from huggingface_hub import constants
+    from PIL import Image
+
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("a file")
+    env.mp.setenv("HF_HUB_CACHE", str(blocker))
+    env.mp.setattr(constants, "HF_HUB_CACHE", str(blocker))
+    source = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(source)
+
+    result = CliRunner().invoke(app, ["upscale", str(source), "-s", "2", "-m", "drcn", "-o", str(tmp_path / "out.png")])
+
+    assert result.exit_code == 1, result.output
+    assert "downloading" not in result.output and "Traceback" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"the hub cache {blocker} cannot be a folder: {blocker} is a file, not a folder" in line
+    assert f"(set by HF_HUB_CACHE={blocker})" in line
+    assert env.stub.file_requests == [] and not (tmp_path / "out.png").exists()

@@ -375,3 +375,59 @@ def test_a_bad_recipe_is_one_line_exit_2(tmp_path, text, expected):
     result = _invoke("--config", recipe, "--data", tmp_path, "--out", tmp_path / "w.safetensors", "--quiet")
     assert result.exit_code == 2 and expected in result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+# -- refused before the run: nothing trained, nothing written --------------------------------------------------------
+
+
+def _main(args, capsys):
+    from drcn_cli.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line_before_training(folders, tmp_path, capsys):
+    train_dir, _ = folders
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    ckpt = tmp_path / "ck"
+    for out in (blocker / "w.safetensors", blocker / "more" / "w.safetensors"):
+        code, err = _main(["train", "--data", train_dir, "--out", out, "--checkpoint-dir", ckpt, "--steps", 2,
+                           *TINY], capsys)  # fmt: skip
+        assert code == 1 and err.count("\n") == 1, err
+        assert err == f"error: {out}: cannot write the weights there: {blocker} is not a folder\n"
+    assert not ckpt.exists()  # refused before the data was read or a log started
+
+
+def test_lr_inf_in_a_recipe_or_on_the_command_line_trains_nothing(folders, tmp_path, capsys):
+    train_dir, _ = folders
+    out = tmp_path / "w.safetensors"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("lr = inf\n")
+    for extra in (["--lr", "inf"], ["--config", recipe]):
+        code, err = _main(["train", "--data", train_dir, "--out", out, "--checkpoint-dir", tmp_path / "ck",
+                           "--steps", 1, *[a for a in TINY if a not in ("--lr", "1e-3")], *extra], capsys)  # fmt: skip
+        assert code == 2 and err.count("\n") == 1 and "must be a finite number, got inf" in err, err
+    assert not out.exists() and not (tmp_path / "ck").exists()
+
+
+def test_a_run_that_blows_up_is_one_error_line_and_leaves_no_weights(folders, tmp_path, capsys):
+    train_dir, _ = folders
+    out, ckpt = tmp_path / "w.safetensors", tmp_path / "ck"
+    args = [a for a in TINY if a not in ("--lr", "1e-3")]
+    code, err = _main(["train", "--data", train_dir, "--out", out, "--checkpoint-dir", ckpt, "--steps", 3,
+                       "--lr", "1e30", "--optimizer", "sgd", "--grad-clip", 0, "--warmup", 0, "--checkpoint-every", 1,
+                       *args], capsys)  # fmt: skip
+    assert code == 1 and err.startswith("error: training diverged:") and err.count("\n") == 1, err
+    assert not out.exists() and not (ckpt / "state.json").exists()
+    assert not list(ckpt.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("content", [b"lr = 3e-4\n\xff\n", "steps = 5\n".encode("utf-16"), b"\x00\x01\x02"])
+def test_a_config_that_is_not_utf8_toml_is_one_line_naming_it(tmp_path, capsys, content):
+    recipe = tmp_path / "r.toml"
+    recipe.write_bytes(content)
+    code, err = _main(["train", "--config", recipe, "--data", tmp_path, "--out", tmp_path / "w.safetensors"], capsys)
+    assert code == 2 and err.startswith(f"error: {recipe}: not a TOML recipe") and err.count("\n") == 1, err

@@ -117,3 +117,77 @@ def test_a_non_positive_time_limit_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "-o", str(tmp_path / "w.safetensors"),
                                  "--time-limit", "0", "--quiet"])  # fmt: skip
     assert result.exit_code == 2 and "--time-limit" in result.stderr
+
+
+# -- values that cannot work: one line naming the option, exit 2, nothing done --------------------------------------
+
+
+def _main(args, capsys) -> tuple[int, str]:
+    from drcn_cli.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _assert_one_usage_line(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def test_every_float_option_refuses_nan_and_infinities_in_any_spelling(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    floats = [f for f in cli_train.option_fields() if str(f.type).startswith(("float", "tuple[float"))]
+    assert {_flag(f) for f in floats} >= {"--lr", "--lr-min", "--scale", "--downscale", "--ema", "--time-limit"}
+    for field in floats:
+        for value in ("nan", "inf", "-inf", "NaN", "+Infinity", "-INF"):
+            code, err = _main(["train", "--data", tmp_path, "-o", "w.safetensors", _flag(field), value], capsys)
+            _assert_one_usage_line(code, err, f"'{_flag(field)}'")
+    assert list(tmp_path.iterdir()) == []  # no checkpoint folder, no weights
+
+
+def test_a_time_limit_below_zero_is_refused_alike_on_the_command_line_and_in_a_recipe(tmp_path, capsys):
+    for minutes in ("-1", "0", "-0.5"):
+        code, err = _main(["train", "--data", tmp_path, "-o", tmp_path / "w.safetensors", "--time-limit", minutes],
+                          capsys)  # fmt: skip
+        _assert_one_usage_line(code, err, "'--time-limit'", f"must be positive, got {float(minutes):g}")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("time_limit = -1\n")
+    code, err = _main(["train", "--data", tmp_path, "-o", tmp_path / "w.safetensors", "--config", recipe], capsys)
+    _assert_one_usage_line(code, err, f"{recipe}: 'time_limit' must be positive, got -1")
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--seed", "-1", "'--seed'"), ("--features", "5000", "'--features'"), ("--recursions", "65", "'--recursions'"),
+    ("--batch-size", "1000000", "'--batch-size'"), ("--threads", "100000", "must be at most"),
+    ("--threads", "-1", "'--threads'"), ("--scale", "1", "must be above 1"), ("--scale", "40", "at most 32"),
+    ("--downscale", "0", "must be above 0"), ("--downscale", "1.5", "at most 1"), ("--lr", "0", "must be positive"),
+    ("--steps", "0", "'--steps'"), ("--warmup", "2", "'--warmup'"), ("--ema", "-0.5", "'--ema'"),
+])  # fmt: skip
+def test_out_of_range_values_are_one_line_naming_the_option(tmp_path, monkeypatch, capsys, option, value, expected):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    code, err = _main(["train", "--data", tmp_path, "-o", "w.safetensors", option, value], capsys)
+    _assert_one_usage_line(code, err, expected)
+    assert list(tmp_path.iterdir()) == [] and torch.get_num_threads() == threads
+
+
+def test_every_name_option_refuses_an_empty_string(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # where Path("") would point: nothing may be read or written here
+    names = [f for f in cli_train.option_fields() if str(f.type).startswith(("str", "tuple[str"))]
+    names = [f for f in names if "choices" not in f.metadata]  # a choice refuses "" as any other non-choice
+    assert {_flag(f) for f in names} >= {"--data", "--out", "--val", "--pack", "--init", "--checkpoint-dir",
+                                         "--resume", "--device", "--jpeg-quality"}  # fmt: skip
+    for field in names:
+        base = ["train", "--data", tmp_path / "d", "-o", tmp_path / "w.safetensors"]
+        code, err = _main([*base, _flag(field), ""], capsys)
+        _assert_one_usage_line(code, err, f"'{_flag(field)}'", "must not be empty")
+    assert list(tmp_path.iterdir()) == []

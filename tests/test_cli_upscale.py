@@ -478,3 +478,77 @@ def test_an_output_that_is_no_regular_file_is_refused_even_with_overwrite(tmp_pa
     after = os.lstat(target)
     assert (after.st_mode, after.st_rdev, after.st_ino) == (before.st_mode, before.st_rdev, before.st_ino)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]  # no temporary left
+
+
+# -- option values that cannot work: one line naming the option, exit 2, nothing read or written --------------------
+
+
+def _main(args, capsys):
+    from drcn_cli.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _one_usage_line(code, err, *needles):
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert all(needle in err for needle in needles), (needles, err)
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--max-pixels", "nan", "nan is not a finite number"), ("--max-pixels", "inf", "inf is not a finite number"),
+    ("--max-output-pixels", "inf", "'--max-output-pixels': inf is not"), ("--max-output-pixels", "-inf", "range"),
+    ("--max-pixels", "1e-9", "less than one pixel: give 0 (no limit) or at least 1e-6"),
+    ("--max-output-pixels", "9.9e-7", "less than one pixel"), ("--max-pixels", "-1", "'--max-pixels'"),
+    ("-s", "nan", "nan is not a finite number"), ("-s", "-inf", "'-s' / '--scale'"), ("-s", "33", "outside 1 to 32"),
+    ("--threads", "100000", "'--threads': must be at most"), ("--threads", "-1", "'--threads'"),
+    ("--io-threads", "65", "'--io-threads'"), ("--io-threads", "0", "'--io-threads'"),
+    ("--width", "0", "'--width'"), ("--quality", "101", "'--quality'"), ("--tile", "-1", "'--tile'"),
+])  # fmt: skip
+def test_bad_option_values_are_one_line_and_nothing_is_done(tmp_path, capsys, option, value, expected):
+    import torch
+
+    source = save_png(tmp_path / "in.png")
+    threads = torch.get_num_threads()
+    size = [] if option in ("-s", "--width") else ["-s", 2]
+    code, err = _main(["upscale", source, *size, option, value, "--method", "bicubic"], capsys)
+    _one_usage_line(code, err, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"] and torch.get_num_threads() == threads
+
+
+def test_pixel_limits_of_one_pixel_and_zero_still_work(tmp_path, capsys):
+    source = save_png(tmp_path / "in.png")
+    for limits in (["--max-pixels", "1e-6", "--max-output-pixels", "0"], ["--max-pixels", "0"]):
+        code, err = _main(["upscale", source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "o.png", "--overwrite",
+                           *limits], capsys)  # fmt: skip
+        if limits[1] == "1e-6":  # one pixel: the 10x12 image is over it, refused as that image's failure
+            assert code == 1 and "is over --max-pixels" in err, err
+        else:
+            assert code == 0, err
+
+
+@pytest.mark.parametrize("args", [
+    ["", "-s", 2], ["-i", "", "-s", 2], ["IN", "", "-s", 2, "-o", "OUT"], ["IN", "-s", 2, "-o", ""],
+    ["IN", "-s", 2, "--weights", ""], ["IN", "-s", 2, "-i", "", "-o", "OUT"],
+])  # fmt: skip
+def test_an_empty_name_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys, args):
+    monkeypatch.chdir(tmp_path)  # Path("") is this folder: its image must not be upscaled, nor anything written
+    save_png(tmp_path / "in.png")
+    args = [{"IN": "in.png", "OUT": "out"}.get(a, a) if isinstance(a, str) else a for a in args]
+    method = [] if "--weights" in args else ["--method", "bicubic"]  # bicubic with --weights is another error
+    code, err = _main(["upscale", *args, *method], capsys)
+    _one_usage_line(code, err, "must not be empty (an unset shell variable?)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+@pytest.mark.parametrize("args", [
+    ["-d", ""], ["--save-images", ""], ["--json", ""], ["--csv", ""], ["--plot", ""], ["--data-dir", ""],
+    ["--weights", ""], ["--threads", "100000"],
+])  # fmt: skip
+def test_bench_refuses_empty_names_and_too_many_threads_before_any_work(tmp_path, monkeypatch, capsys, args):
+    monkeypatch.chdir(tmp_path)
+    save_png(tmp_path / "hr" / "a.png")
+    code, err = _main(["bench", "-d", "hr", "--no-download", *args], capsys)
+    _one_usage_line(code, err, f"'{args[0]}'")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["hr", "hr/a.png"]

@@ -442,3 +442,167 @@ def test_weights_with_nan_or_inf_are_refused_by_upscale_and_bench(tmp_path, bad)
     assert bench.exit_code == 1 and "nan" not in bench.stdout.lower(), bench.output
     (bench_line,) = error_lines(bench.stderr)
     assert "NaN or infinite" in bench_line
+
+
+# --------------------------------------------------------------------------------------------- names, marks, leftovers
+
+
+def test_names_too_long_for_the_file_system_are_one_line_each_and_the_batch_goes_on(tmp_path):
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes())
+    long_input = tmp_path / ("a" * 251 + ".png")  # 255 bytes: its output, + _x2_bicubic, would be 266
+    long_input.write_bytes(png_bytes())
+    missing = tmp_path / ("m" * 296 + ".png")  # 300 bytes: no such file can exist
+    result = run(good, long_input, missing, "-s", 2, "--method", "bicubic", "--json")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "Errno" not in result.output
+    errors = error_lines(result.stderr)
+    assert len(errors) == 2
+    assert errors[0].startswith(f"error: {missing}: no such file or folder (name too long for the file system: ")
+    assert errors[1].startswith(f"error: {long_input}: cannot write the output: name too long for the file system")
+    assert "(266 bytes), where the most is 255 bytes" in errors[1]
+    assert (tmp_path / "good_x2_bicubic.png").is_file()  # the good one is done
+    records = {r["input"]: r["status"] for r in map(json.loads, result.stdout.splitlines())}
+    assert records == {str(good): "ok", str(long_input): "failed", str(missing): "failed"}
+
+    too_long_output = tmp_path / ("o" * 252 + ".png")  # -o of 256 bytes
+    line = only_error(run(good, "-s", 2, "--method", "bicubic", "-o", too_long_output))
+    assert line.startswith(f"error: {good}: cannot write the output: name too long") and "(256 bytes)" in line
+    batch = run(good, missing, "-s", 2, "--method", "bicubic", "-o", tmp_path / ("f" * 256))  # as a folder
+    assert batch.exit_code == 1 and len(error_lines(batch.stderr)) == 2 and "Traceback" not in batch.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([good.name, long_input.name, "good_x2_bicubic.png"])
+
+
+def test_a_255_byte_output_name_in_an_output_folder_works(tmp_path):
+    source = tmp_path / ("b" * 251 + ".png")
+    source.write_bytes(png_bytes())
+    out = tmp_path / "out"
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", f"{out}/")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == [source.name]  # 255 bytes; the temporary (short) is gone
+    assert len(source.name.encode()) == 255
+
+
+def test_a_folder_written_into_itself_does_not_grow(tmp_path):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(png_bytes())
+    first = run(folder, "-o", folder, "-s", 2, "--method", "bicubic")
+    assert first.exit_code == 0, first.output
+    made = sorted(p.name for p in folder.iterdir())
+    assert made == ["a.png", "a_x2_bicubic.png", "b.png", "b_x2_bicubic.png"]
+    again = run(folder, "-o", folder, "-s", 2, "--method", "bicubic", "--skip-existing", "--json")
+    assert again.exit_code == 0, again.output
+    assert error_lines(again.stderr) == [] and sorted(p.name for p in folder.iterdir()) == made
+    assert {json.loads(r)["status"] for r in again.stdout.splitlines()} == {"skipped"}
+    assert len(again.stdout.splitlines()) == 2  # the two originals; the outputs are not inputs
+    other = run(f"{folder}/*.png", "-s", 3, "--method", "bicubic")  # a glob, beside, other options
+    assert other.exit_code == 0, other.output
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*made, "a_x3_bicubic.png", "b_x3_bicubic.png"])
+    assert not any("_x2_bicubic_x" in p.name for p in folder.iterdir())
+
+
+def test_a_32_bit_tiff_keeps_its_range_or_is_refused_in_one_line(tmp_path):
+    values = np.linspace(0, 126000, 10 * 12).reshape(10, 12).astype(np.int32)
+    source = tmp_path / "deep.tif"
+    Image.fromarray(values).save(source)
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "big.tif")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "big.tif") as out:
+        assert out.mode == "I" and np.asarray(out).max() == 126000 and out.size == (24, 20)
+    line = only_error(run(source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "big.png"))
+    assert line.startswith(f"error: {source}: the image's samples go from 0 to 126000, outside what PNG holds")
+    assert "would clip them" in line and "--format tiff" in line
+    assert not (tmp_path / "big.png").exists()
+
+
+def test_a_link_that_leads_nowhere_as_the_output_says_what_it_is(tmp_path):
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    link = tmp_path / "out.png"
+    link.symlink_to(tmp_path / "gone" / "x.png")
+    for extra in ([], ["--overwrite"], ["--skip-existing"]):
+        line = only_error(run(source, "-s", 2, "--method", "bicubic", "-o", link, *extra))
+        assert line == (f"error: {source}: {link} is a symbolic link (to {tmp_path / 'gone' / 'x.png'}, which does not "
+                        "exist): drcn replaces only regular files")  # fmt: skip
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_later_run_removes_a_killed_runs_temporaries_and_nothing_else(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".drcn-0badf00d.tmp"  # what a SIGKILLed run leaves: hidden, named by the writer, an hour old
+    stale.write_bytes(b"\x89PNG half an image")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    live = out / ".drcn-0123abcd.tmp"  # another run, alive, writing (holding its lock)
+    live.write_bytes(b"\x89PNG being written")
+    os.utime(live, (time.time() - 3600, time.time() - 3600))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
+                               str(live)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    others = {"photo.png": png_bytes(), ".drcn-notmine.tmp": b"x", ".drcn-0123abcd.tmp.bak": b"x"}
+    for name, data in others.items():
+        (out / name).write_bytes(data)
+    source = tmp_path / "in.png"
+    source.write_bytes(png_bytes())
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        done = subprocess.run(_drcn(str(source), "-s", "2", "--method", "bicubic", "-o", str(out / "in.png")),
+                              capture_output=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        left = sorted(p.name for p in out.iterdir())
+        assert left == sorted([*others, live.name, "in.png"])  # the stale one only is gone
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_an_image_written_during_an_interrupt_is_reported_with_its_real_time(tmp_path, monkeypatch):
+    from drcn_cli import pipeline
+
+    sources = [tmp_path / "in" / f"{i}.png" for i in range(3)]
+    sources[0].parent.mkdir()
+    for path in sources:
+        path.write_bytes(png_bytes())
+    real_upscale, real_write = pipeline.upscale_tensor, imageio.write_image
+    calls = []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        time.sleep(0.2)
+        return real_upscale(*args, **kwargs)
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.5)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "upscale_tensor", interrupted_on_the_second)
+    monkeypatch.setattr(imageio, "write_image", slow_write)
+    result = run(*sources, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out", "--json", "--io-threads", 1)
+
+    assert result.exit_code == 130, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["status"] == "ok" and record["seconds"] >= 0.7  # upscale 0.2 s + write 0.5 s, not 0
+    (ok,) = [line for line in result.stderr.splitlines() if line.startswith("ok ")]
+    assert "0.00 s" not in ok and f"{record['seconds']:.2f} s" in ok
+
+
+def test_a_png_with_a_20_mb_comment_gives_only_drcn_s_own_lines(tmp_path, capfd):
+    import zlib
+
+    import cv2
+
+    payload = b"tEXt" + b"Comment\x00" + b"x" * 20_000_000
+    comment = (len(payload) - 4).to_bytes(4, "big") + payload + zlib.crc32(payload).to_bytes(4, "big")
+    deep = cv2.imencode(".png", np.random.default_rng(0).integers(0, 65536, (10, 12, 3)).astype(np.uint16))[1]
+    for name, data in (("deep.png", deep.tobytes()), ("plain.png", png_bytes())):
+        (tmp_path / name).write_bytes(data[:33] + comment + data[33:])
+    result = run(tmp_path / "deep.png", tmp_path / "plain.png", "-s", 2, "--method", "bicubic", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["deep.png", "plain.png"]
+    assert capfd.readouterr().err == ""  # libpng (which writes to the process's stderr itself) said nothing

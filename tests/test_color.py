@@ -103,3 +103,29 @@ def test_palette_with_transparency_keeps_alpha_and_cmyk_becomes_rgb():
     assert array[0, 0, 3] == 0 and array[1, 1, 3] == 255 and tuple(array[1, 1, :3]) == (0, 255, 0)
     array, mode = pil_to_array(Image.new("CMYK", (3, 2), (0, 0, 0, 0)))
     assert mode == "RGB" and array.shape == (2, 3, 3) and array.min() == 255
+
+
+def test_values_beyond_the_usual_ranges_come_back_unclipped():
+    deep = np.array([[-7, 0, 65535, 126000]], np.int32)  # Pillow's mode I: a 32-bit TIFF's samples
+    tensor, fmt = array_to_tensor(deep)
+    assert float(tensor.min()) == 0.0 and float(tensor.max()) == 1.0  # onto [0, 1] by the values' own span
+    assert tensor_to_array(tensor, fmt).dtype == np.int32 and np.array_equal(tensor_to_array(tensor, fmt), deep)
+    wide = np.array([[-3.0, 0.5, 1000.0]], np.float32)
+    tensor, fmt = array_to_tensor(wide)
+    np.testing.assert_allclose(tensor_to_array(tensor, fmt), wide, rtol=1e-6)
+    usual = np.array([[0.0, 0.25, 1.0]], np.float32)  # [0, 1] as it always was
+    tensor, fmt = array_to_tensor(usual)
+    assert torch.equal(tensor, torch.from_numpy(usual)[None]) and fmt.offset == 0.0 and fmt.max_value == 1.0
+    tensor, fmt = array_to_tensor(np.array([[0, 40000]], np.int32))  # fits 16 bits: the 16-bit scale
+    assert fmt.max_value == 65535.0 and np.array_equal(tensor_to_array(tensor, fmt), [[0, 40000]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        array_to_tensor(np.array([[0.5, np.inf]], np.float32))
+
+
+def test_a_mode_i_image_beyond_16_bits_stays_mode_i():
+    image = Image.fromarray(np.array([[0, 126000], [-5, 7]], np.int32))
+    array, mode = pil_to_array(image)
+    assert mode == "I" and array.dtype == np.int32 and array.max() == 126000 and array.min() == -5
+    assert array_to_pil(array, mode).mode == "I"
+    array, mode = pil_to_array(Image.fromarray(np.array([[0, 60000]], np.int32)))
+    assert mode == "I;16" and array.dtype == np.uint16

@@ -288,3 +288,23 @@ def test_drcn_home_follows_the_environment_then_the_systems_cache_folder(monkeyp
     # Elsewhere, the folder is the one platformdirs names for the system (macOS: ~/Library/Caches/drcn).
     monkeypatch.setattr(platformdirs, "user_cache_dir", lambda name, appauthor=None: f"/Users/u/Library/Caches/{name}")
     assert drcn_home() == Path("/Users/u/Library/Caches/drcn")
+
+
+def test_drcn_home_that_is_a_file_is_named_before_a_download_is_announced(tmp_path, monkeypatch, hub):
+    blocker = tmp_path / "home-file"
+    blocker.write_text("a file")
+    monkeypatch.setenv("DRCN_HOME", str(blocker))
+    hub.add_file("eugenesiow/Set5", "data/Set5_HR.tar.gz", set5_archive(), repo_type="dataset")
+    told: list[str] = []
+    with pytest.raises(DatasetError) as raised:
+        resolve_dataset("Set5", on_download=told.append)
+    message = str(raised.value)
+    assert message.startswith(f"Set5: cannot download: the dataset cache {blocker / 'datasets'} cannot be a folder: "
+                              f"{blocker} is a file, not a folder (set by DRCN_HOME={blocker})")  # fmt: skip
+    assert "Errno" not in message and told == [] and hub.file_requests == []
+    assert blocker.read_text() == "a file"
+    monkeypatch.delenv("DRCN_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(DatasetError, match=rf"\(set by XDG_CACHE_HOME={blocker}\)"):
+        resolve_dataset("Set5", on_download=told.append)
+    assert told == []

@@ -125,3 +125,44 @@ def test_reuse_freed_memory_is_false_where_the_c_library_cannot(monkeypatch, cas
         assert device_module.reuse_freed_memory() is False
     finally:
         device_module.reuse_freed_memory.cache_clear()
+
+
+# -- a thread count the machine can take ---------------------------------------------------------------------------
+
+
+def test_threads_are_bounded_by_the_cpus_this_process_may_use(monkeypatch):
+    import numpy as np
+
+    from drcn_cli.errors import ConfigError
+
+    monkeypatch.setattr(device_module, "cpu_count", lambda: 2)
+    assert device_module.max_threads() == 2 * device_module.THREADS_PER_CPU == 8
+    assert device_module.threads_problem(None) is None and device_module.threads_problem(8) is None
+    assert device_module.threads_problem(9) == "must be at most 8 (4 per CPU; this process may use 2), got 9"
+    assert device_module.threads_problem(-1).startswith("must be >= 0")
+    before = torch.get_num_threads()
+    try:
+        for bad in (9, 100000, 2**63):
+            with pytest.raises(ConfigError, match=f"threads must be at most 8 .*got {bad}$"):
+                set_threads(bad)
+            assert torch.get_num_threads() == before  # refused before torch was asked
+        for not_a_count in (True, 2.0, "4", [2]):
+            with pytest.raises(TypeError, match="threads must be a whole number"):
+                set_threads(not_a_count)
+        set_threads(np.int64(1))  # a numpy integer is a whole number
+        assert torch.get_num_threads() == 1
+        set_threads(0)  # 0 and None: torch's own choice, unchanged
+        set_threads(None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_count_is_the_affinity_mask_where_there_is_one(monkeypatch):
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        assert device_module.cpu_count() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert device_module.cpu_count() == 1

@@ -228,3 +228,226 @@ def test_random_options_finish_or_fail_in_one_line(tmp_path, capsys):
         else:
             assert len(errors) == 1, (options, captured.err)
             assert made == [], (options, made)
+
+
+# -- option values: non-finite and out-of-range numbers, empty names -------------------------------------------------
+
+# Values that no float option takes, in the spellings Python's float() reads.
+NON_FINITE = ["nan", "-nan", "NaN", "inf", "-inf", "+inf", "Infinity", "-INFINITY", "1e999", "-1e999"]
+# Per option of `drcn upscale`: values that cannot work.
+UPSCALE_BAD = {
+    "-s": [*NON_FINITE, "0.5", "0", "-2", "33", "1e300", ""],
+    "--max-pixels": [*NON_FINITE, "-1", "1e-7", "5e-7", "1e-300", ""],
+    "--max-output-pixels": [*NON_FINITE, "-0.5", "1e-9", ""],
+    "--width": ["0", "-3", "", "nan", "1.5", "1e3"],  # (one over 32x the input fails for that image: exit 1)
+    "--height": ["0", "-1", "", "inf"],
+    "--tile": ["-1", "1", "31", "", "nan"],
+    "--quality": ["0", "101", "-1", "", "inf"],
+    "--threads": ["-1", "100000", "9223372036854775808", "", "nan"],
+    "--io-threads": ["0", "-1", "65", "100000", ""],
+    "--recursions": ["0", "-1", ""],
+    "-o": [""],
+    "-i": [""],
+    "--weights": [""],
+    "--suffix": ["x/y", "../up"],
+    "--device": ["", "gpu", "cuda:x"],
+    "--format": ["", "bmp"],
+    "--precision": ["", "fp64"],
+    "--model": ["", "no-such-model"],
+}
+# Per option of `drcn train`: values that cannot work (every float option gets the non-finite ones too).
+TRAIN_BAD = {
+    "--lr": ["0", "-1e-3"], "--lr-min": ["-1"], "--scale": ["1", "0.5", "33", "-2"], "--downscale": ["0", "1.5", "-1"],
+    "--warmup": ["-0.1", "1.5"], "--alpha-decay": ["2"], "--ema": ["1", "-1", "1.5"], "--time-limit": ["0", "-1"],
+    "--jpeg-clean": ["-0.1", "1.1"], "--weight-decay": ["-1"], "--grad-clip": ["-1"],
+    "--features": ["0", "1025", "-8"], "--recursions": ["0", "65"], "--batch-size": ["0", "65537"],
+    "--steps": ["0", "-1"], "--seed": ["-1", "18446744073709551616"], "--threads": ["-1", "100000"],
+    "--patch-size": ["2", "0"], "--stride": ["0"], "--log-every": ["0"], "--val-jpeg": ["0", "101"],
+    "--jpeg-copies": ["0"], "--stop-at": ["0"], "--val-every": ["-1"], "--checkpoint-every": ["-1"],
+    "--jpeg-quality": ["0..50", "x", "95..30"], "--optimizer": ["lbfgs"], "--schedule": ["step"],
+    **{option: [""] for option in ("--data", "--out", "--val", "--pack", "--init", "--checkpoint-dir", "--resume",
+                                   "--device", "--optimizer", "--widen", "--config")},
+}  # fmt: skip
+for _option in ("--lr", "--lr-min", "--scale", "--downscale", "--warmup", "--alpha-decay", "--ema", "--time-limit",
+                "--jpeg-clean", "--weight-decay", "--grad-clip"):
+    TRAIN_BAD[_option] = [*TRAIN_BAD[_option], *NON_FINITE, ""]
+
+
+def _one_bad_option(table: dict[str, list[str]], rng: random.Random) -> tuple[str, str]:
+    option = rng.choice(sorted(table))
+    return option, rng.choice(table[option])
+
+
+def _assert_refused(code, err: str, label) -> None:
+    """Exit 2 and exactly one line on stderr, `error: ...`, no traceback."""
+    assert code == 2, (" ".join(map(repr, label)), code, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, (label, err)
+
+
+def test_bad_option_values_of_upscale_are_one_usage_line_and_write_nothing(tmp_path, capsys, monkeypatch):
+    from drcn_cli.cli import main
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.safetensors"
+    save_weights(DRCN(DRCNConfig(features=4, recursions=2)), weights)
+    threads = torch.get_num_threads()
+    rng = random.Random("drcn-fuzz-option-values-upscale")
+    for case in range(CASES * 3):
+        folder = tmp_path / f"case{case:03d}"
+        folder.mkdir()
+        monkeypatch.chdir(folder)  # where an empty name (Path("")) would point
+        Image.fromarray(np.random.default_rng(case).integers(0, 256, (8, 9, 3)).astype(np.uint8)).save("in.png")
+        option, value = _one_bad_option(UPSCALE_BAD, rng)
+        inputs = [] if option == "-i" else ["in.png"]
+        size = [] if option in ("-s", "--width", "--height") else ["-s", rng.choice(["2", "1.5", "3"])]
+        network = option in ("--weights", "--recursions", "--model") or rng.random() < 0.5
+        model = [] if option in ("--weights", "--model") else ["--weights", str(weights)] if network else [
+            "--method", "bicubic"]  # fmt: skip
+        limits = [] if option in LIMITS else LIMITS[2:]  # the small output limit, unless it is the option tried
+        args = ["upscale", *inputs, *size, *model, *limits, option, value]
+        if rng.random() < 0.3:
+            args = ["upscale", "", *args[1:]] if option != "-i" else args  # an empty input as well
+        with pytest.raises(SystemExit) as exit_info, deadline():
+            main(args)
+        _assert_refused(exit_info.value.code, capsys.readouterr().err, args)
+        assert sorted(p.name for p in folder.iterdir()) == ["in.png"], args
+        assert torch.get_num_threads() == threads
+
+
+def test_bad_option_values_of_train_are_one_usage_line_and_train_nothing(tmp_path, capsys, monkeypatch):
+    from conftest import write_training_images
+
+    from drcn_cli.cli import main
+
+    data = write_training_images(tmp_path / "data", count=2, size=24)
+    threads = torch.get_num_threads()
+    rng = random.Random("drcn-fuzz-option-values-train")
+    valid = [["--steps", "1"], ["-F", "4"], ["-D", "2"], ["--threads", "1"], ["--quiet"], ["--lr", "1e-3"],
+             ["--scale", "2"], ["--patch-size", "9"]]  # fmt: skip
+    for case in range(CASES * 3):
+        folder = tmp_path / f"case{case:03d}"
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        option, value = _one_bad_option(TRAIN_BAD, rng)
+        extra = [arg for pair in rng.sample(valid, rng.randint(0, 3)) if pair[0] != option for arg in pair]
+        args = ["train", "--data", str(data), "-o", "w.safetensors", *extra, option, value]
+        with pytest.raises(SystemExit) as exit_info, deadline():
+            main(args)
+        _assert_refused(exit_info.value.code, capsys.readouterr().err, args)
+        assert list(folder.iterdir()) == [], args  # no weights, no .checkpoints, no pack
+        assert torch.get_num_threads() == threads
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+# Pieces of file names: plain, control characters (a newline, an escape sequence, a carriage return, Unicode's
+# line separators), spaces, multi-byte characters (so that characters and bytes differ), dots.
+NAME_PIECES = ["a", "Zz", "photo", " ", "  ", ".", "-", "_x2", "\n", "\t", "\r", "\x1b[31m", "\x07", "\x7f",
+               "\u2028", "\x85", "é", "漢字", "🙂", "ß"]  # fmt: skip
+NAME_MAX = 255
+
+
+def _byte_len(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def _hostile_stem(rng: random.Random) -> str:
+    """A stem of a random byte length: short, around the 255-byte limit (with .png and a suffix), or beyond it."""
+    target = rng.choice([rng.randint(1, 30), rng.randint(235, 256), rng.randint(256, 320)])
+    stem = ""
+    while _byte_len(stem) < target:
+        stem += rng.choice(NAME_PIECES)
+    return stem
+
+
+def _shown(text: str) -> str:
+    from drcn_cli.cli._report import shown
+
+    return shown(text) or ""
+
+
+def _run_names(args: list[str]):
+    with deadline():
+        result = runner.invoke(app, ["upscale", *args, "-s", "2", "--method", "bicubic", "--json", "--io-threads", "1",
+                                     *LIMITS])  # fmt: skip
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(errors) == len(failed), result.stderr  # one line per bad input, no more
+    for record in failed:
+        assert record["error"] and "\n" not in record["error"] and record["error"].isprintable()
+        assert f"error: {_shown(record['input'])}: {record['error']}" in errors
+    for line in result.stderr.splitlines():  # every line is drcn's: no control character reaches the terminal
+        assert line.isprintable(), repr(line)
+    assert result.exit_code == (1 if failed else 0), result.output
+    for record in records:
+        if record["status"] == "ok":
+            with Image.open(record["output"]) as image:
+                image.load()
+                assert image.size == tuple(record["output_size"])
+    return {r["input"]: r for r in records}, result
+
+
+def test_hostile_names_fail_alone_in_one_line_and_the_good_ones_are_done(tmp_path):
+    rng = random.Random("drcn-fuzz-names")
+    pixels = np.random.default_rng(3).integers(0, 256, (6, 7, 3)).astype(np.uint8)
+    for case in range(max(1, CASES // 4)):
+        folder = tmp_path / f"case{case}" / "in"
+        folder.mkdir(parents=True)
+        suffix = rng.choice(["_x2", "", "_" + "s" * rng.randint(1, 12), " é"])
+        expected: dict[str, str] = {}
+        named: list[str] = []
+        for _ in range(CASES):
+            stem = _hostile_stem(rng)
+            path = folder / f"{stem}.png"
+            if str(path) in expected:
+                continue
+            fits = _byte_len(path.name) <= NAME_MAX
+            if fits and rng.random() < 0.8:
+                Image.fromarray(pixels).save(path)
+                expected[str(path)] = "ok" if _byte_len(f"{stem}{suffix}.png") <= NAME_MAX else "failed"
+            else:
+                expected[str(path)] = "failed"  # missing, or a name no file can have
+            named.append(str(path))
+        out = tmp_path / f"case{case}" / "out"
+        records, result = _run_names([*named, "-o", str(out), "--suffix", suffix])
+        assert {name: r["status"] for name, r in records.items()} == expected, (suffix, result.stderr)
+        for name, record in records.items():
+            if record["status"] == "failed" and os.path.exists(name):
+                assert "name too long for the file system" in record["error"]
+            elif record["status"] == "failed" and _byte_len(os.path.basename(name)) > NAME_MAX:
+                assert record["error"].startswith("no such file or folder (name too long for the file system")
+        made = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        assert made == sorted(os.path.basename(r["output"]) for r in records.values() if r["status"] == "ok")
+
+
+@pytest.mark.parametrize("where", ["itself", "inside"])
+def test_a_folder_of_hostile_names_written_into_itself_or_inside_does_not_grow(tmp_path, where):
+    rng = random.Random(f"drcn-fuzz-into-{where}")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.random.default_rng(4).integers(0, 256, (5, 6, 3)).astype(np.uint8)
+    created = []
+    while len(created) < CASES:
+        stem = _hostile_stem(rng)
+        name = f"{stem}.png"
+        if _byte_len(name) <= NAME_MAX and not name.startswith(".") and not (folder / name).exists():
+            Image.fromarray(pixels).save(folder / name)
+            created.append(folder / name)
+    out = folder if where == "itself" else folder / "sub"
+    suffix = "_x2" if where == "itself" else ""
+    first, _ = _run_names([str(folder), "-o", str(out), "--suffix", suffix])
+    assert sorted(first) == sorted(map(str, created))  # the images, nothing else
+    for path in created:
+        fits = _byte_len(f"{path.stem}{suffix}.png") <= NAME_MAX
+        assert first[str(path)]["status"] == ("ok" if fits else "failed"), first[str(path)]
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    for _ in range(2):  # reruns: the outputs are never inputs, nothing grows
+        again, result = _run_names([str(folder), "-o", str(out), "--suffix", suffix, "--skip-existing"])
+        assert sorted(again) == sorted(first)
+        assert {name: r["status"] for name, r in again.items()} == {
+            name: "skipped" if r["status"] == "ok" else "failed" for name, r in first.items()
+        }, result.stderr
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before

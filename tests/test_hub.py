@@ -239,3 +239,45 @@ def test_progress_relay_also_serves_the_xet_download_path():
             progress.update_progress(report)
 
     assert seen == [(0, 1000), (400, 1000), (1000, 1000)]
+
+
+@pytest.mark.parametrize("variable", ["HF_HOME", "HF_HUB_CACHE"])
+def test_a_cache_location_that_is_a_file_is_named_before_any_request(lfs_stub, monkeypatch, tmp_path, variable):
+    from huggingface_hub import constants
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    cache = blocker / "hub" if variable == "HF_HOME" else blocker
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv(variable, str(blocker))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # what the client computed at import
+    expected = (f"the hub cache {cache} cannot be a folder: {blocker} is a file, not a folder "
+                f"(set by {variable}={blocker})")  # fmt: skip
+    assert hub.cache_location_problem() == expected
+    with pytest.raises(hub.CacheLocationError) as raised:
+        hub.fetch_file(REPO, "data.bin")
+    assert str(raised.value) == f"{expected}: point it to a folder"
+    assert "partial file" not in str(raised.value) and "Errno" not in str(raised.value)
+    assert lfs_stub.file_requests == []  # refused before asking the hub anything
+    assert blocker.read_text() == "a file"
+    mine = blocker / "mine"
+    assert "(set by the cache folder given (--cache-dir))" in hub.cache_location_problem(mine)
+    assert hub.cache_location_problem(tmp_path / "fine") is None
+
+
+def test_a_cache_the_file_system_refuses_is_named_not_called_a_partial_download(lfs_stub, monkeypatch, tmp_path):
+    import errno
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    def read_only(*args, **kwargs):  # as the client meets a read-only or full disk while making its folders
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(cache / "models--test-org--files"))
+
+    monkeypatch.setattr(hub, "_download", read_only)
+    with pytest.raises(hub.HubError) as raised:
+        hub.fetch_file(REPO, "data.bin")
+    assert str(raised.value) == (f"{REPO}/data.bin@main: cannot write in the hub cache {cache}: "
+                                 f"{os.strerror(errno.EROFS)} ({cache / 'models--test-org--files'})")  # fmt: skip

@@ -448,3 +448,192 @@ def test_a_file_larger_than_any_image_within_the_pixel_limit_is_refused_unread(t
     with pytest.raises(ImageReadError, match="more than an image within the pixel limit"):
         read_image(b"\0" * (max_file_bytes(10) + 1), max_pixels=10)
     assert max_file_bytes(None) is None and max_file_bytes(0) is None
+
+
+# --------------------------------------------------------------------------------------------- 32-bit samples
+
+
+def test_32_bit_integer_samples_keep_their_range_or_are_refused_never_clipped(tmp_path):
+    from drcn_cli import upscale_image
+
+    values = np.linspace(-7, 126000, 12 * 16).reshape(12, 16).astype(np.int32)
+    source = tmp_path / "deep.tif"
+    Image.fromarray(values).save(source)  # Pillow mode I: 32-bit signed integers
+    loaded = read_image(source)
+    assert loaded.mode == "I" and loaded.pixels.dtype == np.int32 and np.array_equal(loaded.pixels, values)
+    write_image(tmp_path / "copy.tif", loaded.pixels)
+    with Image.open(tmp_path / "copy.tif") as out:
+        assert out.mode == "I" and np.array_equal(np.asarray(out), values)
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        with pytest.raises(ImageFormatError, match=r"samples go from -7 to 126000, outside what .* would clip them; "
+                                                   r"write TIFF \(--format tiff\)"):  # fmt: skip
+            encode_image(values, fmt)
+    assert not (tmp_path / "copy.png").exists()
+    big = upscale_image(Image.open(source), 2, method="bicubic")  # through the Python API too
+    assert big.mode == "I" and big.size == (32, 24)
+    assert np.asarray(big).max() == 126000 and np.asarray(big).min() == -7  # bicubic's overshoot stays within
+    small = Image.fromarray(np.full((4, 4), 60000, np.int32))  # fits 16 bits: read as 16-bit, as before
+    assert read_image(_tiff_bytes(small)).mode == "I;16"
+
+
+def _tiff_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def test_float_samples_beyond_0_to_1_are_kept_in_tiff_and_refused_elsewhere(tmp_path):
+    from drcn_cli import upscale_image
+
+    values = np.linspace(-3.0, 1000.0, 8 * 8).reshape(8, 8).astype(np.float32)
+    loaded = read_image(_tiff_bytes(Image.fromarray(values)))
+    assert loaded.mode == "F" and np.array_equal(loaded.pixels, values)
+    with Image.open(io.BytesIO(encode_image(values, "TIFF"))) as out:
+        assert out.mode == "F" and np.array_equal(np.asarray(out), values)
+    with pytest.raises(ImageFormatError, match=r"from -3 to 1000, outside what PNG holds \(0 to 1\)"):
+        encode_image(values, "PNG")
+    big = upscale_image(values, 2, method="bicubic")
+    assert big.dtype == np.float32 and big.min() == -3.0 and big.max() == 1000.0
+    with pytest.raises(ImageReadError, match="NaN or infinity"):
+        read_image(_tiff_bytes(Image.fromarray(np.array([[0.5, np.nan]], np.float32))))
+
+
+# --------------------------------------------------------------------------------------------- drcn's mark
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("kind", ["rgb8", "rgb16", "grey16", "grey-alpha16", "float", "int32"])
+def test_every_output_carries_drcn_s_mark(tmp_path, fmt, kind):
+    pixels = {"rgb8": rng_pixels((6, 7, 3)), "rgb16": rng_pixels((6, 7, 3), np.uint16),
+              "grey16": rng_pixels((6, 7), np.uint16), "grey-alpha16": rng_pixels((6, 7, 2), np.uint16),
+              "float": np.full((6, 7), 0.25, np.float32), "int32": np.full((6, 7), 40000, np.int32)}[kind]  # fmt: skip
+    if kind == "grey-alpha16" and fmt == "JPEG":
+        pixels = pixels.copy()
+        pixels[:, :, 1] = 65535  # opaque: JPEG drops it
+    path = tmp_path / f"out.{fmt.lower()}"
+    exif = Image.Exif()
+    exif[305] = "Camera firmware 1.2"  # the input's Software tag is the input's: kept where EXIF is
+    write_image(path, pixels, fmt, exif=exif.tobytes())
+    assert imageio.written_by_drcn(path)
+    if fmt in ("PNG", "JPEG", "WEBP") and not (fmt == "PNG" and kind.endswith("16") and kind != "grey16"):
+        with Image.open(path) as image:
+            assert image.getexif().get(305) == "Camera firmware 1.2"
+
+
+def test_other_files_carry_no_mark(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.fromarray(rng_pixels((4, 4, 3))).save(plain)
+    tagged = tmp_path / "tagged.png"
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", "GIMP 2.10")
+    Image.fromarray(rng_pixels((4, 4, 3))).save(tagged, pnginfo=info)
+    (tmp_path / "text.png").write_bytes(b"not an image")
+    for name in ("plain.png", "tagged.png", "text.png", "missing.png"):
+        assert not imageio.written_by_drcn(tmp_path / name)
+    assert imageio.MARK.startswith("drcn ")
+
+
+# --------------------------------------------------------------------------------------------- decoders' chatter
+
+
+def _png_with(pixels: np.ndarray, chunks: bytes, after_pixels: bool = False) -> bytes:
+    data = cv2.imencode(".png", pixels[:, :, ::-1])[1].tobytes() if pixels.dtype == np.uint16 else _pillow_png(pixels)
+    at = data.rfind(b"IEND") - 4 if after_pixels else 33
+    return data[:at] + chunks + data[at:]
+
+
+def _pillow_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_png_with_a_20_mb_comment_reads_fine_and_nothing_is_printed(capfd, depth, where):
+    pixels = rng_pixels((10, 12, 3), np.uint16 if depth == 16 else np.uint8)
+    comments = (_chunk(b"tEXt", b"Comment\x00" + b"x" * 20_000_000)
+                + _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"y" * 20_000_000))  # over Pillow's limit
+                + _chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + b"<x/>" * 1000))  # fmt: skip
+    loaded = read_image(_png_with(pixels, comments, after_pixels=where == "after"))
+    assert np.array_equal(loaded.pixels, pixels)
+    assert capfd.readouterr().err == ""  # no "libpng warning: tEXt: out of memory", no Pillow complaint
+
+
+def test_exif_kept_as_png_text_is_still_read():
+    exif = Image.Exif()
+    exif[271] = "Canon"
+    raw = exif.tobytes()
+    text = "\nexif\n" + f"{len(raw):8d}\n" + raw.hex() + "\n"  # ImageMagick's "Raw profile type exif"
+    comment = _chunk(b"tEXt", b"Comment\x00" + b"x" * 2_000_000)
+    data = _png_with(rng_pixels((4, 4, 3)), _chunk(b"tEXt", b"Raw profile type exif\x00" + text.encode()) + comment)
+    loaded = read_image(data)
+    parsed = Image.Exif()
+    parsed.load(loaded.exif)
+    assert parsed.get(271) == "Canon"
+
+
+def _png16(raw_rows: bytes, width: int, height: int, compressed: bytes | None = None, extra: bytes = b"") -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    idat = compressed if compressed is not None else zlib.compress(raw_rows)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_what_libpng_would_complain_of_is_one_reason_and_nothing_is_printed(capfd):
+    width, height = 8, 4
+    rows = rng_pixels((height, width, 3), np.uint16).astype(">u2").view(np.uint8).reshape(height, -1)
+    good = b"".join(b"\x00" + row.tobytes() for row in rows)
+    adler = bytearray(zlib.compress(good))
+    adler[-1] ^= 1
+    crc = bytearray(_png16(good, width, height))
+    at = crc.find(b"IDAT")
+    crc[at + 4 + struct.unpack(">I", crc[at - 4:at])[0]] ^= 0xFF  # the chunk's CRC itself; its data is intact
+    cases = {  # what is wrong: (the file, what the reason says)
+        "a row filter that does not exist": (_png16(b"".join(b"\x07" + r.tobytes() for r in rows), width, height),
+                                             "a row of pixels has an unknown filter"),
+        "more data than the image": (_png16(good + b"\x00" * 100, width, height), "more pixel data than"),
+        "a wrong stream checksum": (_png16(good, width, height, bytes(adler)), "incorrect data check"),
+        "data after the stream": (_png16(good, width, height, zlib.compress(good) + b"junk"), "data after the end"),
+        "a chunk failing its CRC": (bytes(crc), "the IDAT chunk fails its checksum"),
+    }
+    for data, reason in cases.values():
+        with pytest.raises(ImageReadError, match=reason):
+            read_image(data)
+    bad_profile = _png16(good, width, height, extra=_chunk(b"iCCP", b"x\x00\x00" + zlib.compress(b"short")))
+    assert read_image(bad_profile).pixels.shape == (height, width, 3)  # metadata libpng dislikes: read past
+    assert capfd.readouterr().err == ""
+
+
+def test_mutated_16_bit_png_and_tiff_files_never_print(capfd):
+    import random
+
+    from drcn_cli.imageio import _encode_tiff16
+
+    pixels = rng_pixels((20, 20, 3), np.uint16)
+    interlaced = bytearray(cv2.imencode(".png", pixels)[1].tobytes())
+    bases = [encode_image(pixels, "PNG"), bytes(interlaced), _encode_tiff16(pixels, None, (72, 72)),
+             encode_image(pixels.astype(np.uint8), "TIFF")]  # fmt: skip
+    rng = random.Random("drcn-decoders-quiet")
+    outcomes = {"read": 0, "refused": 0}
+    for base in bases:
+        for _ in range(60):
+            data = bytearray(base)
+            for _ in range(rng.randint(1, 4)):
+                top = min(len(data), 64) if rng.random() < 0.5 else len(data)
+                data[rng.randrange(top)] ^= rng.randrange(1, 256)
+            if rng.random() < 0.3:
+                data = data[:rng.randrange(1, len(data))]
+            try:
+                read_image(bytes(data), max_pixels=10**6)
+                outcomes["read"] += 1
+            except ImageReadError:
+                outcomes["refused"] += 1
+    assert outcomes["read"] and outcomes["refused"]
+    assert capfd.readouterr().err == ""  # libpng, libtiff, OpenCV and Pillow's log kept quiet

@@ -5,7 +5,7 @@ from conftest import random_drcn
 from PIL import Image
 
 from drcn_cli.model import DRCN
-from drcn_cli.pipeline import InferenceSettings, super_resolve_y, target_size, upscale_image
+from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y, target_size, upscale_image
 from drcn_cli.registry import WeightsNotFoundError
 from drcn_cli.resize import imresize
 from drcn_cli.tiling import TilePlan
@@ -132,10 +132,11 @@ def test_self_ensemble_is_the_mean_over_the_eight_flips_and_rotations(model):
     expected /= 8
     calls = []
     settings = InferenceSettings(torch.device("cpu"), tile=6, self_ensemble=True)  # tiled, and not square
-    ensembled = super_resolve_y(model, y, settings, on_tile=lambda done, total: calls.append((done, total)))
+    ready = open_model(model, "cpu", "fp32")
+    ensembled = super_resolve_y(ready, y, settings, on_tile=lambda done, total: calls.append((done, total)))
     assert ensembled.shape == y.shape
     torch.testing.assert_close(ensembled, expected, atol=1e-5, rtol=0)
-    plain = super_resolve_y(model, y, InferenceSettings(torch.device("cpu")))
+    plain = super_resolve_y(ready, y, InferenceSettings(torch.device("cpu")))
     assert (ensembled - plain).abs().max() > 1e-4  # the random network is not symmetric: averaging changes it
     # one progress count over all 8 passes, ending at the total
     assert [done for done, _ in calls] == list(range(1, len(calls) + 1))
@@ -199,6 +200,98 @@ def test_bands_that_cut_context_rows_only_where_they_measured_faster(precision, 
 def test_a_tiled_bf16_run_equals_the_untiled_one_with_cut_rows():
     model = random_drcn(features=8, recursions=3)
     y = torch.rand(1, 1, 61, 23, generator=torch.Generator().manual_seed(2))
-    whole = super_resolve_y(model, y, InferenceSettings(torch.device("cpu"), tile=0, precision="bf16"))
-    tiled = super_resolve_y(model, y, InferenceSettings(torch.device("cpu"), tile=9, precision="bf16"))
+    ready = open_model(model, "cpu", "bf16")
+    whole = super_resolve_y(ready, y, InferenceSettings(torch.device("cpu"), tile=0, precision="bf16"))
+    tiled = super_resolve_y(ready, y, InferenceSettings(torch.device("cpu"), tile=9, precision="bf16"))
     torch.testing.assert_close(tiled, whole, rtol=0, atol=0)
+
+
+# -- arguments that cannot work: a precise error naming the argument ------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("method", ["bicubic", "drcn"])
+def test_non_finite_pixels_are_refused_naming_image(model, method, bad):
+    image = np.full((8, 9, 3), 0.5, dtype=np.float32)
+    image[2, 3, 1] = bad
+    weights = model if method == "drcn" else None
+    with pytest.raises(ValueError, match="^image holds NaN or infinite pixel values") as info:
+        upscale_image(image, 2, method=method, weights=weights)
+    assert not isinstance(info.value, WeightsError)  # the input is to blame, not the weights
+    grey = Image.fromarray(np.full((6, 7), bad, dtype=np.float32), "F")  # a float TIFF's mode
+    with pytest.raises(ValueError, match="^image holds NaN or infinite"):
+        upscale_image(grey, 2, method=method, weights=weights)
+    assert upscale_image(np.full((8, 9, 3), 0.5), 2, method="bicubic").dtype == np.float64  # finite floats pass
+
+
+@pytest.mark.parametrize("bad", [None, [[0, 1], [2, 3]], "photo.png", b"\x89PNG", 3, torch.zeros(3, 8, 8)])
+def test_an_image_that_is_neither_pil_nor_numpy_is_a_type_error(bad):
+    with pytest.raises(TypeError, match=r"^image must be a PIL\.Image\.Image or a numpy\.ndarray .*, got "):
+        upscale_image(bad, 2, method="bicubic")
+
+
+@pytest.mark.parametrize("mode", ["LAB", "HSV", "YCbCr"])
+def test_images_in_other_colour_spaces_are_refused_rather_than_returned_as_rgb(mode):
+    image = Image.fromarray(rng_image((6, 7, 3))).convert(mode) if mode != "LAB" else Image.new("LAB", (7, 6))
+    assert image.mode == mode
+    with pytest.raises(ValueError, match=f"^image is in mode {mode}, which drcn would return as RGB"):
+        upscale_image(image, 2, method="bicubic")
+    back = upscale_image(image.convert("RGB"), 2, method="bicubic")  # what the message says to do
+    assert back.mode == "RGB" and back.size == (14, 12)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "I;16", "F"])
+def test_the_modes_kept_are_kept(mode):
+    plain = mode not in ("I;16", "F")
+    image = Image.fromarray(rng_image((6, 7, 4))).convert(mode) if plain else Image.new(mode, (7, 6))
+    assert upscale_image(image, 2, method="bicubic").mode == mode
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"scale": True}, "scale"), ({"scale": "2"}, "scale"), ({"scale": [2]}, "scale"), ({"scale": 2j}, "scale"),
+    ({"width": True}, "width"), ({"width": "20"}, "width"), ({"width": 20.0}, "width"), ({"height": False}, "height"),
+    ({"height": None, "width": np.float32(20)}, "width"), ({"scale": 2, "threads": "2"}, "threads"),
+    ({"scale": 2, "threads": True}, "threads"),
+])  # fmt: skip
+def test_a_size_that_is_not_a_number_is_a_type_error_naming_it(kwargs, name):
+    with pytest.raises(TypeError, match=f"^{name} must be a"):
+        upscale_image(rng_image((6, 7)), method="bicubic", **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"scale": float("nan")}, "scale nan is not a finite number"), ({"scale": float("inf")}, "scale inf is not"),
+    ({"scale": 0.5}, "scale 0.5 is outside 1 to 32"), ({"scale": 33}, "scale 33 is outside 1 to 32"),
+    ({"width": 0}, "width must be at least 1 pixel, got 0"), ({"height": -5}, "height must be at least 1 pixel"),
+])  # fmt: skip
+def test_a_size_out_of_range_is_a_value_error_naming_it(kwargs, expected):
+    from drcn_cli.pipeline import SizeError
+
+    with pytest.raises(SizeError, match=f"^{expected}"):
+        upscale_image(rng_image((6, 7)), method="bicubic", **kwargs)
+    assert upscale_image(rng_image((6, 7)), np.float32(2.5), method="bicubic").shape == (15, 18)  # numpy scalars pass
+
+
+def test_the_api_refuses_a_thread_count_the_machine_cannot_take():
+    from drcn_cli.device import max_threads
+    from drcn_cli.errors import ConfigError
+
+    before = torch.get_num_threads()
+    with pytest.raises(ConfigError, match=f"^threads must be at most {max_threads()} "):
+        upscale_image(rng_image((6, 7)), 2, method="bicubic", threads=max_threads() + 1)
+    assert torch.get_num_threads() == before
+
+
+def test_the_api_and_the_cli_share_one_scale_check(tmp_path, capsys):
+    from drcn_cli.cli import main
+    from drcn_cli.pipeline import SizeError, scale_problem
+
+    Image.fromarray(rng_image((6, 7, 3))).save(tmp_path / "in.png")
+    for scale in (0.5, 40.0, float("-0.0")):
+        problem = scale_problem(scale)
+        with pytest.raises(SizeError, match=f"^scale {problem}$"):
+            upscale_image(rng_image((6, 7)), scale, method="bicubic")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["upscale", str(tmp_path / "in.png"), "-s", str(scale), "--method", "bicubic"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"Invalid value for '-s' / '--scale': {problem}" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from conftest import random_drcn
 from PIL import Image
 
 from drcn_cli.model import DRCN
-from drcn_cli.pipeline import InferenceSettings
+from drcn_cli.pipeline import open_upscaler
 from drcn_cli.protocol import evaluate, evaluate_images
 from drcn_cli.train import prepare_validation
 
@@ -35,10 +34,10 @@ def save_rotated_photo(path, height=30, width=44):
 @pytest.mark.parametrize("scale", [2, 3])
 def test_validation_and_bench_give_the_same_score_on_the_same_file(model, tmp_path, scale):
     path = save_rotated_photo(tmp_path / "photo.png")
-    settings = InferenceSettings(torch.device("cpu"))
+    upscaler = open_upscaler(model, "cpu", "fp32")
 
-    bench = evaluate_images([path], scale, model, settings)
-    (score,) = evaluate(prepare_validation([path], [scale]), model, settings).values()
+    bench = evaluate_images([path], scale, upscaler)
+    (score,) = evaluate(prepare_validation([path], [scale]), upscaler).values()
 
     assert score == bench
 
@@ -54,9 +53,9 @@ def test_the_bench_runner_scores_as_training_validation_does(model, tmp_path):
     from drcn_cli.datasets import Dataset
 
     path = save_rotated_photo(tmp_path / "photo.png")
-    settings = InferenceSettings(torch.device("cpu"))
-    report = run_bench([Dataset("one", tmp_path, (path,), "folder")], (2, 3), model, settings)
-    validation = evaluate(prepare_validation([path], [2, 3]), model, settings)
+    upscaler = open_upscaler(model, "cpu", "fp32")
+    report = run_bench([Dataset("one", tmp_path, (path,), "folder")], (2, 3), upscaler)
+    validation = evaluate(prepare_validation([path], [2, 3]), upscaler)
     assert [(r.scale, r.psnr, r.ssim) for r in report.images] == [
         (int(scale), score.psnr, score.ssim) for scale, score in validation.items()
     ]
@@ -66,5 +65,5 @@ def test_a_fractional_scale_crops_to_whole_pixels_and_scores_with_a_rounded_up_b
     path = save_rotated_photo(tmp_path / "photo.png")
     (sample,) = prepare_validation([path], [2.5])
     assert sample.lr.shape[-2:] == (17, 12) and sample.hr.shape[-2:] == (42, 30)  # 44 x 30 upright
-    (score,) = evaluate([sample], model, InferenceSettings(torch.device("cpu"))).values()
+    (score,) = evaluate([sample], open_upscaler(model, "cpu", "fp32")).values()
     assert 10 < score.psnr < 60 and 0 < score.ssim <= 1

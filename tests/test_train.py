@@ -440,7 +440,7 @@ def test_ddp_path_with_one_process_matches_the_plain_run(data_dir, tmp_path, mon
 def test_validation_follows_the_bench_protocol(tmp_path):
     from drcn_cli.data import list_images, quantize
     from drcn_cli.metrics import luma_8bit, psnr, ssim
-    from drcn_cli.pipeline import InferenceSettings
+    from drcn_cli.pipeline import open_upscaler
     from drcn_cli.protocol import evaluate
     from drcn_cli.resize import imresize
     from drcn_cli.train import prepare_validation
@@ -453,7 +453,7 @@ def test_validation_follows_the_bench_protocol(tmp_path):
     with torch.no_grad():
         model.recon2.weight.zero_()
         model.recon2.bias.zero_()
-    scores = evaluate(items, model, InferenceSettings(torch.device("cpu")))
+    scores = evaluate(items, open_upscaler(model, "cpu", "fp32"))
     for scale in (2.0, 3.0):
         expected = []
         for item in (i for i in items if i.scale == scale):
@@ -546,3 +546,129 @@ def test_checkpoint_files_go_through_the_one_writer_and_only_a_folder_is_replace
     assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe").st_mode) and (tmp_path / "link").is_symlink()
     assert read_checkpoint(path).state["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "link", "log.csv", "pipe"]
+
+
+# -- a run that diverges: an error, and no file holding NaN --------------------------------------------------------
+
+
+def _weights_files(folder):
+    return sorted(p.name for p in folder.rglob("*.safetensors")) if folder.exists() else []
+
+
+def test_a_learning_rate_that_blows_up_stops_with_a_training_error_and_writes_no_weights(data_dir, tmp_path):
+    from drcn_cli.train import TrainingError
+
+    out = tmp_path / "w.safetensors"
+    cfg = _config(data_dir, tmp_path, steps=4, lr=1e30, lr_min=0.0, optimizer="sgd", grad_clip=0.0, warmup=0.0,
+                  out=str(out), checkpoint_every=1)  # fmt: skip
+    with pytest.raises(TrainingError, match="output .*NaN or infinite by step 1; nothing of it was written"):
+        train(cfg)
+    assert not out.exists()
+    assert not (tmp_path / "ckpt" / "state.json").exists() and _weights_files(tmp_path / "ckpt") == []
+
+
+def _inject_nan_at(monkeypatch, step_to_break, target="model"):
+    """Make the weights (or their average) NaN right after optimiser step ``step_to_break`` (1-based)."""
+    calls = {"n": 0}
+    real_zero, real_ema = train_module._zero_tiny_, train_module.update_ema
+
+    def zero_tiny(params):
+        real_zero(params)
+        if target == "model" and params and params[0].requires_grad:
+            calls["n"] += 1
+            if calls["n"] == step_to_break:
+                with torch.no_grad():
+                    params[0].fill_(float("nan"))  # ensemble_logits, the model's own parameter, comes first
+
+    def update_ema(ema, model, decay):
+        real_ema(ema, model, decay)
+        calls["n"] += target == "ema"
+        if target == "ema" and calls["n"] == step_to_break:
+            with torch.no_grad():
+                ema.recursive.bias.fill_(float("inf"))
+
+    monkeypatch.setattr(train_module, "_zero_tiny_", zero_tiny)
+    monkeypatch.setattr(train_module, "update_ema", update_ema)
+
+
+def test_nan_weights_after_the_last_step_are_caught_before_validation_export_and_checkpoint(
+    data_dir, tmp_path, monkeypatch
+):
+    from drcn_cli.train import TrainingError
+
+    _inject_nan_at(monkeypatch, 1)
+    val_dir = write_training_images(tmp_path / "val", count=1, size=40, seed=9)
+    out = tmp_path / "w.safetensors"
+    recorder = _Recorder()
+    with pytest.raises(TrainingError, match=r"the weights \(ensemble_logits first\) became NaN or infinite by step 1"):
+        train(_config(data_dir, tmp_path, steps=1, out=str(out), val=str(val_dir)), recorder)
+    assert not out.exists() and recorder.vals == [] and recorder.exports == [] and recorder.checkpoints == []
+    assert _weights_files(tmp_path / "ckpt") == [] and not (tmp_path / "ckpt" / "state.json").exists()
+
+
+def test_a_nan_in_the_moving_average_is_caught_too(data_dir, tmp_path, monkeypatch):
+    from drcn_cli.train import TrainingError
+
+    _inject_nan_at(monkeypatch, 2, target="ema")
+    with pytest.raises(TrainingError, match=r"the averaged weights \(recursive.bias first\)"):
+        train(_config(data_dir, tmp_path, steps=3, ema=0.9, out=str(tmp_path / "w.safetensors")))
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_a_run_that_diverges_after_a_checkpoint_keeps_that_checkpoint_and_writes_nothing_later(
+    data_dir, tmp_path, monkeypatch
+):
+    from drcn_cli.train import TrainingError
+
+    _inject_nan_at(monkeypatch, 3)
+    out = tmp_path / "w.safetensors"
+    with pytest.raises(TrainingError, match="by step 3"):
+        train(_config(data_dir, tmp_path, steps=6, log_every=3, checkpoint_every=2, out=str(out)))
+    checkpoint = read_checkpoint(tmp_path / "ckpt")
+    assert checkpoint.state["step"] == 2 and all(torch.isfinite(v).all() for v in checkpoint.model.values())
+    model, metadata = load_weights(out)  # the step-2 export, finite (load_weights refuses NaN)
+    assert metadata["training_steps"] == "2"
+
+
+# -- where the weights go: checked before the run -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["out", "checkpoint_dir", "pack"])
+def test_a_target_under_a_regular_file_is_refused_before_anything_is_done(data_dir, tmp_path, field):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    target = blocker / "sub" / ("x" if field == "checkpoint_dir" else "x.safetensors")
+    changes = {field: str(target), "out": str(tmp_path / "w.safetensors")} if field != "out" else {"out": str(target)}
+    with pytest.raises(CheckpointError, match=f"^{target}: cannot write .* there: {blocker} is not a folder$"):
+        train(_config(data_dir, tmp_path, **changes))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "train"]  # no checkpoint folder, log or pack
+
+
+def test_a_target_in_a_folder_without_write_permission_is_refused_before_the_run(data_dir, tmp_path, monkeypatch):
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: os.fspath(path) != str(locked) and real_access(
+        path, mode, **kw))  # fmt: skip
+    for target in (locked / "w.safetensors", locked / "new" / "deeper" / "w.safetensors"):  # missing folders too
+        with pytest.raises(CheckpointError, match=f"^{target}: cannot write the weights there: the folder {locked} "
+                                                  "is not writable$"):  # fmt: skip
+            train(_config(data_dir, tmp_path, out=str(target)))
+    assert list(locked.iterdir()) == [] and not (tmp_path / "ckpt").exists()
+
+
+def test_a_read_only_folder_is_refused_before_the_run(data_dir, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes in a read-only folder: the os.access test above covers the check")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(CheckpointError, match="is not writable"):
+            train(_config(data_dir, tmp_path, out=str(locked / "w.safetensors")))
+    finally:
+        locked.chmod(0o700)
+    assert not (tmp_path / "ckpt").exists()

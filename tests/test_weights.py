@@ -178,3 +178,88 @@ def test_weights_go_through_the_one_writer(tmp_path):
     assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == 0o640
     load_weights(tmp_path / "m.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.safetensors", "m.safetensors", "target.safetensors"]
+
+
+# -- a file that claims a network drcn should not build ----------------------------------------------------------
+
+
+def _state(features=8, recursions=3):
+    return {k: v.clone() for k, v in random_model(features, recursions).state_dict().items()}
+
+
+def test_a_recursive_kernel_of_another_size_is_the_tensor_named(tmp_path):
+    state = _state()
+    state["recursive.weight"] = torch.zeros(8, 8, 5, 5)  # 5x5 among 3x3 kernels: the recursive conv is wrong
+    path = tmp_path / "k5.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match=r"recursive\.weight has shape \(8, 8, 5, 5\), expected \(8, 8, 3, 3\)"):
+        load_weights(path)
+    state = _state()
+    state["embed1.weight"] = torch.zeros(8, 1, 5, 5)  # and when another layer is the odd one, that one
+    with pytest.raises(WeightsError, match=r"embed1\.weight has shape"):
+        config_from_state_dict(state)
+
+
+@pytest.mark.parametrize("key", ["recursive.weight", "recursive.bias", "embed2.bias"])
+def test_the_recursive_conv_of_another_width_is_the_tensor_named(key):
+    state = _state()
+    state[key] = torch.zeros(12, *state[key].shape[1:]) if key.endswith("bias") else torch.zeros(12, 12, 3, 3)
+    with pytest.raises(WeightsError, match=rf"{key.replace('.', '[.]')} has shape"):
+        config_from_state_dict(state)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("key", ["recursive.weight", "ensemble_logits", "recon2.bias"])
+def test_tensors_that_are_not_floating_point_are_refused_naming_them(tmp_path, key, dtype):
+    state = _state()
+    state[key] = torch.zeros(state[key].shape, dtype=dtype)
+    path = tmp_path / "ints.safetensors"
+    save_file(state, str(path))
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(WeightsError, match=rf"{key.replace('.', '[.]')} holds {name} values, expected floating point"):
+        load_weights(path)
+
+
+def test_a_tensor_of_another_rank_is_refused_naming_it():
+    state = _state()
+    state["recon1.weight"] = torch.zeros(8, 72)
+    with pytest.raises(WeightsError, match=r"recon1\.weight has shape \(8, 72\), expected 4 dimensions"):
+        config_from_state_dict(state)
+
+
+@pytest.mark.parametrize("entries", [0, 65, 2000])
+def test_recursions_beyond_the_limit_are_refused_before_any_work(tmp_path, entries):
+    from drcn_cli.weights import MAX_RECURSIONS
+
+    assert MAX_RECURSIONS == 64
+    state = _state()
+    state["ensemble_logits"] = torch.zeros(entries)
+    path = tmp_path / "deep.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match=rf"ensemble_logits holds {entries} entries.*drcn reads 1 to 64"):
+        load_weights(path)
+    state["ensemble_logits"] = torch.zeros(MAX_RECURSIONS)
+    assert config_from_state_dict(state).recursions == MAX_RECURSIONS  # the limit itself is read
+
+
+def test_features_beyond_the_limit_are_refused():
+    from drcn_cli.weights import MAX_FEATURES
+
+    assert MAX_FEATURES == 1024
+    wide = MAX_FEATURES + 1
+    state = {
+        "embed1.weight": torch.empty(wide, 1, 3, 3), "embed2.weight": torch.empty(wide, wide, 3, 3),
+        "recursive.weight": torch.empty(wide, wide, 3, 3), "recon1.weight": torch.empty(wide, wide, 3, 3),
+        "recon2.weight": torch.empty(1, wide, 3, 3), "ensemble_logits": torch.zeros(16),
+        **{f"{name}.bias": torch.empty(wide) for name in ("embed1", "embed2", "recursive", "recon1")},
+        "recon2.bias": torch.empty(1),
+    }  # fmt: skip
+    with pytest.raises(WeightsError, match="F=1025 filters; drcn reads 1 to 1024"):
+        config_from_state_dict(state)
+
+
+def test_an_even_kernel_is_refused():
+    model = DRCN(DRCNConfig(features=4, recursions=2, kernel_size=3))
+    state = {k: (torch.zeros(*v.shape[:2], 4, 4) if v.dim() == 4 else v) for k, v in model.state_dict().items()}
+    with pytest.raises(WeightsError, match="kernels of 4x4"):
+        config_from_state_dict(state)

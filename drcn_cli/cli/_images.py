@@ -4,6 +4,7 @@ writes already handed over and reports them."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,9 @@ class Upscaled:
     pixels: Any
     loaded: Any  # imageio.LoadedImage
     model: str  # the upscaler that made it (Upscaler.name)
+    # Seconds of each step so far ("read", "upscale"; "write" once written): what the report of an image written
+    # during an interrupt shows, as batch.JobOutcome.timings does for the others.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def run_images(jobs: list, report: Reporter, opts: RunOptions) -> None:
@@ -56,28 +60,37 @@ class _ImageSteps:
     # Images whose write finished but is not reported yet: on an interrupt, the writes already handed over are
     # completed (atomically), and must then be counted and get their --json line too.
     unreported: dict[int, tuple[Any, Upscaled, int]] = field(default_factory=dict)
+    read_seconds: dict[int, float] = field(default_factory=dict)  # id(job) -> its read's seconds, until upscaled
 
     def load(self, job):
         """The decoded image (stdin is read whole first); refused over --max-pixels."""
         from ..imageio import read_image
 
+        started = time.perf_counter()
         source, max_pixels = job.source.path, self.opts.max_pixels
-        return read_image(read_stdin(max_pixels) if source is None else source, max_pixels)
+        loaded = read_image(read_stdin(max_pixels) if source is None else source, max_pixels)
+        self.read_seconds[id(job)] = time.perf_counter() - started
+        return loaded
 
     def process(self, job, loaded) -> Upscaled:
         """The image upscaled to the size asked for, by the upscaler for its kind of file; OutputTooLargeError
         over --max-output-pixels."""
         opts, report = self.opts, self.report
+        started = time.perf_counter()
+        timings = {"read": self.read_seconds.pop(id(job), 0.0)}
         upscaler = self.upscalers.for_input(loaded.source_format)
         size = upscaler.output_size(loaded.height, loaded.width, opts.scale, opts.width, opts.height,
                                     opts.max_output_pixels)  # fmt: skip
         report.start(job, loaded, size)
         pixels = upscaler.upscale_array(loaded.pixels, size, opts.scale, report.tile, report.shrink)
-        return Upscaled(pixels, loaded, upscaler.name)
+        timings["upscale"] = time.perf_counter() - started
+        return Upscaled(pixels, loaded, upscaler.name, timings)
 
     def save(self, job, result: Upscaled) -> int:
-        """:meth:`_write`, then note the image as written but not yet reported."""
+        """:meth:`_write`, then note the image as written but not yet reported (with the write's seconds)."""
+        started = time.perf_counter()
         size = self._write(job, result)
+        result.timings["write"] = time.perf_counter() - started
         self.unreported[id(job)] = (job, result, size)
         return size
 
@@ -119,11 +132,13 @@ def _finish_writes(outcomes) -> None:
 
 
 def _report_unreported(report: Reporter, unreported: dict[int, tuple[Any, Upscaled, int]]) -> None:
-    """Count the images written but not reported when the run was interrupted, as done (or skipped)."""
+    """Count the images written but not reported when the run was interrupted, as done (or skipped), with the
+    seconds their read, upscale and write took."""
     from ..batch import JobOutcome
 
     for job, result, size in list(unreported.values()):
         if size == SKIPPED:
             report.skipped(job, planned=False)
         else:
-            report.done(JobOutcome(job, loaded=result.loaded, processed=result, saved=size))
+            report.done(JobOutcome(job, loaded=result.loaded, processed=result, saved=size,
+                                   timings=dict(result.timings)))  # fmt: skip

@@ -2,13 +2,75 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 MODEL_PANEL = "Model and device"
+
+EMPTY_NAME = "must not be empty (an unset shell variable?)"
+
+
+# -- value checks shared by the commands' options: each raises typer.BadParameter, which Click reports as one line
+# naming the option ("error: Invalid value for '--max-pixels': nan is not a finite number").
+
+
+def finite(ctx: Any, param: Any, value: Any) -> Any:
+    """Option callback: refuse NaN and infinities (Click's float ranges let them through), for a float or a list."""
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise typer.BadParameter(f"{item} is not a finite number")
+    return value
+
+
+def megapixels(ctx: Any, param: Any, value: Any) -> Any:
+    """Option callback of a pixel limit in megapixels: finite, and 0 (no limit) or at least one pixel (a smaller
+    positive value would round to 0, which means no limit)."""
+    finite(ctx, param, value)
+    if value is not None and 0 < value < 1e-6:
+        raise typer.BadParameter(f"{value:g} Mpx is less than one pixel: give 0 (no limit) or at least 1e-6")
+    return value
+
+
+def not_empty(ctx: Any, param: Any, value: Any) -> Any:
+    """Option callback: refuse an empty string (or one in a list), which would silently mean the current folder
+    or nothing at all."""
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(item, str) and not item:
+            raise typer.BadParameter(EMPTY_NAME)
+    return value
+
+
+def threads_in_range(ctx: Any, param: Any, value: Any) -> Any:
+    """Option callback of --threads: drcn_cli.device's one bound (at most 4 per CPU)."""
+    if value is not None:
+        from ..device import threads_problem
+
+        if (problem := threads_problem(value)) is not None:
+            raise typer.BadParameter(problem)
+    return value
+
+
+@functools.cache
+def path_type(file_okay: bool = True, dir_okay: bool = True) -> Any:
+    """The click type of a path option, as Typer builds it (file and folder checks, shell completion), that also
+    refuses an empty name: Typer would turn '' into Path('.'), the current folder, before any callback sees it."""
+    from typer.main import get_click_type
+    from typer.models import ParameterInfo
+
+    base = type(get_click_type(annotation=Path, parameter_info=ParameterInfo()))
+
+    class NonEmptyPath(base):  # type: ignore[valid-type, misc]  # a class known at run time only
+        def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+            if isinstance(value, str) and not value:
+                self.fail(EMPTY_NAME, param, ctx)
+            return super().convert(value, param, ctx)
+
+    return NonEmptyPath(file_okay=file_okay, dir_okay=dir_okay)
 
 
 class Method(str, Enum):
@@ -31,8 +93,8 @@ ModelName = Annotated[
 ]
 WeightsPath = Annotated[
     Path | None,
-    typer.Option("--weights", dir_okay=False, help="A .safetensors weights file (instead of --model).",
-                 rich_help_panel=MODEL_PANEL),
+    typer.Option("--weights", click_type=path_type(dir_okay=False),
+                 help="A .safetensors weights file (instead of --model).", rich_help_panel=MODEL_PANEL),
 ]
 Device = Annotated[
     str,
@@ -48,7 +110,8 @@ PrecisionChoice = Annotated[
 ]
 Threads = Annotated[
     int | None,
-    typer.Option("--threads", min=0, help="CPU threads for torch (default: torch's choice).",
+    typer.Option("--threads", min=0, callback=threads_in_range,
+                 help="CPU threads for torch, at most 4 per CPU (default: torch's choice).",
                  rich_help_panel=MODEL_PANEL),
 ]
 SelfEnsemble = Annotated[

@@ -28,6 +28,13 @@ def shown(label: str | None) -> str | None:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in label)
 
 
+def _reason_line(reason: str) -> str:
+    """A reason as one line of a log: its whitespace runs made one space, then any control character left (an
+    escape sequence in a file name the reason quotes) escaped as in :func:`shown`, so that it cannot rewrite the
+    terminal. The --json record's ``error`` is the same text."""
+    return shown(one_line(reason)) or ""
+
+
 class Reporter:
     """Everything the user sees: rich progress and one line per event on stderr, JSON lines for scripts."""
 
@@ -63,8 +70,9 @@ class Reporter:
 
     def failed_input(self, label: str, reason: str) -> None:
         self.counts["failed"] += 1
-        self.console.print(f"error: {shown(label)}: {one_line(reason)}", markup=False)
-        self.record(input=label, output=None, status="failed", error=one_line(reason), input_size=None,
+        reason = _reason_line(reason)
+        self.console.print(f"error: {shown(label)}: {reason}", markup=False)
+        self.record(input=label, output=None, status="failed", error=reason, input_size=None,
                    output_size=None, seconds=0.0)
 
     def skipped(self, job, planned: bool = True) -> None:
@@ -98,6 +106,7 @@ class Reporter:
 
     def failed(self, outcome, reason: str) -> None:
         self.counts["failed"] += 1
+        reason = _reason_line(reason)
         job = outcome.job
         self.console.print(f"error: {shown(job.input_label)}: {reason}", markup=False)
         loaded = outcome.loaded

@@ -30,6 +30,8 @@ from ._options import (
     Threads,
     WeightsPath,
     model_problem,
+    not_empty,
+    path_type,
 )
 
 _DATA = "Data"
@@ -135,7 +137,7 @@ def bench(
             "-d", "--dataset",
             help="Set5, Set14, B100 (BSD100) or Urban100, or a folder of HR images; repeat for several. "
             "Default: Set5.",
-            rich_help_panel=_DATA, show_default=False,
+            rich_help_panel=_DATA, show_default=False, callback=not_empty,
         ),
     ] = None,
     scale: Annotated[
@@ -152,9 +154,9 @@ def bench(
     ] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", file_okay=False, help="A folder holding <Name>/ folders of HR images, "
+        typer.Option("--data-dir", help="A folder holding <Name>/ folders of HR images, "
                      "tried before the cache ($DRCN_HOME/datasets) and a download from the hub.",
-                     rich_help_panel=_DATA),
+                     rich_help_panel=_DATA, click_type=path_type(file_okay=False)),
     ] = None,
     download: Annotated[
         bool,
@@ -182,25 +184,26 @@ def bench(
     threads: Threads = None,
     save_images: Annotated[
         Path | None,
-        typer.Option("--save-images", file_okay=False, help="Write the SR images to DIR/<dataset>/x<scale>/.",
-                     rich_help_panel=_OUTPUT),
+        typer.Option("--save-images", help="Write the SR images to DIR/<dataset>/x<scale>/.",
+                     rich_help_panel=_OUTPUT, click_type=path_type(file_okay=False)),
     ] = None,
     json_file: Annotated[
         Path | None,
-        typer.Option("--json", dir_okay=False, help="Write means, timing and per-image results as JSON; - for "
+        typer.Option("--json", help="Write means, timing and per-image results as JSON; - for "
                      "stdout, which then holds the JSON alone (the table goes to stderr).",
-                     rich_help_panel=_OUTPUT),
+                     rich_help_panel=_OUTPUT, click_type=path_type(dir_okay=False)),
     ] = None,
     csv_file: Annotated[
         Path | None,
-        typer.Option("--csv", dir_okay=False, help="Write per-image results as CSV; - for stdout, which then "
-                     "holds the CSV alone (the table goes to stderr).", rich_help_panel=_OUTPUT),
+        typer.Option("--csv", help="Write per-image results as CSV; - for stdout, which then "
+                     "holds the CSV alone (the table goes to stderr).", rich_help_panel=_OUTPUT,
+                     click_type=path_type(dir_okay=False)),
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", dir_okay=False, help="Draw PSNR against recursion depth (PNG; needs "
+        typer.Option("--plot", help="Draw PSNR against recursion depth (PNG; needs "
                      "pip install 'drcn\\[plot]'). Without --recursions it sweeps all depths.",
-                     rich_help_panel=_OUTPUT),
+                     rich_help_panel=_OUTPUT, click_type=path_type(dir_okay=False)),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", help="No progress on stderr; errors are still printed.",
@@ -229,7 +232,7 @@ def bench(
     info = _printer(err, quiet)
 
     from ..device import resolve_device, resolve_precision, set_threads
-    from ..pipeline import InferenceSettings
+    from ..pipeline import open_upscaler
 
     # Errors of drcn's own (a device that is not there: usage; a dataset, the weights: failure) are reported
     # by the command's wrapper (cli._errors.reported); only the OS's own are turned into a line here.
@@ -238,16 +241,16 @@ def bench(
     prec = resolve_precision(precision.value, dev)
     sets = _resolve_datasets(datasets_spec, data_dir, download, info)
 
-    depths: tuple[int | None, ...]
-    network, label, depths = None, "MATLAB bicubic", (None,)
-    if method is Method.drcn:
-        network, label, depths = _open_network(weights or model, dev, prec, self_ensemble, recursions, plot, info)
-
-    settings = InferenceSettings(dev, prec, tile, self_ensemble=self_ensemble)
-    report = _measure(err, quiet, sets, scales, qualities, network, settings, depths, save_images)
+    upscaler = open_upscaler(weights or model, dev, prec, method=method.value, tile=tile,
+                             self_ensemble=self_ensemble, on_download=info)  # fmt: skip
+    depths: tuple[int | None, ...] = (None,)
+    label = "MATLAB bicubic"
+    if upscaler.network is not None:
+        label, depths = _network_label(upscaler.network, self_ensemble), _depths(upscaler.network, recursions, plot)
+    report = _measure(err, quiet, sets, scales, qualities, upscaler, depths, save_images)
     _print_results(report, label, to_stderr=_to_stdout(json_file) or _to_stdout(csv_file))
 
-    model_text = label if network is not None else None
+    model_text = label if upscaler.network is not None else None
     try:
         _write_reports(report, sets, scales, model_text, self_ensemble, json_file, csv_file, plot, info)
     except OSError as exc:
@@ -278,17 +281,8 @@ def _resolve_datasets(specs: list[str], data_dir: Path | None, download: bool,
     return sets
 
 
-def _open_network(source: Any, dev: Any, prec: str, self_ensemble: bool, recursions: str | None,
-                  plot: Path | None, info: Callable[[str], None]) -> tuple[Any, str, tuple[int | None, ...]]:
-    """The network from --weights or --model, its label for the table, and the recursion depths to measure."""
-    from ..loader import open_model
-
-    network = open_model(source, dev, prec, on_download=info)
-    return network, _network_label(network, self_ensemble), _depths(network, recursions, plot)
-
-
-def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], qualities: list[int | None], network: Any,
-             settings: Any, depths: tuple[int | None, ...], save_images: Path | None) -> Any:
+def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], qualities: list[int | None], upscaler: Any,
+             depths: tuple[int | None, ...], save_images: Path | None) -> Any:
     """run_bench with a progress bar on ``err``; out of memory fails (exit 1)."""
     import torch
 
@@ -296,7 +290,7 @@ def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], qualitie
 
     try:
         with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
-            return lib.run_bench(sets, scales, network, settings, depths, save_images, advance, qualities)
+            return lib.run_bench(sets, scales, upscaler, depths, save_images, advance, qualities)
     except torch.OutOfMemoryError:
         raise fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
 

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args, get_origin,
 
 import typer
 
-from ..train_config import TrainConfig
+from ..train_config import TrainConfig, value_problem
 from ._errors import EXIT_INTERRUPTED, fail
+from ._options import path_type, threads_in_range
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -122,9 +123,27 @@ def _value_type(field: dataclasses.Field, hint: Any) -> Any:
     return list[kind] if repeated else kind  # type: ignore[valid-type]  # a type built at run time, for typer
 
 
+def _value_check(field: dataclasses.Field) -> Callable[[Any, Any, Any], Any]:
+    """The option's callback: the field's one value check (drcn_cli.train_config.value_problem: NaN, infinities,
+    empty names, bounds), the same that a recipe's values and the Python API's get; for --threads also the
+    machine's bound (drcn_cli.device.threads_problem)."""
+
+    def check(ctx: Any, param: Any, value: Any) -> Any:
+        if isinstance(value, Enum):  # Typer converts what a callback returns again: give it the plain choice
+            value = value.value
+        if value is None or value is False:
+            return value
+        if (problem := value_problem(field.name, value)) is not None:
+            raise typer.BadParameter(problem)
+        return threads_in_range(ctx, param, value) if field.name == "threads" else value
+
+    return check
+
+
 def _parameter(field: dataclasses.Field, hint: Any) -> inspect.Parameter:
     meta = field.metadata
     flags = [meta.get("flag", "--" + field.name.replace("_", "-")), *([meta["short"]] if "short" in meta else [])]
+    path = meta.get("path")
     option = typer.Option(
         *flags,
         help=option_help(field),
@@ -132,8 +151,9 @@ def _parameter(field: dataclasses.Field, hint: Any) -> inspect.Parameter:
         min=meta.get("min"),
         max=meta.get("max"),
         metavar=meta.get("metavar"),
-        file_okay=meta.get("path") != "dir",
-        dir_okay=meta.get("path") != "file",
+        # a path refuses an empty name itself: Typer turns '' into Path('.') before the callback sees it
+        click_type=path_type(file_okay=path != "dir", dir_okay=path != "file") if path else None,
+        callback=_value_check(field),
     )
     kind = _value_type(field, hint)
     if kind is bool:  # a flag turns something on; not given is False
@@ -277,7 +297,8 @@ class _RichReporter:
     def checkpointed(self, path: Path, step: int) -> None: ...
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.prepare_task is not None or self.train_task is not None:  # else it never started: nothing to end
+            self.progress.stop()
 
 
 @train_options
@@ -288,9 +309,12 @@ def train(**flags: Any) -> None:
     """
     from ..train import train as run_training
 
-    if flags["time_limit"] is not None and flags["time_limit"] <= 0:
-        raise typer.BadParameter("must be positive", param_hint="--time-limit")
+    # Each option's value was checked as it was parsed (_value_check), the recipe's as it was read; what does not
+    # work together is refused here, before anything is shown.
     cfg = _config(_given_options(flags), flags["resume"])
+    from ..train_config import check_config
+
+    check_config(cfg)
 
     from ..processes import processes
 

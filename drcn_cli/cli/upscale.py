@@ -17,8 +17,8 @@ import typer
 
 from ._errors import usage
 from ._images import run_images
-from ._options import MODEL_PANEL as _MODEL
 from ._options import (
+    EMPTY_NAME,
     Device,
     Method,
     ModelName,
@@ -27,14 +27,19 @@ from ._options import (
     SelfEnsemble,
     Threads,
     WeightsPath,
+    finite,
+    megapixels,
     model_problem,
+    not_empty,
 )
+from ._options import MODEL_PANEL as _MODEL
 from ._report import Reporter
 from ._run import RunOptions
 from ._stdio import check_stdout
 
 DEFAULT_MAX_MPX = 100.0
 DEFAULT_MAX_OUTPUT_MPX = 1000.0
+MAX_IO_THREADS = 64  # each holds an image in memory; more cannot keep one device busier
 
 _IO = "Input and output"
 _SIZE = "Size"
@@ -72,7 +77,7 @@ def upscale(
         typer.Option(
             "-i", "--input",
             help="An input given as an option, as in Real-ESRGAN's tools (repeatable); the same as an INPUT.",
-            rich_help_panel=_IO, show_default=False,
+            rich_help_panel=_IO, show_default=False, callback=not_empty,
         ),
     ] = None,
     output: Annotated[
@@ -81,12 +86,13 @@ def upscale(
             "-o", "--output",
             help="Output file (one input), folder (several inputs; created), or - for stdout. "
             "Default: beside each input, with a suffix.",
-            rich_help_panel=_IO,
+            rich_help_panel=_IO, callback=not_empty,
         ),
     ] = None,
     scale: Annotated[
         float | None,
-        typer.Option("-s", "--scale", help="Scale factor, 1 to 32 (2, 3, 2.5 ...).", rich_help_panel=_SIZE),
+        typer.Option("-s", "--scale", help="Scale factor, 1 to 32 (2, 3, 2.5 ...).", rich_help_panel=_SIZE,
+                     callback=finite),
     ] = None,
     width: Annotated[
         int | None,
@@ -149,18 +155,18 @@ def upscale(
     threads: Threads = None,
     io_threads: Annotated[
         int,
-        typer.Option("--io-threads", min=1, help="Images read ahead, and written behind, in background threads.",
-                     rich_help_panel=_MODEL),
+        typer.Option("--io-threads", min=1, max=MAX_IO_THREADS,
+                     help="Images read ahead, and written behind, in background threads.", rich_help_panel=_MODEL),
     ] = 2,
     max_pixels: Annotated[
         float,
-        typer.Option("--max-pixels", min=0, help="Refuse inputs over this many megapixels, before decoding "
-                     "(decompression bombs). 0 = no limit.", rich_help_panel=_SAFETY),
+        typer.Option("--max-pixels", min=0, callback=megapixels, help="Refuse inputs over this many megapixels, "
+                     "before decoding (decompression bombs). 0 = no limit.", rich_help_panel=_SAFETY),
     ] = DEFAULT_MAX_MPX,
     max_output_pixels: Annotated[
         float,
-        typer.Option("--max-output-pixels", min=0, help="Refuse outputs over this many megapixels. 0 = no limit.",
-                     rich_help_panel=_SAFETY),
+        typer.Option("--max-output-pixels", min=0, callback=megapixels,
+                     help="Refuse outputs over this many megapixels. 0 = no limit.", rich_help_panel=_SAFETY),
     ] = DEFAULT_MAX_OUTPUT_MPX,
     json_lines: Annotated[
         bool,
@@ -237,6 +243,8 @@ def _check_options(inputs: list[str], scale: float | None, width: int | None, he
     """Options that cannot work together: usage errors (exit 2), before any image is read."""
     if not inputs:
         raise _usage("no input: give image files, folders, globs or - for stdin, as arguments or with -i")
+    if "" in inputs:  # Path("") is the current folder: `drcn upscale "$UNSET" -s 2` would upscale all of it
+        raise _usage(f"an input name {EMPTY_NAME}: give image files, folders, globs or -")
     if scale is None and width is None and height is None:
         raise _usage("give a scale (-s 2) or an output size (--width / --height)")
     if scale is not None and (width is not None or height is not None):
@@ -245,12 +253,12 @@ def _check_options(inputs: list[str], scale: float | None, width: int | None, he
                             tile=tile)  # fmt: skip
     if problem is not None:
         raise _usage(problem)
-    from ..pipeline import MAX_SCALE
+    from ..pipeline import scale_problem
 
     if suffix is not None and any(sep and sep in suffix for sep in ("/", os.sep, os.altsep)):
         raise _usage(f"--suffix {suffix!r} contains a path separator: it would write outside the output folder")
-    if scale is not None and not 1.0 <= scale <= MAX_SCALE:
-        raise typer.BadParameter(f"{scale:g} is outside 1 to {MAX_SCALE:g}", param_hint="'-s' / '--scale'")
+    if scale is not None and (problem := scale_problem(scale)) is not None:  # the API's check (upscale_image)
+        raise typer.BadParameter(problem, param_hint="'-s' / '--scale'")
 
 
 def _report_planned(report: Reporter, problems: list, jobs: list) -> list:
