@@ -90,3 +90,11 @@ def test_an_output_that_is_no_regular_file_is_one_error_even_with_overwrite(tmp_
     message = f"{tmp_path / 'm.onnx'} is a FIFO: drcn replaces only regular files (use - for a stream)"
     assert result.stderr == f"error: {message}\n"
     assert stat.S_ISFIFO(os.lstat(tmp_path / "m.onnx").st_mode) and sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_output_name_is_a_usage_error_not_the_current_folder(tmp_path, weights, empty, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", "--weights", str(weights), "-o", empty])
+    assert result.exit_code == 2 and "-o/--output is empty" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -67,6 +67,8 @@ def export(
     """
     if (problem := model_problem(model, weights)) is not None:
         raise _usage(problem)
+    if output is not None and not output.strip():
+        raise _usage("-o/--output is empty: give a file or folder name (or leave it out for the default name)")
 
     from ..export import export_onnx
     from ..loader import load_model
