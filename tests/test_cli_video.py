@@ -106,3 +106,23 @@ def test_video_frames_get_the_photo_model_when_no_model_is_named(tmp_path, bundl
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert record["model"] == "drcn-lite-photo" and "drcn-lite-photo, " in result.stderr
+
+
+def test_a_video_whose_output_name_is_too_long_is_one_line_and_the_others_are_done(tmp_path):
+    good = make_clip(tmp_path / "good.mp4", frames=2, audio=False)
+    long = make_clip(tmp_path / ("v" * 236 + ".mp4"), frames=2, audio=False)  # its output: 251 bytes, fits
+    longer = tmp_path / ("w" * 250 + ".mp4")  # its output, with _x2_bicubic: 265 bytes, over 255
+    longer.write_bytes(long.read_bytes())
+    result = run(good, long, longer, "-s", 2, "--method", "bicubic")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "name too long" in errors[0] and "Traceback" not in result.output
+    assert (tmp_path / "good_x2_bicubic.mp4").is_file() and (tmp_path / ("v" * 236 + "_x2_bicubic.mp4")).is_file()
+
+
+def test_a_video_output_that_is_a_link_is_refused_before_any_work(tmp_path):
+    source = make_clip(tmp_path / "clip.mp4", frames=2, audio=False)
+    (tmp_path / "out.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    result = run(source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out.mp4", "--overwrite")
+    assert result.exit_code == 1 and "symbolic link" in result.stderr
+    assert (tmp_path / "out.mp4").is_symlink()

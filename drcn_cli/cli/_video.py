@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from ._errors import EXIT_INTERRUPTED, usage
-from ._report import Reporter
+from ._report import Reporter, shown
 from ._run import RunOptions, prepare, reason, sigterm_as_interrupt
 
 
@@ -51,9 +51,14 @@ def _plan(sources, output: str | None, suffix: str | None, label: str, skip_exis
         raise _usage("a video cannot be written to stdout: give -o FILE")
     if overwrite and skip_existing:
         raise _usage("--overwrite and --skip-existing contradict each other: give one")
+    from ..atomic import non_regular_reason
+    from ..batch import name_problem
+
     out = Path(output).expanduser() if output is not None else None
+    if out is not None and (problem := name_problem(out)) is not None:
+        raise _usage(f"-o {shown(str(out))}: {problem}")
     single_file = (
-        out is not None and len(sources) == 1 and not out.is_dir() and not str(output).endswith(("/", os.sep))
+        out is not None and len(sources) == 1 and not os.path.isdir(out) and not str(output).endswith(("/", os.sep))
         and out.suffix != ""
     )
     if single_file and out.suffix.lower() not in VIDEO_EXTENSIONS:  # type: ignore[union-attr]  # single_file: out is set
@@ -66,18 +71,21 @@ def _plan(sources, output: str | None, suffix: str | None, label: str, skip_exis
             assert out is not None  # single_file says so
             target = out
         else:
-            beside = out is None or out.resolve() == path.parent.resolve()
+            beside = out is None or os.path.realpath(out) == os.path.realpath(path.parent)
             name = f"{path.stem}{suffix if suffix is not None else (f'_{label}' if beside else '')}{path.suffix}"
             target = (out if out is not None else path.parent) / name
-        key = target.resolve()
-        if key == path.resolve():
+        if (problem := name_problem(target) or non_regular_reason(target)) is not None:
+            jobs.append(_VideoJob(path, target, error=f"cannot write the output: {problem}"))
+            continue
+        key = Path(os.path.realpath(target))
+        if key == Path(os.path.realpath(path)):
             jobs.append(_VideoJob(path, target, error=f"output {target} is the input file: never overwritten "
                                   "(give -o or --suffix)"))
         elif key in taken:
             jobs.append(_VideoJob(path, target, error=f"output {target} is also the output of {taken[key]}"))
-        elif target.exists() and skip_existing:
+        elif os.path.lexists(target) and skip_existing:
             jobs.append(_VideoJob(path, target, skip=True))
-        elif target.exists() and not overwrite:
+        elif os.path.lexists(target) and not overwrite:
             jobs.append(_VideoJob(path, target, error=f"output {target} exists (use --overwrite or --skip-existing)"))
         else:
             jobs.append(_VideoJob(path, target))
@@ -134,16 +142,16 @@ def _one_video(job: _VideoJob, upscaler, opts: RunOptions, report: Reporter) -> 
     except (DrcnError, OSError) as exc:
         why = reason(exc)
         report.counts["failed"] += 1
-        report.console.print(f"error: {job.input_label}: {why}", markup=False)
+        report.console.print(f"error: {shown(job.input_label)}: {why}", markup=False)
         report.record(input=job.input_label, output=None, status="failed", error=why, input_size=None,
                       output_size=None, seconds=round(time.perf_counter() - started, 4))  # fmt: skip
         return
     seconds = round(time.perf_counter() - started, 4)
     report.counts["ok"] += 1
     for dropped in result.dropped:
-        report.info(f"note: {job.input_label}: {dropped}: dropped")
-    report.info(f"ok {job.input_label} -> {job.output_label} ({info.width}x{info.height} -> {result.width}x"
-                f"{result.height}, {result.frames} frames, {result.audio_copied} audio stream(s) kept, "
+        report.info(f"note: {shown(job.input_label)}: {dropped}: dropped")
+    report.info(f"ok {shown(job.input_label)} -> {shown(job.output_label)} ({info.width}x{info.height} -> "
+                f"{result.width}x{result.height}, {result.frames} frames, {result.audio_copied} audio stream(s) kept, "
                 f"{upscaler.name}, {seconds:.2f} s)")
     report.record(input=job.input_label, output=job.output_label, status="ok", error=None,
                  input_size=[info.width, info.height], output_size=[result.width, result.height], seconds=seconds,
