@@ -217,7 +217,7 @@ def bench(
 
     PSNR and SSIM on the 8-bit Y channel, `scale` border pixels cropped, averaged over each set.
 
-    Exit code: 0 done, 1 a dataset, image or weights problem, 2 usage error.
+    Exit code: 0 done, 1 a dataset, image or weights problem, 2 usage error, 130 interrupted.
     """
     _check_options(method, model, weights, recursions, self_ensemble, plot, tile)
     if _to_stdout(json_file) and _to_stdout(csv_file):

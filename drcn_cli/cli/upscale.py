@@ -183,7 +183,8 @@ def upscale(
 
     Keeps alpha, 16-bit depth, the ICC profile and EXIF (orientation applied), and writes atomically.
 
-    A failed image is reported and the batch goes on. Exit code: 0 all done, 1 an image failed, 2 usage error.
+    A failed image is reported and the batch goes on. Exit code: 0 all done (or skipped), 1 an image failed, 2 usage
+    error, 130 interrupted (Ctrl-C or SIGTERM; every output written is complete).
     """
     from rich.console import Console
 
