@@ -125,12 +125,12 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         KnownWeights(
             name="drcn-lite-photo",
             filename="drcn-lite-photo.safetensors",
-            sha256=None,
-            size=None,
+            sha256="3219db607f77aad5841d4b796ea4b4462a81b4b2e4285b5eaa204544747aee91",
+            size=450212,
             description="drcn-lite trained on JPEG inputs as well as clean ones: the model for photos (JPEG files, "
             "video frames)",
             revision="main",
-            bundled=False,
+            bundled=True,
         ),
     )
 }
