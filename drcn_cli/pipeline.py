@@ -411,21 +411,16 @@ def open_upscalers(
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
-    *,
-    method: str = "drcn",
-    tile: int = 0,
-    recursions: int | None = None,
-    self_ensemble: bool = False,
-    on_download: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> UpscalerChoice:
-    """:func:`open_upscaler` for every input; or, for the network with ``weights`` None, the default model's
-    and, where another model serves lossy inputs, that one's too. Raises as :func:`open_upscaler`."""
-    options = dict(method=method, tile=tile, recursions=recursions, self_ensemble=self_ensemble,
-                   on_download=on_download)  # fmt: skip
+    """:func:`open_upscaler` (``options``: its keyword arguments) for every input; or, for the network with
+    ``weights`` None, the default model's and, where another model serves lossy inputs, that one's too. Raises as
+    :func:`open_upscaler`."""
+    method = options.get("method", "drcn")
     if weights is not None or method == "bicubic":
-        return UpscalerChoice(open_upscaler(weights, device, precision, **options))  # type: ignore[arg-type]
+        return UpscalerChoice(open_upscaler(weights, device, precision, **options))
     default_name, photo_name = model_for_input(None), model_for_input("JPEG")
-    default = open_upscaler(default_name, device, precision, **options)  # type: ignore[arg-type]
+    default = open_upscaler(default_name, device, precision, **options)
     if photo_name == default_name:
         return UpscalerChoice(default)
-    return UpscalerChoice(default, open_upscaler(photo_name, device, precision, **options))  # type: ignore[arg-type]
+    return UpscalerChoice(default, open_upscaler(photo_name, device, precision, **options))
