@@ -77,7 +77,8 @@ class InputProblem:
 class Job:
     """One image to upscale: where from, where to (None: stdout), in which format; ``error`` if refused at planning.
 
-    ``skip`` is set when the output exists and --skip-existing was given.
+    ``skip`` is set when the output exists and --skip-existing was given; ``exists`` when it exists and neither
+    --skip-existing nor --overwrite was (``error`` says so).
     """
 
     source: Source
@@ -85,6 +86,7 @@ class Job:
     fmt: str
     error: str | None = None
     skip: bool = False
+    exists: bool = False
 
     @property
     def input_label(self) -> str:
@@ -503,7 +505,7 @@ def _check_target(job: Job, plan: OutputPlan, taken: dict[Path, str], inputs: se
     if (why := non_regular_reason(target)) is not None:
         return replace(job, error=why)  # a link, folder, FIFO ... where the output would go: never replaced
     if os.path.exists(target) and not plan.overwrite:
-        return replace(job, error=f"output {target} exists (use --overwrite or --skip-existing)")
+        return replace(job, error=f"output {target} exists (use --overwrite or --skip-existing)", exists=True)
     return job
 
 

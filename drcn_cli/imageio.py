@@ -53,6 +53,7 @@ from .atomic import NotRegularFileError, OutputExistsError, WriteError, write_at
 from .errors import DrcnError
 
 __all__ = [
+    "check_output_format",
     "FORMAT_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "MARK",
@@ -1047,6 +1048,16 @@ def _check_side(pixels: np.ndarray, limit: int, fmt: str) -> None:
     height, width = pixels.shape[:2]
     if max(height, width) > limit:
         raise ImageFormatError(f"{fmt} is limited to {limit} pixels a side, the image is {width}x{height}")
+
+
+def check_output_format(pixels: np.ndarray, fmt: str) -> None:
+    """ImageFormatError, before any work, when the upscaled ``pixels`` could not be written as ``fmt``: an input
+    with transparency cannot become a JPEG (bicubic keeps an opaque alpha opaque, and a transparent one
+    transparent). The same test as the encoder's, on the input."""
+    if _FORMAT_ALIASES.get(fmt.lower(), fmt) != "JPEG" or _channels(pixels) not in (2, 4):
+        return
+    if _to_uint8(pixels)[:, :, -1].min() < 255:
+        raise ImageFormatError("JPEG cannot store transparency: write PNG, WebP or TIFF instead (--format)")
 
 
 def _jpeg_pixels(pixels: np.ndarray) -> np.ndarray:

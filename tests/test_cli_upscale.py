@@ -552,3 +552,51 @@ def test_bench_refuses_empty_names_and_too_many_threads_before_any_work(tmp_path
     code, err = _main(["bench", "-d", "hr", "--no-download", *args], capsys)
     _one_usage_line(code, err, f"'{args[0]}'")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["hr", "hr/a.png"]
+
+
+def test_rerunning_a_finished_folder_is_one_line_and_loads_no_model(tmp_path, weights):
+    for i in range(3):
+        save_png(tmp_path / "in" / f"p{i}.png", rng_pixels((10, 12, 3), seed=i))
+    first = run(tmp_path / "in", "-s", 2, "-o", tmp_path / "out", "--weights", weights)
+    assert first.exit_code == 0, first.output
+
+    again = run(tmp_path / "in", "-s", 2, "-o", tmp_path / "out", "--weights", weights, "--json")
+    assert again.exit_code == 1
+    lines = again.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error:")] == [
+        f"error: 3 outputs exist already ({tmp_path / 'out' / 'p0.png'} and 2 more): --skip-existing keeps them and "
+        "counts them as done, --overwrite replaces them"
+    ]
+    assert not any("image(s) on" in line for line in lines)  # no model was loaded: nothing to do
+    records = json_lines(again.stdout)
+    assert [r["status"] for r in records] == ["failed"] * 3 and all("exists" in r["error"] for r in records)
+
+    kept = run(tmp_path / "in", "-s", 2, "-o", tmp_path / "out", "--weights", weights, "--skip-existing", "--json")
+    assert kept.exit_code == 0
+    assert [line for line in kept.stderr.splitlines() if line.startswith("skip")] == [
+        f"skip 3 images whose outputs exist ({tmp_path / 'out' / 'p0.png'} and 2 more)"
+    ]
+    assert not any("image(s) on" in line for line in kept.stderr.splitlines())
+    assert [r["status"] for r in json_lines(kept.stdout)] == ["skipped"] * 3
+
+    # The README's nightly script's branches: 0 when all done or kept, 1 when outputs are refused.
+    (tmp_path / "in" / "p3.png").write_bytes((tmp_path / "in" / "p0.png").read_bytes())
+    mixed = run(tmp_path / "in", "-s", 2, "-o", tmp_path / "out", "--weights", weights, "--skip-existing", "-q")
+    assert mixed.exit_code == 0 and (tmp_path / "out" / "p3.png").is_file()
+
+
+@pytest.mark.parametrize("target", ["out.jpg", "out.jpeg"])
+def test_a_transparent_image_to_jpeg_is_refused_before_the_network_runs(tmp_path, weights, monkeypatch, target):
+    rgba = rng_pixels((10, 12, 4), seed=7)
+    rgba[..., 3] = 128
+    save_png(tmp_path / "a.png", rgba, "RGBA")
+    ran = []
+    real = pipeline.Upscaler.upscale_array
+    monkeypatch.setattr(pipeline.Upscaler, "upscale_array", lambda self, *a, **k: ran.append(1) or real(self, *a, **k))
+    result = run(tmp_path / "a.png", "-s", 2, "-o", tmp_path / target, "--weights", weights)
+    assert result.exit_code == 1 and "JPEG cannot store transparency" in result.stderr
+    assert ran == [] and not (tmp_path / target).exists()
+    opaque = rng_pixels((10, 12, 4), seed=8)
+    opaque[..., 3] = 255  # an opaque alpha is dropped, as before
+    save_png(tmp_path / "b.png", opaque, "RGBA")
+    assert run(tmp_path / "b.png", "-s", 2, "-o", tmp_path / "b.jpg", "--weights", weights).exit_code == 0

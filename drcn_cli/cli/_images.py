@@ -74,10 +74,13 @@ class _ImageSteps:
 
     def process(self, job, loaded) -> Upscaled:
         """The image upscaled to the size asked for, by the upscaler for its kind of file; OutputTooLargeError
-        over --max-output-pixels."""
+        over --max-output-pixels, ImageFormatError before any work when the output format cannot hold it."""
+        from ..imageio import check_output_format
+
         opts, report = self.opts, self.report
         started = time.perf_counter()
         timings = {"read": self.read_seconds.pop(id(job), 0.0)}
+        check_output_format(loaded.pixels, job.fmt)  # before the work, not after it
         upscaler = self.upscalers.for_input(loaded.source_format)
         size = upscaler.output_size(loaded.height, loaded.width, opts.scale, opts.width, opts.height,
                                     opts.max_output_pixels)  # fmt: skip

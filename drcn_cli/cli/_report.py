@@ -75,11 +75,40 @@ class Reporter:
         self.record(input=label, output=None, status="failed", error=reason, input_size=None,
                    output_size=None, seconds=0.0)
 
-    def skipped(self, job, planned: bool = True) -> None:
+    def outputs_exist(self, jobs: list) -> None:
+        """Planned jobs whose outputs exist (no --overwrite, no --skip-existing): a failure each, with its --json
+        record, but one line for all of them, saying which flag decides."""
+        if len(jobs) == 1:
+            self.failed_input(jobs[0].input_label, jobs[0].error)
+            return
+        self.counts["failed"] += len(jobs)
+        first = shown(str(jobs[0].output))
+        self.console.print(
+            f"error: {len(jobs)} outputs exist already ({first} and {len(jobs) - 1} more): --skip-existing keeps "
+            "them and counts them as done, --overwrite replaces them", markup=False,
+        )
+        for job in jobs:
+            self.record(input=job.input_label, output=None, status="failed", error=one_line(job.error),
+                        input_size=None, output_size=None, seconds=0.0)  # fmt: skip
+
+    def skipped_planned(self, jobs: list) -> None:
+        """Jobs skipped while planning (--skip-existing, the output exists): a --json record each, one line for all
+        of them (a line naming the file when there is one)."""
+        if len(jobs) == 1:
+            self.skipped(jobs[0])
+            return
+        for job in jobs:
+            self.skipped(job, line=False)
+        if not self.quiet:
+            first = shown(str(jobs[0].output_label))
+            self.console.print(f"skip {len(jobs)} images whose outputs exist ({first} and {len(jobs) - 1} more)",
+                               markup=False)  # fmt: skip
+
+    def skipped(self, job, planned: bool = True, line: bool = True) -> None:
         """An output that exists: found while planning, or (``planned`` False) written by another process
         while this one upscaled the image."""
         self.counts["skipped"] += 1
-        if not self.quiet:
+        if not self.quiet and line:
             self.console.print(f"skip {shown(job.input_label)}: {shown(job.output_label)} exists", markup=False)
         self.record(input=job.input_label, output=job.output_label, status="skipped", error=None, input_size=None,
                    output_size=None, seconds=0.0)

@@ -270,8 +270,10 @@ def _report_planned(report: Reporter, problems: list, jobs: list) -> list:
             reason += " (flags such as -r take no value: drop it)"  # e.g. `-r true`
         report.failed_input(problem.input, reason)
     for job in jobs:
-        if job.error is not None:
+        if job.error is not None and not job.exists:
             report.failed_input(job.input_label, job.error)
-        elif job.skip:
-            report.skipped(job)
+    if skipped := [job for job in jobs if job.skip]:
+        report.skipped_planned(skipped)
+    if existing := [job for job in jobs if job.exists]:
+        report.outputs_exist(existing)
     return [job for job in jobs if job.error is None and not job.skip]
