@@ -83,6 +83,7 @@ class VideoResult:
     audio_copied: int
     dropped: list[str] = field(default_factory=list)
     bytes: int = 0
+    last_seconds: float | None = None  # the last frame's timestamp in the source, where it has one
 
 
 def is_video_path(path: str | os.PathLike) -> bool:
@@ -164,6 +165,27 @@ def _reader(av: Any, container: Any, items: queue.Queue, stop: threading.Event) 
         put(("error", exc))
 
 
+def _missing(container: Any, rate: Fraction, result: VideoResult) -> str | None:
+    """What is missing from the decoded frames against what the container declares (its frame count, else its
+    duration against the last frame's timestamp), or None when nothing is. Durations round and may hold the audio's
+    end too, hence the margins."""
+    stream = container.streams.video[0]
+    if stream.frames:
+        if result.frames < 0.95 * stream.frames - 1:
+            return f"{result.frames} of its {stream.frames} frames could be decoded"
+        return None
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / 1_000_000
+    if duration is None or result.last_seconds is None:
+        return None
+    if result.last_seconds < 0.9 * duration - 2 / float(rate):
+        return f"frames decoded up to {result.last_seconds:.2f} s of its {duration:.2f} s"
+    return None
+
+
 def upscale_video(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -240,6 +262,8 @@ def _transcode(
             _encode_all(av, sink, items, upscale_frame, result, on_frame)
         if result.frames == 0:
             raise VideoError("no frame could be decoded (truncated or corrupt video)")
+        if (missing := _missing(source_container, rate, result)) is not None:
+            raise VideoError(f"truncated or damaged video: {missing}; nothing was written")
 
     try:
         result.bytes = write_atomic(output, encode, overwrite=overwrite)
@@ -319,6 +343,8 @@ def _encode_all(
         _, rgb, pts, frame_time_base = item
         _encode_frame(av, sink, upscale_frame(rgb), pts, frame_time_base, result.frames)
         result.frames += 1
+        if pts is not None and frame_time_base is not None:
+            result.last_seconds = max(result.last_seconds or 0.0, float(pts * frame_time_base))
         if on_frame is not None:
             on_frame(result.frames)
     for packet in sink.video.encode():

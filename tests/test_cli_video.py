@@ -126,3 +126,17 @@ def test_a_video_output_that_is_a_link_is_refused_before_any_work(tmp_path):
     result = run(source, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out.mp4", "--overwrite")
     assert result.exit_code == 1 and "symbolic link" in result.stderr
     assert (tmp_path / "out.mp4").is_symlink()
+
+
+@pytest.mark.parametrize("extension", [".mkv", ".mp4"])
+def test_a_truncated_video_is_an_error_and_nothing_is_written(tmp_path, extension):
+    whole = make_clip(tmp_path / f"whole{extension}", frames=60)
+    cut = tmp_path / f"cut{extension}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    result = run(cut, "-s", 2, "--method", "bicubic", "--json")
+    assert result.exit_code == 1, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["status"] == "failed" and ("truncated" in record["error"] or "corrupt" in record["error"])
+    assert not (tmp_path / f"cut_x2_bicubic{extension}").exists()
+    assert run(whole, "-s", 2, "--method", "bicubic", "-q").exit_code == 0  # the whole file is fine
