@@ -41,7 +41,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -733,11 +733,26 @@ def _unset_libtiff_handlers() -> None:
             continue
 
 
-def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> LoadedImage:
+def _upright_size(image: object, width: int, height: int) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied: orientations 5 to 8 turn the image a quarter."""
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))  # type: ignore[attr-defined]  # a PIL image
+    except Exception:  # damaged EXIF is dropped when the image is decoded; here it only cannot turn the size
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def read_image(
+    source: str | os.PathLike | bytes,
+    max_pixels: int | None = None,
+    check_size: Callable[[int, int], object] | None = None,
+) -> LoadedImage:
     """Decode an image file (a path, or its bytes), upright, with its ICC profile and EXIF.
 
     Raises ImageReadError with a one-line reason: missing file, a folder, empty file, not an image,
     truncated or corrupt, or more than ``max_pixels`` pixels (checked before decoding; None or 0: no limit).
+    ``check_size(width, height)`` is called with the header's size before decoding too (e.g. the output limit
+    of the upscale to come): what it raises is raised, and nothing is decoded.
     """
     from PIL import Image
 
@@ -757,6 +772,8 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None)
         image = _open_image(data)
         width, height = image.size
         _check_pixels(width, height, max_pixels)
+        if check_size is not None:
+            check_size(*_upright_size(image, width, height))
         if image.format == "PNG" and not _needs_opencv(image, data):  # else _png_for_libpng checks it all
             _check_png_complete(data)
         # Read before decoding: loading a PNG adds the chunks after its pixel data to image.info.

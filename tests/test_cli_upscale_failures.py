@@ -606,3 +606,17 @@ def test_a_png_with_a_20_mb_comment_gives_only_drcn_s_own_lines(tmp_path, capfd)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["deep.png", "plain.png"]
     assert capfd.readouterr().err == ""  # libpng (which writes to the process's stderr itself) said nothing
+
+
+def test_the_output_limit_is_checked_from_the_header_before_anything_is_decoded(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 30, 200)).save(buffer, "JPEG", quality=50)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = (65000).to_bytes(2, "big") * 2  # claims 65000 x 65000, in well under a kilobyte
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    start = time.perf_counter()
+    result = run(tmp_path / "bomb.jpg", "-s", 2, "--method", "bicubic", "--max-pixels", 0, "-o", tmp_path / "o.png")
+    assert time.perf_counter() - start < 20  # decoding it would take minutes and tens of GB
+    assert result.exit_code == 1 and "is over --max-output-pixels 1000 Mpx" in result.stderr
+    assert not (tmp_path / "o.png").exists()

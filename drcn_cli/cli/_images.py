@@ -63,12 +63,19 @@ class _ImageSteps:
     read_seconds: dict[int, float] = field(default_factory=dict)  # id(job) -> its read's seconds, until upscaled
 
     def load(self, job):
-        """The decoded image (stdin is read whole first); refused over --max-pixels."""
+        """The decoded image (stdin is read whole first); refused over --max-pixels, and over
+        --max-output-pixels, from the file's header, before anything is decoded."""
         from ..imageio import read_image
 
         started = time.perf_counter()
-        source, max_pixels = job.source.path, self.opts.max_pixels
-        loaded = read_image(read_stdin(max_pixels) if source is None else source, max_pixels)
+        opts = self.opts
+        source, max_pixels = job.source.path, opts.max_pixels
+
+        def check_output(width: int, height: int) -> None:
+            self.upscalers.default.output_size(height, width, opts.scale, opts.width, opts.height,
+                                               opts.max_output_pixels)  # fmt: skip
+
+        loaded = read_image(read_stdin(max_pixels) if source is None else source, max_pixels, check_output)
         self.read_seconds[id(job)] = time.perf_counter() - started
         return loaded
 
