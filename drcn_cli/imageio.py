@@ -772,10 +772,10 @@ def read_image(
         image = _open_image(data)
         width, height = image.size
         _check_pixels(width, height, max_pixels)
-        if check_size is not None:
-            check_size(*_upright_size(image, width, height))
         if image.format == "PNG" and not _needs_opencv(image, data):  # else _png_for_libpng checks it all
             _check_png_complete(data)
+        if check_size is not None:
+            check_size(*_upright_size(image, width, height))
         # Read before decoding: loading a PNG adds the chunks after its pixel data to image.info.
         source_format = image.format
         icc = image.info.get("icc_profile") or None
