@@ -68,6 +68,19 @@ class Benchmark:
         return f"data/{self.hub_name}_HR.tar.gz"
 
     @property
+    def source(self) -> str:
+        """Where it is downloaded from, for messages: the hub dataset repository and the archive in it."""
+        return f"{self.archive} from the hub dataset {self.repo_id}"
+
+    @property
+    def place_it_yourself(self) -> str:
+        """The way round a failed download, for messages."""
+        return (
+            f"download {self.source} yourself and give --data-dir DIR with the HR images in DIR/{self.name}/ "
+            f"(or DIR/{self.hub_name}_HR/, as the archive unpacks)"
+        )
+
+    @property
     def folder_names(self) -> tuple[str, ...]:
         """Folder names under a data dir that hold this dataset, in the order they are tried."""
         return (self.name, *self.aliases, f"{self.hub_name}_HR")
@@ -232,13 +245,13 @@ def resolve_dataset(
     cached = root / bench.name
     if _has_images(cached):
         return Dataset(bench.name, cached, list_images(cached), "cache", bench)
-    if not download or _hub_offline():
+    why = "downloads are off" if not download else _why_no_hub()
+    if why is not None:
         # Fail at once, before announcing a download or making a temporary folder, and say what would work.
-        why = "downloads are off" if not download else "offline mode is on (HF_HUB_OFFLINE=1)"
         raise DatasetError(
             f"{bench.name}: not found in {data_dir or 'a --data-dir'} or the cache {cached}, and {why}: "
             f"run `drcn bench -d {bench.name}` once with network access (it keeps the dataset in the cache), "
-            f"or give --data-dir DIR with the HR images in DIR/{bench.name}/"
+            f"or {bench.place_it_yourself}"
         )
     _check_home(bench, root, cache_dir)
     if on_download is not None:
@@ -271,10 +284,14 @@ def _check_home(bench: Benchmark, root: Path, cache_dir: str | os.PathLike | Non
         )
 
 
-def _hub_offline() -> bool:
-    from .hub import offline_mode
+def _why_no_hub() -> str | None:
+    """Why the hub cannot be asked (offline mode; a refused connection, no network), or None: checked before a
+    download is announced, so that it fails at once rather than after the client's retries."""
+    from .hub import offline_mode, unreachable_reason
 
-    return offline_mode()
+    if offline_mode():
+        return "offline mode is on (HF_HUB_OFFLINE=1)"
+    return unreachable_reason()
 
 
 def _download(
@@ -302,7 +319,9 @@ def _download(
                 on_progress=on_progress,
             )
         except HubError as exc:
-            raise DatasetError(f"{bench.name}: download failed: {exc}") from None
+            raise DatasetError(
+                f"{bench.name}: download failed: {exc}; retry, or {bench.place_it_yourself}"
+            ) from None
         try:
             images = extract_archive(archive, work / "extracted", f"{bench.hub_name}_HR")
         except ArchiveError as exc:

@@ -32,6 +32,7 @@ __all__ = [
     "hub_cache_dir",
     "offline_mode",
     "remove_cached_file",
+    "unreachable_reason",
 ]
 
 ProgressCallback = Callable[[int, int | None], None]
@@ -58,6 +59,49 @@ def endpoint() -> str:
     from huggingface_hub import constants
 
     return str(constants.ENDPOINT)
+
+
+# How long the reachability check waits for a TCP connection before leaving the question to the client.
+_PROBE_TIMEOUT_S = 3.0
+
+
+def unreachable_reason() -> str | None:
+    """Why the hub cannot be reached at all (``cannot reach the hub at URL: connection refused``, a host name that
+    does not resolve, no route), or None when it may be reachable.
+
+    One TCP connection to the endpoint, before the client is asked: the client retries a refused connection five
+    times with waits of 1, 2, 4, 8, 8 s (about 25 s, a warning line each time) before giving up, and has no setting
+    for it. A connection that neither opens nor fails within a few seconds (a slow network) is left to the client
+    and its own timeouts (``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``); so is any endpoint reached through a
+    proxy (``HTTPS_PROXY`` ...), which only the client knows how to use.
+    """
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    url = endpoint()
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+            return None
+    except TimeoutError:
+        return None
+    except ConnectionRefusedError:
+        why = "connection refused"
+    except socket.gaierror as exc:
+        why = f"cannot resolve {host} ({exc.strerror or exc})"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    return f"cannot reach the hub at {url}: {why}"
 
 
 def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -206,15 +250,24 @@ def fetch_file(
         raise ValueError("force and local_only exclude each other")
     if force and offline_mode():
         raise HubError(f"{where}: cannot download again in offline mode (HF_HUB_OFFLINE=1)")
+    unreachable = None
     if not local_only:
         check_cache_location(cache_dir)
+        unreachable = None if offline_mode() else unreachable_reason()
+        if unreachable is not None and force:
+            raise HubError(f"{where}: {unreachable}")
     tqdm_class = _relay_class(on_progress) if on_progress is not None else None
+    # No request to a hub that cannot answer (the client would retry for ~25 s): a cached copy is still used, as
+    # the client itself does when the hub is down.
+    cache_only = local_only or unreachable is not None
     try:
-        path = _download(repo_id, filename, repo_type, revision, cache_dir, force, local_only, tqdm_class)
+        path = _download(repo_id, filename, repo_type, revision, cache_dir, force, cache_only, tqdm_class)
     except Exception as exc:
-        reason = _failure_reason(exc, repo_id, repo_type, cache_dir, local_only)
+        reason = _failure_reason(exc, repo_id, repo_type, cache_dir, cache_only)
         if reason is None:
             raise  # not a failure of the hub or of the transfer: left as it is
+        if unreachable is not None and reason.startswith("not in the cache"):
+            reason = f"{unreachable} (and it is {reason})"
         raise HubError(f"{where}: {reason}") from exc
     return Path(path)
 

@@ -360,3 +360,38 @@ def test_json_or_csv_to_stdout_leaves_stdout_to_them_and_the_table_goes_to_stder
     assert [r["image"] for r in rows] == ["im0", "im1"] and "Bicubic (ours)" in as_csv.stderr
     both = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", "-", "--json", "-")
     assert both.exit_code == 2 and "would both go to stdout" in both.stderr
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "connection-refused"])
+def test_a_named_set_without_a_hub_fails_in_seconds_with_one_line_saying_where_it_comes_from(
+    tmp_path, monkeypatch, offline
+):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on once closed: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    point_client_at(monkeypatch, f"http://127.0.0.1:{port}", cache_dir=tmp_path / "hf", offline=offline)
+
+    start = time.perf_counter()
+    result = run("--method", "bicubic", "-d", "Urban100", "--data-dir", tmp_path)
+    elapsed = time.perf_counter() - start
+
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: Urban100: not found in "), result.stderr
+    why = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else f"127.0.0.1:{port}: connection refused"
+    assert why in result.stderr
+    assert "data/Urban100_HR.tar.gz from the hub dataset eugenesiow/Urban100" in result.stderr
+    assert "--data-dir DIR with the HR images in DIR/Urban100/" in result.stderr
+    assert elapsed < 10, elapsed  # the hub client alone would retry for ~25 s (measured here: well under 1 s)
+
+
+def test_help_names_where_the_named_sets_come_from():
+    from drcn_cli.datasets import BENCHMARKS
+
+    result = run("--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert all(bench.repo_id in text for bench in BENCHMARKS.values())
+    assert "data/<Name>_HR.tar.gz" in text and "DIR/Urban100/*.png" in text

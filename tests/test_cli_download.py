@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -103,21 +104,30 @@ def test_bundled_models_are_not_downloaded(env):
     assert env.stub.file_requests == []
 
 
+def plain_rows(stdout: str) -> dict[str, list[str]]:
+    """The plain --list table (stdout is not a terminal): the header, then one model a line, columns two or more
+    spaces apart; by model name, each row as a dict of its cells."""
+    header, *lines = stdout.splitlines()
+    columns = re.split(r" {2,}", header)
+    assert columns == ["name", "status", "size", "upscale default", "description", "where"]
+    rows = [re.split(r" {2,}", line) for line in lines]
+    assert all(len(row) == len(columns) for row in rows), rows
+    return {row[0]: dict(zip(columns, row, strict=True)) for row in rows}
+
+
 def test_list_shows_every_model_and_where_it_is(env):
     before = run("--list")
     assert before.exit_code == 0, before.output
-    rows = {line.split()[1]: line for line in before.stdout.splitlines() if line.startswith("│ drcn")}
+    rows = plain_rows(before.stdout)
     assert set(rows) == {"drcn", "drcn-lite"}
-    assert "available" in rows["drcn"] and f"{REPO}/drcn.safetensors@main" in rows["drcn"]
-    assert "unpublished" in rows["drcn-lite"]
+    assert rows["drcn"]["status"] == "downloadable" and rows["drcn"]["where"] == f"{REPO}/drcn.safetensors@main"
+    assert rows["drcn-lite"]["status"] == "not published yet"
 
     path = run("drcn", "-q").stdout.split()[1]
     requests = len(env.stub.file_requests)
-    after = run("--list")
-    row = next(line for line in after.stdout.splitlines() if line.startswith("│ drcn "))
-    assert "cached" in row and "models--test-org--drcn-test" in row
-    squashed = "".join(after.stdout.split()).replace("│", "")  # long paths are folded over several lines
-    assert path in squashed
+    after = plain_rows(run("--list").stdout)
+    assert after["drcn"]["status"] == "cached" and after["drcn"]["where"] == path
+    assert "models--test-org--drcn-test" in path
     assert len(env.stub.file_requests) == requests  # --list never asks the hub
 
 
@@ -274,3 +284,40 @@ def test_upscale_names_a_cache_that_cannot_be_a_folder_before_announcing_a_downl
     assert f"the hub cache {blocker} cannot be a folder: {blocker} is a file, not a folder" in line
     assert f"(set by HF_HUB_CACHE={blocker})" in line
     assert env.stub.file_requests == [] and not (tmp_path / "out.png").exists()
+
+
+def test_list_names_the_upscale_defaults_on_unwrapped_lines_without_the_network(env, tmp_path):
+    long = "a description long enough that an 80-column table would have to wrap it, " * 2
+    data = env.data
+    published = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    table = {
+        "drcn": KnownWeights("drcn", "drcn.safetensors", None, None, "not published", repo_id=REPO),
+        "drcn-lite": KnownWeights("drcn-lite", "drcn-lite.safetensors", **published, description=long, repo_id=REPO),
+        registry.PHOTO_MODEL: KnownWeights(
+            registry.PHOTO_MODEL, f"{registry.PHOTO_MODEL}.safetensors", **published, description="for photos",
+            repo_id=REPO,
+        ),
+    }
+    env.mp.setattr(registry, "KNOWN_WEIGHTS", table)
+    for name in ("drcn-lite", registry.PHOTO_MODEL):
+        (env.bundled / f"{name}.safetensors").write_bytes(data)
+    env.mp.setenv("COLUMNS", "80")
+    point_client_at(env.mp, "http://127.0.0.1:9", cache_dir=env.cache)  # no hub there: --list must not need one
+
+    result = run("--list")
+
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1 + len(table)  # the header, then one model a line
+    rows = plain_rows(result.stdout)
+    assert rows["drcn-lite"]["description"] == long.strip()  # whole, on its line
+    assert rows["drcn-lite"]["status"] == "bundled" and rows["drcn-lite"]["size"] == registry._format_size(len(data))
+    assert rows["drcn-lite"]["upscale default"].startswith("lossless inputs")
+    assert rows[registry.PHOTO_MODEL]["upscale default"].startswith("JPEG inputs")
+    assert rows["drcn"]["upscale default"] == "-" and rows["drcn"]["status"] == "not published yet"
+    assert registry.model_for_input("PNG") == "drcn-lite" and registry.model_for_input("JPEG") == registry.PHOTO_MODEL
+    assert env.stub.file_requests == []
+
+
+def test_list_with_nothing_bundled_names_one_default_for_all_inputs(env):
+    rows = plain_rows(run("--list").stdout)
+    assert rows["drcn"]["upscale default"] == "all inputs" and rows["drcn-lite"]["upscale default"] == "-"

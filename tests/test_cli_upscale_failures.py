@@ -620,3 +620,19 @@ def test_the_output_limit_is_checked_from_the_header_before_anything_is_decoded(
     assert time.perf_counter() - start < 20  # decoding it would take minutes and tens of GB
     assert result.exit_code == 1 and "is over --max-output-pixels 1000 Mpx" in result.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_memory_error_while_decoding_is_one_line_that_says_so(tmp_path, monkeypatch):
+    from drcn_cli import imageio
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "b.png")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(imageio, "_decode", no_memory)
+    result = run(tmp_path / "a.png", tmp_path / "b.png", "-s", 2, "--method", "bicubic", "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("not enough memory to hold this image's pixels" in line for line in errors)

@@ -308,3 +308,21 @@ def test_drcn_home_that_is_a_file_is_named_before_a_download_is_announced(tmp_pa
     with pytest.raises(DatasetError, match=rf"\(set by XDG_CACHE_HOME={blocker}\)"):
         resolve_dataset("Set5", on_download=told.append)
     assert told == []
+
+
+def test_an_unreachable_hub_fails_at_once_naming_the_source_and_leaves_nothing(home, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once closed: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    point_client_at(monkeypatch, f"http://127.0.0.1:{port}", cache_dir=tmp_path / "hf")
+    slept = skip_retry_sleeps(monkeypatch)
+    told: list[str] = []
+    with pytest.raises(DatasetError) as raised:
+        resolve_dataset("B100", on_download=told.append)
+    message = str(raised.value)
+    assert f"cannot reach the hub at http://127.0.0.1:{port}: connection refused" in message
+    assert "data/BSD100_HR.tar.gz from the hub dataset eugenesiow/BSD100" in message
+    assert "--data-dir DIR with the HR images in DIR/B100/ (or DIR/BSD100_HR/" in message
+    assert told == [] and slept == [] and leftovers(home / "datasets") == []

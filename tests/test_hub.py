@@ -281,3 +281,46 @@ def test_a_cache_the_file_system_refuses_is_named_not_called_a_partial_download(
         hub.fetch_file(REPO, "data.bin")
     assert str(raised.value) == (f"{REPO}/data.bin@main: cannot write in the hub cache {cache}: "
                                  f"{os.strerror(errno.EROFS)} ({cache / 'models--test-org--files'})")  # fmt: skip
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed): connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_refused_connection_is_not_retried(monkeypatch, tmp_path):
+    import time
+
+    port = closed_port()
+    point_client_at(monkeypatch, f"http://127.0.0.1:{port}", cache_dir=tmp_path / "hub")
+    slept = skip_retry_sleeps(monkeypatch)  # records the client's back-off waits, if it ever retried
+
+    start = time.perf_counter()
+    with pytest.raises(hub.HubError) as raised:
+        hub.fetch_file(REPO, "data.bin")
+    elapsed = time.perf_counter() - start
+
+    assert slept == [] and elapsed < 10, (slept, elapsed)
+    assert str(raised.value) == (f"{REPO}/data.bin@main: cannot reach the hub at http://127.0.0.1:{port}: "
+                                 f"connection refused (and it is not in the cache {tmp_path / 'hub'})")  # fmt: skip
+    assert hub.unreachable_reason() == f"cannot reach the hub at http://127.0.0.1:{port}: connection refused"
+
+
+def test_an_unreachable_hub_still_serves_the_cached_copy_but_not_force(lfs_stub, monkeypatch, tmp_path):
+    path = hub.fetch_file(REPO, "data.bin")
+    point_client_at(monkeypatch, f"http://127.0.0.1:{closed_port()}", cache_dir=tmp_path / "hub")
+
+    assert hub.fetch_file(REPO, "data.bin") == path and path.read_bytes() == DATA
+    with pytest.raises(hub.HubError, match="cannot reach the hub at http://127.0.0.1:"):
+        hub.fetch_file(REPO, "data.bin", force=True)
+
+
+def test_a_live_hub_or_one_behind_a_proxy_is_not_called_unreachable(lfs_stub, monkeypatch):
+    assert hub.unreachable_reason() is None
+    point_client_at(monkeypatch, f"http://127.0.0.1:{closed_port()}", cache_dir="unused")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")  # only the client knows how to go through it
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert hub.unreachable_reason() is None

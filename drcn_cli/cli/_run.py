@@ -47,6 +47,8 @@ def reason(exc: BaseException) -> str:
     else with its type."""
     from ..tiling import is_out_of_memory
 
+    if isinstance(exc, MemoryError):
+        return "not enough memory to hold this image's pixels (lower --max-pixels, or free memory)"
     if is_out_of_memory(exc):
         return "out of memory even with the smallest tile: try --device cpu, or free memory on the device"
     if isinstance(exc, DrcnError):

@@ -136,6 +136,8 @@ def bench(
         typer.Option(
             "-d", "--dataset",
             help="Set5, Set14, B100 (BSD100) or Urban100, or a folder of HR images; repeat for several. "
+            "A named set is taken from --data-dir, else the cache, else downloaded once: data/<Name>_HR.tar.gz "
+            "from the hub datasets eugenesiow/Set5, eugenesiow/Set14, eugenesiow/BSD100, eugenesiow/Urban100. "
             "Default: Set5.",
             rich_help_panel=_DATA, show_default=False, callback=not_empty,
         ),
@@ -154,8 +156,9 @@ def bench(
     ] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", help="A folder holding <Name>/ folders of HR images, "
-                     "tried before the cache ($DRCN_HOME/datasets) and a download from the hub.",
+        typer.Option("--data-dir", help="A folder holding <Name>/ folders of HR images (DIR/Urban100/*.png), "
+                     "tried before the cache ($DRCN_HOME/datasets) and a download from the hub: the way to "
+                     "place a set yourself, offline.",
                      rich_help_panel=_DATA, click_type=path_type(file_okay=False)),
     ] = None,
     download: Annotated[

@@ -23,6 +23,9 @@ _ORIGIN_TEXT = {
     "downloaded": "downloaded, sha256 verified",
 }
 _STATUS_STYLE = {"bundled": "green", "cached": "green", "available": "yellow", "unpublished": "red"}
+# What each status means to the user: usable now (bundled, cached), downloadable, or not published yet.
+_STATUS_TEXT = {"available": "downloadable", "unpublished": "not published yet"}
+_COLUMNS = ("name", "status", "size", "upscale default", "description", "where")
 
 
 def download_weights(
@@ -36,7 +39,13 @@ def download_weights(
     ] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Fetch every known model.")] = False,
     list_models: Annotated[
-        bool, typer.Option("--list", help="Show every known model: bundled, cached or available. No network.")
+        bool,
+        typer.Option(
+            "--list",
+            help="Show every known model: status (bundled, cached, downloadable, not published yet), size, what it "
+            "is for, and which one `drcn upscale` uses by default for lossless and for JPEG inputs. No network. "
+            "Piped, a plain table: one model a line, columns two or more spaces apart.",
+        ),
     ] = False,
     repo_id: Annotated[
         str | None,
@@ -74,7 +83,8 @@ def download_weights(
     if list_models:
         if names or all_models:
             raise typer.BadParameter("--list takes no model names and no --all", param_hint="--list")
-        _print_table(Console(), registry.list_weights(repo_id=repo_id, revision=revision, cache_dir=cache_dir))
+        rows = registry.list_weights(repo_id=repo_id, revision=revision, cache_dir=cache_dir)
+        _print_table(Console(), rows, _default_uses(registry.model_for_input("PNG"), registry.model_for_input("JPEG")))
         return
     if names and all_models:
         raise typer.BadParameter("give model names or --all, not both", param_hint="--all")
@@ -124,13 +134,42 @@ def _progress(console: Console, name: str, quiet: bool) -> Iterator[Callable[[in
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _print_table(console: Console, rows: list[WeightsStatus]) -> None:
+def _default_uses(lossless: str, lossy: str) -> dict[str, str]:
+    """The "upscale default" cell of each model that `drcn upscale` picks when none is named."""
+    if lossless == lossy:
+        return {lossless: "all inputs"}
+    return {lossless: "lossless inputs (PNG ...)", lossy: "JPEG inputs, video"}
+
+
+def _print_table(console: Console, rows: list[WeightsStatus], defaults: dict[str, str]) -> None:
+    """A rich table on a terminal; else (piped, redirected) a plain one that is never wrapped: a header line, then
+    one model a line, columns padded and two or more spaces apart."""
+    cells = [
+        (
+            row.entry.name,
+            _STATUS_TEXT.get(row.status, row.status),
+            row.size,
+            defaults.get(row.entry.name, "-"),
+            " ".join(row.entry.description.split()) or "-",
+            row.location,
+        )
+        for row in rows
+    ]
+    if not console.is_terminal:
+        widths = [max(len(line[i]) for line in (_COLUMNS, *cells)) for i in range(len(_COLUMNS))]
+        for line in (_COLUMNS, *cells):
+            typer.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        return
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("name", "description", "size", "status")
-    table.add_column("where", overflow="fold")
-    for row in rows:
-        status = Text(row.status, style=_STATUS_STYLE.get(row.status, ""))
-        table.add_row(Text(row.entry.name), Text(row.entry.description), row.size, status, Text(row.location))
+    table = Table()
+    for column in _COLUMNS[:3]:
+        table.add_column(column, no_wrap=True)
+    table.add_column(_COLUMNS[3])
+    table.add_column(_COLUMNS[4], ratio=1)
+    table.add_column(_COLUMNS[5], overflow="fold")
+    for row, line in zip(rows, cells, strict=True):
+        status = Text(line[1], style=_STATUS_STYLE.get(row.status, ""))
+        table.add_row(Text(line[0]), status, line[2], Text(line[3]), Text(line[4]), Text(line[5]))
     console.print(table)
