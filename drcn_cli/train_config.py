@@ -61,8 +61,8 @@ class TrainConfig:
     val: str | None = field(default=None, metadata=_cli(
         "Folder of HR validation images (Set5).", _DATA, path="dir"))
     pack: str | None = field(default=None, metadata=_cli(
-        "Training images' luminance as one .npz: read if it exists, else written from --data "
-        "(keep it in the ignored .data/ folder).", _DATA, path="file"))
+        "The training images as one .npz (their luminance, and their colour for --jpeg-quality): read if it "
+        "exists, else written from --data.", _DATA, path="file"))
     scales: tuple[float, ...] = field(default=(2.0, 3.0, 4.0), metadata=_cli(
         "Training scale; repeat for one model of several.", _DATA, flag="--scale", short="-s"))
     downscales: tuple[float, ...] = field(default=(1.0, 0.9, 0.8, 0.7, 0.6), metadata=_cli(

@@ -63,7 +63,7 @@ def export(
 
     The graph is the network alone. Input y_bicubic: N x 1 x H x W, the Y channel (MATLAB rgb2ycbcr, in [0, 1]) of
     the bicubic upsample to the output size. Output y_sr: the super-resolved Y, residual included, not clamped.
-    The contract is also in the model's metadata (drcn.*). Needs onnx and onnxscript (pip install onnx onnxscript).
+    The contract is also in the model's metadata (drcn.*). Needs onnx and onnxscript: pip install 'drcn[export]'.
     """
     if (problem := model_problem(model, weights)) is not None:
         raise _usage(problem)

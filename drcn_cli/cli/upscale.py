@@ -68,7 +68,7 @@ def upscale(
         typer.Argument(
             metavar="INPUT...",
             help="Image files, folders, globs ('photos/*.jpg'), or - to read one image from stdin; or video files "
-            "(.mp4 .mkv .mov .webm .avi; needs PyAV: pip install av).",
+            "(.mp4 .mkv .mov .webm .avi; needs PyAV: pip install 'drcn[video]').",
             show_default=False,
         ),
     ] = None,
