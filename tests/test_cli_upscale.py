@@ -600,3 +600,28 @@ def test_a_transparent_image_to_jpeg_is_refused_before_the_network_runs(tmp_path
     opaque[..., 3] = 255  # an opaque alpha is dropped, as before
     save_png(tmp_path / "b.png", opaque, "RGBA")
     assert run(tmp_path / "b.png", "-s", 2, "-o", tmp_path / "b.jpg", "--weights", weights).exit_code == 0
+
+
+def test_the_files_bar_moves_with_the_tiles_so_the_estimate_starts_at_the_first_tile():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from drcn_cli.cli._report import Reporter
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    report = Reporter(console, quiet=False, json_lines=False, json_to_stderr=False, world=1, rank=0)
+    job = SimpleNamespace(input_label="big.png", output_label="big_x2.png")
+    loaded = SimpleNamespace(width=512, height=512)
+    with report.progress(2):
+        files = report._progress.tasks[0]
+        report.start(job, loaded, (1024, 1024))
+        report.tile(1, 4)
+        assert files.completed == 0.25  # a share of the first image: the bar (and its ETA) moves before it ends
+        report.tile(3, 4)
+        assert files.completed == 0.75
+        report.failed(SimpleNamespace(job=job, loaded=loaded, timings={}), "a reason")
+        assert files.completed == 1
+        report.start(job, loaded, (1024, 1024))
+        report.tile(2, 4)
+        assert files.completed == 1.5

@@ -51,6 +51,7 @@ class Reporter:
         self._files: TaskID | None = None
         self._tiles: TaskID | None = None
         self._shrunk = False
+        self._files_done = 0  # images finished (done, failed, or skipped while running): the files bar's count
 
     @property
     def failures(self) -> int:
@@ -188,9 +189,12 @@ class Reporter:
             self._progress.update(self._tiles, visible=False, completed=0)
 
     def tile(self, done: int, total: int) -> None:
+        """``done`` of ``total`` tiles of the current image: the tile bar, and the files bar moved on by that share
+        of an image, so that its estimate starts with the first tile rather than the first whole image."""
         if self._progress is not None and total > 1:
-            assert self._tiles is not None  # added with the progress
+            assert self._files is not None and self._tiles is not None  # added with the progress
             self._progress.update(self._tiles, visible=True, completed=done, total=total)
+            self._progress.update(self._files, completed=self._files_done + done / total)
 
     def shrink(self, new_tile: int) -> None:
         if not self._shrunk:
@@ -198,7 +202,8 @@ class Reporter:
             self._shrunk = True
 
     def _advance(self) -> None:
+        self._files_done += 1
         if self._progress is not None:
             assert self._files is not None and self._tiles is not None  # added with the progress
-            self._progress.advance(self._files)
+            self._progress.update(self._files, completed=self._files_done)
             self._progress.update(self._tiles, visible=False)
