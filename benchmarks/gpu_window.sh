@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One GPU window, the same every time (DEVELOPERS.md, "GPU windows"): versions, the CUDA checks, one speed row
+# One GPU window, the same every time (DEVELOPERS.md, "A timed GPU run"): versions, the CUDA checks, one speed row
 # of the full model, then training of the full model until a deadline, with the state and the export written
 # to $OUT. Run from the repository root with the training pack at .data/t291.npz and Set5 at .data/Set5.
 #
-#   bash benchmarks/gpu_window.sh                          # on the GPU machine ($OUT set by the caller)
+#   bash benchmarks/gpu_window.sh                          # on a machine with a GPU (OUT: where results go)
 #   DRY=1 OUT=/tmp/window bash benchmarks/gpu_window.sh    # the dry run on a CPU: a small model, a few steps
 #
 # Settings (environment):
@@ -21,12 +21,12 @@
 #   EMA            the --ema decay (default 0.999);
 #   LR             the cosine's peak learning rate (default: drcn train's, 2e-4).
 # The dry run trains F=72 from drcn-lite (widened as a window widens it) and only loads state/drcn.safetensors,
-# which is F=256. A step that fails does not stop a window (its other results still come back), but the script
+# which is F=256. A step that fails does not stop the run (its other results are still written), but the script
 # then exits non-zero, so a dry run with a broken step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=.
-OUT=${OUT:?set OUT to the folder whose files come back}
+OUT=${OUT:?set OUT to the folder the results are written into}
 mkdir -p "$OUT"
 DRY=${DRY:-0}
 STEPS=${STEPS:-}
@@ -101,7 +101,7 @@ python -m drcn_cli train "${COMMON[@]}" --val .data/Set5 "${INIT_ARGS[@]}" "${TR
   --out "$OUT/drcn.safetensors" --checkpoint-dir .checkpoints/window 2>&1 | tail -5 || fail "training"
 # What comes back (at most 8 files): checks.json, speed.txt, the best validated export (drcn.safetensors), the
 # latest weights (last.safetensors) and their moving average (last-ema.safetensors), and the log. The next window
-# starts from one of them with --init (INIT=...), so the optimiser moments (14 MB for F=256) need not come back.
+# starts from one of them with --init (INIT=...), so the optimiser moments (14 MB for F=256) need not be kept.
 cp .checkpoints/window/model.safetensors "$OUT/last.safetensors" 2>/dev/null || true
 cp .checkpoints/window/ema.safetensors "$OUT/last-ema.safetensors" 2>/dev/null || true
 cp .checkpoints/window/log.csv "$OUT/log.csv" 2>/dev/null || true
