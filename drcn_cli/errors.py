@@ -8,7 +8,9 @@ reported as a usage error.
 
 from __future__ import annotations
 
-__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "ConfigError", "DrcnError", "UsageError"]
+__all__ = [
+    "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "ConfigError", "DrcnError", "UsageError", "megapixels",
+]
 
 EXIT_FAILURE = 1  # the work failed (a file, the weights, the hub, the disk)
 EXIT_USAGE = 2  # the command cannot work as given (options, values, combinations); as Click's UsageError
@@ -29,3 +31,9 @@ class UsageError(DrcnError, ValueError):
 
 class ConfigError(UsageError):
     """A configuration (a TrainConfig, a device, a precision) that cannot work. Exit code 2."""
+
+
+def megapixels(pixels: int) -> str:
+    """A pixel count as error messages give it: 144.0 Mpx, 0.00768 Mpx (never a misleading 0.0)."""
+    value = pixels / 1e6
+    return f"{value:.1f} Mpx" if value >= 1 else f"{value:.3g} Mpx"

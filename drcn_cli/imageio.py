@@ -50,7 +50,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import NotRegularFileError, OutputExistsError, WriteError, write_atomic
-from .errors import DrcnError
+from .errors import DrcnError, megapixels
 
 __all__ = [
     "check_output_format",
@@ -190,17 +190,12 @@ def format_from_path(path: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------------------------- reading
 
 
-def _mpx(pixels: int) -> str:
-    value = pixels / 1e6
-    return f"{value:.1f} Mpx" if value >= 1 else f"{value:.3g} Mpx"  # never a misleading "0.0 Mpx"
-
-
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
     if width < 1 or height < 1:
         raise ImageReadError(f"image has no pixels ({width}x{height})")
     if max_pixels and width * height > max_pixels:
         raise ImageReadError(
-            f"{width}x{height} = {_mpx(width * height)} is over --max-pixels {max_pixels / 1e6:g} Mpx"
+            f"{width}x{height} = {megapixels(width * height)} is over --max-pixels {max_pixels / 1e6:g} Mpx"
         )
 
 
@@ -600,7 +595,7 @@ def _check_file_size(size: int, max_pixels: int | None) -> None:
     if limit is not None and size > limit:
         assert max_pixels is not None  # a limit comes only from a pixel limit
         raise ImageReadError(
-            f"{size / 2**20:,.0f} MiB is more than an image within the pixel limit ({_mpx(max_pixels)}) can take"
+            f"{size / 2**20:,.0f} MiB is more than an image within the pixel limit ({megapixels(max_pixels)}) can take"
         )
 
 

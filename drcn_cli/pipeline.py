@@ -21,7 +21,7 @@ import torch
 from .color import array_to_pil, array_to_tensor, pil_to_array, rgb_to_ycbcr, tensor_to_array, ycbcr_to_rgb
 from .device import autocast_dtype, resolve_device, resolve_precision, set_threads
 from .device import memory_format as preferred_memory_format
-from .errors import DrcnError
+from .errors import DrcnError, megapixels
 from .loader import InferenceSettings, ReadyModel, compute_dtype, open_model, prepare_for_inference
 from .model import DRCN
 from .registry import LOSSY_FORMATS, model_for_input
@@ -37,6 +37,7 @@ __all__ = [
     "ReadyModel",
     "Upscaler",
     "UpscalerChoice",
+    "checked_size",
     "open_model",
     "open_upscaler",
     "open_upscalers",
@@ -291,9 +292,27 @@ def upscale_image(
     upscaler = open_upscaler(weights, device, precision, method=method, tile=tile, recursions=recursions,
                              self_ensemble=self_ensemble)  # fmt: skip
     rows, columns = array.shape[:2]
-    size = upscaler.output_size(rows, columns, scale, width, height)
+    size = checked_size(rows, columns, scale, width, height)
     result = upscaler.upscale_array(array, size, scale)
     return array_to_pil(result, mode) if is_pil else result
+
+
+def checked_size(
+    height: int,
+    width: int,
+    scale: float | None = None,
+    out_width: int | None = None,
+    out_height: int | None = None,
+    max_pixels: int | None = None,
+) -> tuple[int, int]:
+    """:func:`target_size`, refused with OutputTooLargeError over ``max_pixels`` (None or 0: no limit)."""
+    size = target_size(height, width, scale, out_width, out_height)
+    if max_pixels and size[0] * size[1] > max_pixels:
+        raise OutputTooLargeError(
+            f"output {size[1]}x{size[0]} = {megapixels(size[0] * size[1])} is over --max-output-pixels "
+            f"{max_pixels / 1e6:g} Mpx"
+        )
+    return size
 
 
 # -- the one upscaler -------------------------------------------------------------------------------------------
@@ -317,25 +336,6 @@ class Upscaler:
         if self.network is None:
             return "bicubic"
         return self.network.source.stem if self.network.source is not None else "module"
-
-    def output_size(
-        self,
-        height: int,
-        width: int,
-        scale: float | None = None,
-        out_width: int | None = None,
-        out_height: int | None = None,
-        max_pixels: int | None = None,
-    ) -> tuple[int, int]:
-        """:func:`target_size`, refused with OutputTooLargeError over ``max_pixels`` (None: no limit)."""
-        size = target_size(height, width, scale, out_width, out_height)
-        if max_pixels and size[0] * size[1] > max_pixels:
-            pixels = size[0] * size[1]
-            shown = f"{pixels / 1e6:.1f}" if pixels >= 1e6 else f"{pixels / 1e6:.3g}"
-            raise OutputTooLargeError(
-                f"output {size[1]}x{size[0]} = {shown} Mpx is over --max-output-pixels {max_pixels / 1e6:g} Mpx"
-            )
-        return size
 
     def upscale_tensor(
         self,

@@ -66,13 +66,14 @@ class _ImageSteps:
         """The decoded image (stdin is read whole first); refused over --max-pixels, and over
         --max-output-pixels, from the file's header, before anything is decoded."""
         from ..imageio import read_image
+        from ..pipeline import checked_size
 
         started = time.perf_counter()
         opts = self.opts
         source, max_pixels = job.source.path, opts.max_pixels
 
         def check_output(width: int, height: int) -> None:
-            self.upscalers.default.output_size(height, width, opts.scale, opts.width, opts.height,
+            checked_size(height, width, opts.scale, opts.width, opts.height,
                                                opts.max_output_pixels)  # fmt: skip
 
         loaded = read_image(read_stdin(max_pixels) if source is None else source, max_pixels, check_output)
@@ -83,13 +84,14 @@ class _ImageSteps:
         """The image upscaled to the size asked for, by the upscaler for its kind of file; OutputTooLargeError
         over --max-output-pixels, ImageFormatError before any work when the output format cannot hold it."""
         from ..imageio import check_output_format
+        from ..pipeline import checked_size
 
         opts, report = self.opts, self.report
         started = time.perf_counter()
         timings = {"read": self.read_seconds.pop(id(job), 0.0)}
         check_output_format(loaded.pixels, job.fmt)  # before the work, not after it
         upscaler = self.upscalers.for_input(loaded.source_format)
-        size = upscaler.output_size(loaded.height, loaded.width, opts.scale, opts.width, opts.height,
+        size = checked_size(loaded.height, loaded.width, opts.scale, opts.width, opts.height,
                                     opts.max_output_pixels)  # fmt: skip
         report.start(job, loaded, size)
         pixels = upscaler.upscale_array(loaded.pixels, size, opts.scale, report.tile, report.shrink)

@@ -15,12 +15,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 
-def mpx(pixels: int) -> str:
-    """Megapixels as they read best: 144.0 Mpx, 0.00768 Mpx (never a misleading 0.0)."""
-    value = pixels / 1e6
-    return f"{value:.1f} Mpx" if value >= 1 else f"{value:.3g} Mpx"
-
-
 def shown(label: str | None) -> str | None:
     """A path as one line of a log: control characters (a newline in a file name) escaped as \\n, \\x1b ..."""
     if label is None or label.isprintable():

@@ -125,12 +125,13 @@ def upscale_videos(sources, problems, console, opts: RunOptions, *, output: str 
 
 def _one_video(job: _VideoJob, upscaler, opts: RunOptions, report: Reporter) -> None:
     from ..errors import DrcnError
+    from ..pipeline import checked_size
     from ..video import probe_video, upscale_video
 
     started = time.perf_counter()
     try:
         info = probe_video(job.source)
-        size = upscaler.output_size(info.height, info.width, opts.scale, opts.width, opts.height,
+        size = checked_size(info.height, info.width, opts.scale, opts.width, opts.height,
                                     opts.max_output_pixels)  # fmt: skip
 
         def upscale_frame(rgb):
