@@ -69,8 +69,8 @@ def target_size(
     if scale is not None and (out_width is not None or out_height is not None):
         raise SizeError("give either a scale or an output width/height, not both")
     if scale is not None:
-        if not math.isfinite(scale) or not 1.0 <= scale <= MAX_SCALE:
-            raise SizeError(f"scale must be between 1 and {MAX_SCALE:g}, got {scale:g}")
+        if (problem := scale_problem(scale)) is not None:
+            raise SizeError(f"scale {problem}")
         return output_size((height, width), scale)
     if out_width is None and out_height is None:
         raise SizeError("give a scale or an output width and/or height")
