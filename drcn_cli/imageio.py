@@ -1065,7 +1065,7 @@ def _check_side(pixels: np.ndarray, limit: int, fmt: str) -> None:
 def check_output_format(pixels: np.ndarray, fmt: str) -> None:
     """ImageFormatError, before any work, when the upscaled ``pixels`` could not be written as ``fmt``: an input
     with transparency cannot become a JPEG (bicubic keeps an opaque alpha opaque, and a transparent one
-    transparent). The same test as the encoder's, on the input."""
+    transparent). The encoder applies the same test to what it writes."""
     if _FORMAT_ALIASES.get(fmt.lower(), fmt) != "JPEG" or _channels(pixels) not in (2, 4):
         return
     if _to_uint8(pixels)[:, :, -1].min() < 255:
@@ -1076,11 +1076,8 @@ def _jpeg_pixels(pixels: np.ndarray) -> np.ndarray:
     """8-bit pixels as JPEG holds them: an opaque alpha dropped; ImageFormatError for transparency or a long side."""
     pixels = _to_uint8(pixels)
     _check_side(pixels, _JPEG_MAX_SIDE, "JPEG")
-    if _channels(pixels) in (2, 4):
-        if pixels[:, :, -1].min() < 255:
-            raise ImageFormatError("JPEG cannot store transparency: write PNG, WebP or TIFF instead (--format)")
-        pixels = pixels[:, :, :-1]
-    return pixels
+    check_output_format(pixels, "JPEG")
+    return pixels[:, :, :-1] if _channels(pixels) in (2, 4) else pixels
 
 
 def _webp_pixels(pixels: np.ndarray) -> np.ndarray:
