@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from drcn_cli.device import resolve_device
-from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y, upscale_image
+from drcn_cli.inference.device import resolve_device
+from drcn_cli.inference.pipeline import InferenceSettings, open_model, super_resolve_y, upscale_image
 
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "samples" / "pattern.png"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from drcn_cli.weights import load_weights
+from drcn_cli.weights.files import load_weights
 
 LAYERS = ("embed1", "embed2", "recursive", "recon1", "recon2")
 

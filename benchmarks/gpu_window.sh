@@ -70,7 +70,7 @@ python benchmarks/cuda_checks.py --device "$DEVICE" $QUICK --json "$OUT/checks.j
 
 if [[ "$DRY" == 1 && -f state/drcn.safetensors ]]; then
   log "the window's starting weights"
-  python -c "from drcn_cli.weights import load_weights; print(load_weights('state/drcn.safetensors')[0].config)" \
+  python -c "from drcn_cli.weights.files import load_weights; print(load_weights('state/drcn.safetensors')[0].config)" \
     || fail "loading state/drcn.safetensors"
 fi
 

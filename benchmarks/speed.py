@@ -45,10 +45,16 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from drcn_cli import model as model_module  # noqa: E402
-from drcn_cli.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads  # noqa: E402
+from drcn_cli.inference.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads  # noqa: E402
+from drcn_cli.inference.pipeline import (  # noqa: E402
+    InferenceSettings,
+    open_model,
+    prepare_for_inference,
+    super_resolve_y,
+    upscale_image,
+)
 from drcn_cli.model import DRCN, DRCNConfig, conv_flops_per_pixel  # noqa: E402
-from drcn_cli.pipeline import InferenceSettings, open_model, prepare_for_inference, super_resolve_y, upscale_image  # noqa: E402
-from drcn_cli.weights import BUNDLED_DIR, flush_tiny  # noqa: E402
+from drcn_cli.weights.files import BUNDLED_DIR, flush_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "docs" / "samples" / "pattern.png"
@@ -202,10 +208,10 @@ def ablation(source, device: torch.device, repeats: int, side: int = 512) -> Non
 # The huge pages are the environment's (set by the caller); glibc's thresholds are drcn's unless mode is default.
 _ALLOCATOR_PROBE = """
 import resource, sys, time, torch
-import drcn_cli.loader
+import drcn_cli.inference.loader
 if sys.argv[1] == "default":
-    drcn_cli.loader.reuse_freed_memory = lambda: False  # leave glibc's malloc as it starts
-from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y
+    drcn_cli.inference.loader.reuse_freed_memory = lambda: False  # leave glibc's malloc as it starts
+from drcn_cli.inference.pipeline import InferenceSettings, open_model, super_resolve_y
 name, precision, side, repeats, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 if threads:
     torch.set_num_threads(threads)

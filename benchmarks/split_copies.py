@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from drcn_cli.weights import load_weights
+from drcn_cli.weights.files import load_weights
 
 WRITERS = ("embed1", "embed2", "recursive", "recon1")  # convs whose output channels were copied
 

@@ -25,8 +25,8 @@ prefer_huge_pages()  # as `drcn` does, before torch is imported
 import torch  # noqa: E402
 from speed import cpu_description  # noqa: E402  # benchmarks/ is the script's folder
 
-from drcn_cli.pipeline import InferenceSettings, open_model, super_resolve_y  # noqa: E402
-from drcn_cli.tiling import (  # noqa: E402
+from drcn_cli.inference.pipeline import InferenceSettings, open_model, super_resolve_y  # noqa: E402
+from drcn_cli.inference.tiling import (  # noqa: E402
     auto_tile,
     run_tiled,  # noqa: E402
     tile_plan,

@@ -11,12 +11,12 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "upscale_image"]
 
 if TYPE_CHECKING:
-    from .pipeline import upscale_image
+    from .inference.pipeline import upscale_image
 
 
 def __getattr__(name: str) -> Any:
     if name == "upscale_image":
-        from .pipeline import upscale_image
+        from .inference.pipeline import upscale_image
 
         return upscale_image
     raise AttributeError(f"module 'drcn_cli' has no attribute {name!r}")

@@ -1,9 +1,9 @@
 """The one base of the errors drcn raises on purpose, and the exit codes they map to.
 
-Library code raises a precise subclass (:class:`drcn_cli.registry.ChecksumError`, :class:`drcn_cli.data.DataError`
-...); the command line catches :class:`DrcnError` once, prints its message as one line and exits with its
-``exit_code``. Anything else that escapes is a bug and keeps its traceback: a stray ``ValueError`` is never
-reported as a usage error.
+Library code raises a precise subclass (:class:`drcn_cli.weights.resolve.ChecksumError`,
+:class:`drcn_cli.bench.degradation.DataError` ...); the command line catches :class:`DrcnError` once, prints its
+message as one line and exits with its ``exit_code``. Anything else that escapes is a bug and keeps its traceback: a
+stray ``ValueError`` is never reported as a usage error.
 """
 
 from __future__ import annotations

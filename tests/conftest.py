@@ -49,7 +49,7 @@ def one_torch_thread():
 def cpu_without_native_bf16(monkeypatch):
     """precision 'auto' resolves the same on every test host: as on a CPU without bf16 units (fp32). Tests of
     the bf16 choice patch the capability back on; tests of the bf16 path ask for bf16 explicitly."""
-    from drcn_cli import device
+    from drcn_cli.inference import device
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
 
@@ -60,7 +60,7 @@ def weights(tmp_path_factory) -> str:
     import torch
 
     from drcn_cli.model import DRCN, DRCNConfig
-    from drcn_cli.weights import save_weights
+    from drcn_cli.weights.files import save_weights
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
@@ -73,8 +73,8 @@ def bundled_pair(tmp_path, monkeypatch):
     """drcn-lite and drcn-lite-photo bundled as two different tiny models."""
     import torch
 
-    from drcn_cli import weights as weights_module
     from drcn_cli.model import DRCN, DRCNConfig
+    from drcn_cli.weights import files as weights_module
 
     folder = tmp_path / "bundled"
     folder.mkdir()

@@ -54,7 +54,7 @@ def test_split_copies_reports_zero_for_exact_copies_and_finds_a_copy_that_moved(
     import torch
 
     from drcn_cli.model import DRCN, DRCNConfig, widen
-    from drcn_cli.weights import save_weights
+    from drcn_cli.weights.files import save_weights
 
     torch.manual_seed(3)
     wide = widen(DRCN(DRCNConfig(features=4, recursions=2)), 10, noise=0.0)

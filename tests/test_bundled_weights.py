@@ -12,11 +12,12 @@ from PIL import Image
 from safetensors import safe_open
 from testdata import DATA, datasets_root, needs_datasets
 
-from drcn_cli.pipeline import open_upscaler, upscale_image
-from drcn_cli.protocol import evaluate_images
-from drcn_cli.published import published
-from drcn_cli.registry import KNOWN_WEIGHTS, verify_file
-from drcn_cli.weights import BUNDLED_DIR, FORMAT, TINY, bundled_weights, load_weights
+from drcn_cli.bench.protocol import evaluate_images
+from drcn_cli.bench.published import published
+from drcn_cli.inference.pipeline import open_upscaler, upscale_image
+from drcn_cli.weights.files import BUNDLED_DIR, FORMAT, TINY, bundled_weights, load_weights
+from drcn_cli.weights.resolve import verify_file
+from drcn_cli.weights.table import KNOWN_WEIGHTS
 
 SET5 = datasets_root() / "Set5"
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "samples" / "pattern.png"

@@ -17,9 +17,9 @@ from PIL import Image
 from testdata import datasets_root, needs_datasets
 from typer.testing import CliRunner
 
-from drcn_cli import weights
 from drcn_cli.cli import app
 from drcn_cli.model import DRCN, DRCNConfig
+from drcn_cli.weights import files
 
 DATASETS = datasets_root()  # the benchmark datasets, where the environment has them (tests/testdata.py)
 
@@ -44,7 +44,7 @@ def weights_file(tmp_path_factory) -> Path:
         model.recursive.weight.add_(0.05 * torch.randn_like(model.recursive.weight))
         model.recon2.weight.mul_(0.1)
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    weights.save_weights(model, path)
+    files.save_weights(model, path)
     return path
 
 
@@ -231,7 +231,7 @@ def test_no_weights(tmp_path, monkeypatch):
     folder = make_images(tmp_path / "mine")
     empty = tmp_path / "no-bundled"
     empty.mkdir()
-    monkeypatch.setattr(weights, "BUNDLED_DIR", empty)
+    monkeypatch.setattr(files, "BUNDLED_DIR", empty)
     result = run("-d", folder, "-s", 2)  # the default model: not bundled, not cached, offline
     assert result.exit_code == 1 and result.stderr.startswith("error: drcn")
     result = run("-d", folder, "--weights", tmp_path / "missing.safetensors")
@@ -285,7 +285,7 @@ def test_unknown_model_and_tiny_tile_are_usage_errors(tmp_path):
 def test_bench_and_upscale_run_the_same_prepared_model(tmp_path, weights_file, monkeypatch):
     """Both commands get their network from loader.open_model, and the pipeline runs that ReadyModel as it came
     (channels_last on the CPU), so bench times what upscale runs."""
-    from drcn_cli import loader, pipeline
+    from drcn_cli.inference import loader, pipeline
 
     opened, ran = [], []
     real_open, real_run = loader.open_model, pipeline.super_resolve_y
@@ -388,7 +388,7 @@ def test_a_named_set_without_a_hub_fails_in_seconds_with_one_line_saying_where_i
 
 
 def test_help_names_where_the_named_sets_come_from():
-    from drcn_cli.datasets import BENCHMARKS
+    from drcn_cli.bench.datasets import BENCHMARKS
 
     result = run("--help")
     assert result.exit_code == 0

@@ -11,9 +11,10 @@ import pytest
 from hubstub import HubStub, point_client_at, skip_retry_sleeps
 from typer.testing import CliRunner
 
-from drcn_cli import registry, weights
 from drcn_cli.cli import app
-from drcn_cli.registry import KnownWeights
+from drcn_cli.weights import files, resolve
+from drcn_cli.weights import table as weights_table
+from drcn_cli.weights.table import KnownWeights
 
 REPO = "test-org/drcn-test"
 
@@ -26,7 +27,7 @@ def model_file(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("published") / "drcn.safetensors"
-    weights.save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
+    files.save_weights(DRCN(DRCNConfig(features=8, recursions=3)), path)
     return path
 
 
@@ -42,9 +43,9 @@ def env(model_file, monkeypatch, tmp_path):
     }
     bundled = tmp_path / "bundled"
     bundled.mkdir()
-    monkeypatch.setattr(weights, "BUNDLED_DIR", bundled)
-    monkeypatch.setattr(registry, "KNOWN_WEIGHTS", table)
-    monkeypatch.delenv(registry.REPO_ID_ENV, raising=False)
+    monkeypatch.setattr(files, "BUNDLED_DIR", bundled)
+    monkeypatch.setattr(weights_table, "KNOWN_WEIGHTS", table)
+    monkeypatch.delenv(weights_table.REPO_ID_ENV, raising=False)
     monkeypatch.setenv("COLUMNS", "200")  # rich tables: room for whole paths
     with HubStub() as stub:
         stub.add_file(REPO, "drcn.safetensors", data)
@@ -293,13 +294,13 @@ def test_list_names_the_upscale_defaults_on_unwrapped_lines_without_the_network(
     table = {
         "drcn": KnownWeights("drcn", "drcn.safetensors", None, None, "not published", repo_id=REPO),
         "drcn-lite": KnownWeights("drcn-lite", "drcn-lite.safetensors", **published, description=long, repo_id=REPO),
-        registry.PHOTO_MODEL: KnownWeights(
-            registry.PHOTO_MODEL, f"{registry.PHOTO_MODEL}.safetensors", **published, description="for photos",
-            repo_id=REPO,
+        weights_table.PHOTO_MODEL: KnownWeights(
+            weights_table.PHOTO_MODEL, f"{weights_table.PHOTO_MODEL}.safetensors", **published,
+            description="for photos", repo_id=REPO,
         ),
     }
-    env.mp.setattr(registry, "KNOWN_WEIGHTS", table)
-    for name in ("drcn-lite", registry.PHOTO_MODEL):
+    env.mp.setattr(weights_table, "KNOWN_WEIGHTS", table)
+    for name in ("drcn-lite", weights_table.PHOTO_MODEL):
         (env.bundled / f"{name}.safetensors").write_bytes(data)
     env.mp.setenv("COLUMNS", "80")
     point_client_at(env.mp, "http://127.0.0.1:9", cache_dir=env.cache)  # no hub there: --list must not need one
@@ -310,11 +311,12 @@ def test_list_names_the_upscale_defaults_on_unwrapped_lines_without_the_network(
     assert len(result.stdout.splitlines()) == 1 + len(table)  # the header, then one model a line
     rows = plain_rows(result.stdout)
     assert rows["drcn-lite"]["description"] == long.strip()  # whole, on its line
-    assert rows["drcn-lite"]["status"] == "bundled" and rows["drcn-lite"]["size"] == registry._format_size(len(data))
+    assert rows["drcn-lite"]["status"] == "bundled" and rows["drcn-lite"]["size"] == resolve._format_size(len(data))
     assert rows["drcn-lite"]["upscale default"].startswith("lossless inputs")
-    assert rows[registry.PHOTO_MODEL]["upscale default"].startswith("JPEG inputs")
+    assert rows[weights_table.PHOTO_MODEL]["upscale default"].startswith("JPEG inputs")
     assert rows["drcn"]["upscale default"] == "-" and rows["drcn"]["status"] == "not published yet"
-    assert registry.model_for_input("PNG") == "drcn-lite" and registry.model_for_input("JPEG") == registry.PHOTO_MODEL
+    assert weights_table.model_for_input("PNG") == "drcn-lite"
+    assert weights_table.model_for_input("JPEG") == weights_table.PHOTO_MODEL
     assert env.stub.file_requests == []
 
 

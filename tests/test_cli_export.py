@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from drcn_cli.cli import app
 from drcn_cli.cli.export import default_output
 from drcn_cli.model import DRCN, DRCNConfig
-from drcn_cli.weights import load_weights, save_weights
+from drcn_cli.weights.files import load_weights, save_weights
 
 runner = CliRunner()
 

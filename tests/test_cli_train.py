@@ -115,7 +115,7 @@ def test_usage_errors_exit_2(folders, tmp_path):
 
 def test_init_takes_its_architecture_from_the_weights(folders, tmp_path):
     from drcn_cli.model import DRCN, DRCNConfig
-    from drcn_cli.weights import load_weights, save_weights
+    from drcn_cli.weights.files import load_weights, save_weights
 
     train_dir, _ = folders
     save_weights(DRCN(DRCNConfig(features=4, recursions=2)), tmp_path / "start.safetensors")
@@ -137,7 +137,7 @@ def test_help_defaults_match_the_library_defaults():
     from typing import get_args, get_type_hints
 
     from drcn_cli.cli import train as cli_train
-    from drcn_cli.train import TrainConfig
+    from drcn_cli.training.config import TrainConfig
 
     fields = {"scale": "scales", "downscale": "downscales"}
     checked = 0
@@ -204,7 +204,7 @@ def _save_rng(value):
 def _rng_python_out_of_range():
     import torch
 
-    from drcn_cli.checkpoint import rng_state as _rng_state
+    from drcn_cli.training.checkpoint import rng_state as _rng_state
 
     state = _rng_state()
     state["python"] = torch.full((625,), 2**40, dtype=torch.int64)
@@ -266,12 +266,12 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_130(folders, tm
     import os
     import signal
 
-    from drcn_cli import train as train_lib
+    from drcn_cli.training import loop, setup
 
     train_dir, _ = folders
     ckpt = tmp_path / "ck"
     if when == "at step 2":
-        real_batch, calls = train_lib.random_batch, []
+        real_batch, calls = loop.random_batch, []
 
         def batch_then_killed(*args, **kwargs):
             calls.append(1)
@@ -279,16 +279,16 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_130(folders, tm
                 os.kill(os.getpid(), signal.SIGTERM)
             return real_batch(*args, **kwargs)
 
-        monkeypatch.setattr(train_lib, "random_batch", batch_then_killed)
+        monkeypatch.setattr(loop, "random_batch", batch_then_killed)
         expected_step = 2
     else:
-        real_bank = train_lib.build_patch_bank
+        real_bank = setup.build_patch_bank
 
         def killed_while_preparing(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGTERM)
             return real_bank(*args, **kwargs)
 
-        monkeypatch.setattr(train_lib, "build_patch_bank", killed_while_preparing)
+        monkeypatch.setattr(setup, "build_patch_bank", killed_while_preparing)
         expected_step = 1
     before = signal.getsignal(signal.SIGTERM)
 
@@ -309,7 +309,7 @@ def test_a_second_signal_interrupts_at_once_and_says_there_is_no_checkpoint(fold
     import os
     import signal
 
-    from drcn_cli import train as train_lib
+    from drcn_cli.training import setup
 
     train_dir, _ = folders
 
@@ -318,7 +318,7 @@ def test_a_second_signal_interrupts_at_once_and_says_there_is_no_checkpoint(fold
         os.kill(os.getpid(), signal.SIGTERM)
         pytest.fail("the second SIGTERM did not interrupt")
 
-    monkeypatch.setattr(train_lib, "build_patch_bank", killed_twice)
+    monkeypatch.setattr(setup, "build_patch_bank", killed_twice)
     result = _invoke("--data", train_dir, "--out", tmp_path / "w.safetensors", "--checkpoint-dir", tmp_path / "ck",
                      "--steps", 50, *TINY)  # fmt: skip
     assert result.exit_code == 130, result.output
@@ -330,15 +330,16 @@ def test_a_second_signal_interrupts_at_once_and_says_there_is_no_checkpoint(fold
 
 def _capture_config(monkeypatch):
     """Replace the training itself by one that records the TrainConfig it is given."""
-    from drcn_cli import train as lib
+    from drcn_cli.training import loop
+    from drcn_cli.training.report import TrainResult
 
     seen = []
 
     def fake_train(cfg, reporter=None, should_stop=None):
         seen.append(cfg)
-        return lib.TrainResult(cfg.steps, True, 0.0, None, None, None, None, 0.0)
+        return TrainResult(cfg.steps, True, 0.0, None, None, None, None, 0.0)
 
-    monkeypatch.setattr(lib, "train", fake_train)
+    monkeypatch.setattr(loop, "train", fake_train)
     return seen
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from drcn_cli.cli import app
 from drcn_cli.cli import train as cli_train
-from drcn_cli.train_config import OPTIMIZERS, TrainConfig
+from drcn_cli.training.config import OPTIMIZERS, TrainConfig
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "400"}  # room for every help line unwrapped
@@ -93,15 +93,16 @@ def test_a_bad_optimizer_is_a_usage_error_listing_every_choice(tmp_path):
 
 
 def test_the_options_given_become_the_config_fields(tmp_path, monkeypatch):
-    from drcn_cli import train as lib
+    from drcn_cli.training import loop
+    from drcn_cli.training.report import TrainResult
 
     seen = []
 
     def fake_train(cfg, reporter=None, should_stop=None):
         seen.append(cfg)
-        return lib.TrainResult(cfg.steps, True, 0.0, None, None, None, None, 0.0)
+        return TrainResult(cfg.steps, True, 0.0, None, None, None, None, 0.0)
 
-    monkeypatch.setattr(lib, "train", fake_train)
+    monkeypatch.setattr(loop, "train", fake_train)
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "a"), "--data", str(tmp_path / "b"), "-o",
                                  str(tmp_path / "w.safetensors"), "-s", "2", "--scale", "3.5", "--optimizer", "sgd",
                                  "--precision", "bf16", "--time-limit", "2", "--overwrite", "--quiet"])  # fmt: skip

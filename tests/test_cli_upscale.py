@@ -10,9 +10,11 @@ import pytest
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from drcn_cli import imageio, pipeline, registry
 from drcn_cli.cli import _run as run_options
 from drcn_cli.cli import app
+from drcn_cli.inference import pipeline
+from drcn_cli.io import atomic
+from drcn_cli.weights import resolve, table
 
 runner = CliRunner()
 
@@ -68,7 +70,7 @@ def test_the_ok_line_says_when_only_the_first_frame_was_upscaled(tmp_path, weigh
 
 
 def test_device_line_says_bf16_was_chosen_for_a_cpu_with_bf16_units(tmp_path, weights, monkeypatch):
-    from drcn_cli import device
+    from drcn_cli.inference import device
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     source = save_png(tmp_path / "in.png")
@@ -231,7 +233,7 @@ def test_full_disk_and_a_write_failing_half_way_leave_nothing(tmp_path, weights,
         real_write(fd, bytes(data[: len(data) // 2]))
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(imageio.os, "write", half_then_no_space)
+    monkeypatch.setattr(atomic.os, "write", half_then_no_space)
     result = run(src, "-s", 2, "-o", out, "--weights", weights)
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -327,9 +329,9 @@ def test_missing_weights_say_what_to_do(tmp_path, monkeypatch):
     source = save_png(tmp_path / "in.png")
 
     def not_installed(*args, **kwargs):
-        raise registry.WeightsNotFoundError("drcn: not bundled and not in the cache; run `drcn download-weights drcn`")
+        raise resolve.WeightsNotFoundError("drcn: not bundled and not in the cache; run `drcn download-weights drcn`")
 
-    monkeypatch.setattr(registry, "resolve_weights", not_installed)
+    monkeypatch.setattr(resolve, "resolve_weights", not_installed)
     result = run(source, "-s", 2)
     assert result.exit_code == 1
     (line,) = result.stderr.strip().splitlines()
@@ -454,7 +456,7 @@ def test_upscale_image_picks_the_photo_model_for_a_pil_jpeg_only(tmp_path, bundl
     assert np.array_equal(chosen, with_photo) and not np.array_equal(chosen, with_lite)
     array = np.asarray(photo.convert("RGB"))  # an array's history is unknown: the default model
     assert np.array_equal(pipeline.upscale_image(array, 2, device="cpu", precision="fp32"), with_lite)
-    assert registry.model_for_input("PNG") == "drcn-lite" and registry.model_for_input("video") == "drcn-lite-photo"
+    assert table.model_for_input("PNG") == "drcn-lite" and table.model_for_input("video") == "drcn-lite-photo"
 
 
 @pytest.mark.parametrize("kind", ["fifo", "character device"])

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from drcn_cli import imageio
 from drcn_cli.cli import app
+from drcn_cli.io import atomic
+from drcn_cli.io import write as io_write
 
 runner = CliRunner()
 
@@ -116,7 +117,7 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path, monkeyp
             target.write_bytes(b"the other process's output")
         real_fsync(fd)
 
-    monkeypatch.setattr(imageio.os, "fsync", other_process_writes_first)
+    monkeypatch.setattr(atomic.os, "fsync", other_process_writes_first)
     result = run(source, "-s", 2, "--method", "bicubic", "-o", target)
     line = only_error(result)
     assert "appeared meanwhile" in line and "--overwrite" in line
@@ -266,8 +267,8 @@ def test_a_tile_at_the_floor_works(tmp_path, monkeypatch):
     # the stitched result is the untiled one, pixel for pixel.
     from conftest import random_drcn
 
-    from drcn_cli import tiling
-    from drcn_cli.weights import save_weights
+    from drcn_cli.inference import tiling
+    from drcn_cli.weights.files import save_weights
 
     weights = tmp_path / "net.safetensors"
     save_weights(random_drcn(), weights)
@@ -300,8 +301,8 @@ def test_a_tile_at_the_floor_works(tmp_path, monkeypatch):
 def test_sigterm_while_starting_up_is_an_interrupt_with_exit_130(tmp_path, monkeypatch, capsys):
     import signal
 
-    from drcn_cli import registry
     from drcn_cli.cli import main
+    from drcn_cli.weights import resolve
 
     source = tmp_path / "in.png"
     source.write_bytes(png_bytes())
@@ -310,7 +311,7 @@ def test_sigterm_while_starting_up_is_an_interrupt_with_exit_130(tmp_path, monke
         os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before the next statement
         pytest.fail("SIGTERM did not interrupt")
 
-    monkeypatch.setattr(registry, "resolve_weights", killed_while_loading)
+    monkeypatch.setattr(resolve, "resolve_weights", killed_while_loading)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_info:
         main(["upscale", str(source), "-s", "2", "-o", str(tmp_path / "out.png")])
@@ -321,13 +322,13 @@ def test_sigterm_while_starting_up_is_an_interrupt_with_exit_130(tmp_path, monke
 
 
 def test_an_image_written_during_an_interrupt_is_counted_and_reported(tmp_path, monkeypatch):
-    from drcn_cli import pipeline
+    from drcn_cli.inference import pipeline
 
     sources = [tmp_path / "in" / f"{i}.png" for i in range(3)]
     sources[0].parent.mkdir()
     for path in sources:
         path.write_bytes(png_bytes())
-    real_upscale, real_write = pipeline.upscale_tensor, imageio.write_image
+    real_upscale, real_write = pipeline.upscale_tensor, io_write.write_image
     calls = []
 
     def interrupted_on_the_second(*args, **kwargs):
@@ -342,7 +343,7 @@ def test_an_image_written_during_an_interrupt_is_counted_and_reported(tmp_path, 
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "upscale_tensor", interrupted_on_the_second)
-    monkeypatch.setattr(imageio, "write_image", slow_write)
+    monkeypatch.setattr(io_write, "write_image", slow_write)
     result = run(*sources, "-s", 2, "--method", "bicubic", "-o", tmp_path / "out", "--json", "--io-threads", 1)
 
     assert result.exit_code == 130, result.output
@@ -595,7 +596,7 @@ def test_the_output_limit_is_checked_from_the_header_before_anything_is_decoded(
 
 
 def test_a_memory_error_while_decoding_is_one_line_that_says_so(tmp_path, monkeypatch):
-    from drcn_cli import imageio
+    from drcn_cli.io import images
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "b.png")
@@ -603,7 +604,7 @@ def test_a_memory_error_while_decoding_is_one_line_that_says_so(tmp_path, monkey
     def no_memory(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(imageio, "_decode", no_memory)
+    monkeypatch.setattr(images, "_decode", no_memory)
     result = run(tmp_path / "a.png", tmp_path / "b.png", "-s", 2, "--method", "bicubic", "-o", tmp_path / "out")
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

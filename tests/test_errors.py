@@ -6,15 +6,20 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from drcn_cli import bench, data, datasets, device, errors, export, hub, imageio, registry, train, video, weights
+from drcn_cli import errors
+from drcn_cli.bench import datasets, degradation, protocol, results
 from drcn_cli.cli import app, main
 from drcn_cli.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, DrcnError
+from drcn_cli.inference import device, export
+from drcn_cli.io import atomic, formats, video
+from drcn_cli.training import checkpoint, loop
+from drcn_cli.weights import files, hub, resolve
 
 FAILURES = [
-    bench.BenchError, bench.MissingExtraError, data.DataError, datasets.DatasetError, datasets.ArchiveError,
-    export.ExportError, hub.HubError, imageio.ImageReadError, imageio.ImageWriteError, imageio.OutputExistsError,
-    imageio.ImageFormatError, registry.ChecksumError, registry.WeightsNotFoundError, train.CheckpointError,
-    train.TrainingError, video.VideoError, weights.WeightsError,
+    protocol.BenchError, results.MissingExtraError, degradation.DataError, datasets.DatasetError,
+    datasets.ArchiveError, export.ExportError, hub.HubError, formats.ImageReadError, formats.ImageWriteError,
+    atomic.OutputExistsError, formats.ImageFormatError, resolve.ChecksumError, resolve.WeightsNotFoundError,
+    checkpoint.CheckpointError, loop.TrainingError, video.VideoError, files.WeightsError,
 ]  # fmt: skip
 USAGE = [errors.UsageError, ConfigError, datasets.UnknownDatasetError]
 
@@ -26,7 +31,7 @@ def test_every_error_of_drcn_has_the_one_base_and_its_exit_code(error):
 
 
 def test_errors_keep_the_builtin_bases_callers_catch():
-    assert issubclass(imageio.ImageWriteError, OSError) and issubclass(data.DataError, ValueError)
+    assert issubclass(formats.ImageWriteError, OSError) and issubclass(degradation.DataError, ValueError)
     assert issubclass(ConfigError, ValueError) and issubclass(hub.HubError, RuntimeError)
 
 
@@ -56,7 +61,7 @@ def _raising(exc: BaseException):
 
 def test_a_bug_in_train_is_not_a_usage_error(train_args, monkeypatch):
     bug = ValueError("a bug: list index")
-    monkeypatch.setattr(train, "train", _raising(bug))
+    monkeypatch.setattr(loop, "train", _raising(bug))
     result = CliRunner().invoke(app, train_args)
     assert result.exit_code == EXIT_FAILURE  # what the runner gives any exception that escapes
     assert result.exception is bug  # it escapes itself, with its traceback: not dressed up as a line, nor wrapped
@@ -66,20 +71,20 @@ def test_a_bug_in_train_is_not_a_usage_error(train_args, monkeypatch):
 
 
 def test_a_config_the_library_refuses_is_a_usage_error_of_one_line(train_args, monkeypatch):
-    monkeypatch.setattr(train, "train", _raising(ConfigError("batch size 7 does not split over 2 processes")))
+    monkeypatch.setattr(loop, "train", _raising(ConfigError("batch size 7 does not split over 2 processes")))
     result = CliRunner().invoke(app, train_args)
     assert result.exit_code == EXIT_USAGE
     assert result.stderr == "error: batch size 7 does not split over 2 processes (see drcn train --help)\n"
 
 
 def test_a_drcn_error_is_one_line_and_exit_1(train_args, monkeypatch):
-    monkeypatch.setattr(train, "train", _raising(train.TrainingError("the loss became nan\nby step 3")))
+    monkeypatch.setattr(loop, "train", _raising(loop.TrainingError("the loss became nan\nby step 3")))
     result = CliRunner().invoke(app, train_args)
     assert result.exit_code == EXIT_FAILURE and result.stderr == "error: the loss became nan by step 3\n"
 
 
 def test_main_exits_with_the_errors_code(train_args, monkeypatch, capsys):
-    monkeypatch.setattr(train, "train", _raising(ConfigError("fp16 training is not supported")))
+    monkeypatch.setattr(loop, "train", _raising(ConfigError("fp16 training is not supported")))
     with pytest.raises(SystemExit) as exit_:
         main(train_args)
     assert exit_.value.code == EXIT_USAGE

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from drcn_cli.cli import app
 from drcn_cli.model import DRCN, DRCNConfig
-from drcn_cli.weights import save_weights
+from drcn_cli.weights.files import save_weights
 
 CASES = int(os.environ.get("DRCN_FUZZ_CASES", "12"))
 DEADLINE_S = 60  # one command over all of a batch's cases; a hang fails the test instead of stalling it

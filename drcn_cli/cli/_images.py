@@ -1,5 +1,5 @@
 """`drcn upscale`'s image run: every planned job read (in reader threads), upscaled (here), written (in writer
-threads) through drcn_cli.batch.run_pipelined, each outcome reported as it finishes; Ctrl-C completes the
+threads) through drcn_cli.io.batch.run_pipelined, each outcome reported as it finishes; Ctrl-C completes the
 writes already handed over and reports them."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Upscaled:
     """What the upscale step hands to the write step."""
 
     pixels: Any
-    loaded: Any  # imageio.LoadedImage
+    loaded: Any  # io.images.LoadedImage
     model: str  # the upscaler that made it (Upscaler.name)
     # Seconds of each step so far ("read", "upscale"; "write" once written): what the report of an image written
     # during an interrupt shows, as batch.JobOutcome.timings does for the others.
@@ -32,7 +32,7 @@ class Upscaled:
 
 def run_images(jobs: list, report: Reporter, opts: RunOptions) -> None:
     """Load the models once and run every job; sets report's counts. Exits 1 on a model error, 130 on Ctrl-C."""
-    from ..batch import run_pipelined
+    from ..io.batch import run_pipelined
 
     steps = _ImageSteps(opts, prepare(opts, report.info, f"{len(jobs)} image(s)"), report)
     with report.progress(len(jobs)), sigterm_as_interrupt(), no_pillow_pixel_limit():
@@ -65,8 +65,8 @@ class _ImageSteps:
     def load(self, job):
         """The decoded image (stdin is read whole first); refused over --max-pixels, and over
         --max-output-pixels, from the file's header, before anything is decoded."""
-        from ..imageio import read_image
-        from ..pipeline import checked_size
+        from ..inference.pipeline import checked_size
+        from ..io.images import read_image
 
         started = time.perf_counter()
         opts = self.opts
@@ -83,8 +83,8 @@ class _ImageSteps:
     def process(self, job, loaded) -> Upscaled:
         """The image upscaled to the size asked for, by the upscaler for its kind of file; OutputTooLargeError
         over --max-output-pixels, ImageFormatError before any work when the output format cannot hold it."""
-        from ..imageio import check_output_format
-        from ..pipeline import checked_size
+        from ..inference.pipeline import checked_size
+        from ..io.write import check_output_format
 
         opts, report = self.opts, self.report
         started = time.perf_counter()
@@ -108,7 +108,8 @@ class _ImageSteps:
 
     def _write(self, job, result: Upscaled) -> int:
         """Write the image (atomically, or to stdout); its size in bytes, or SKIPPED."""
-        from ..imageio import OutputExistsError, encode_image, write_image
+        from ..io.atomic import OutputExistsError
+        from ..io.write import encode_image, write_image
 
         opts = self.opts
         meta = dict(quality=opts.quality, icc_profile=result.loaded.icc_profile, exif=result.loaded.exif,
@@ -146,7 +147,7 @@ def _finish_writes(outcomes) -> None:
 def _report_unreported(report: Reporter, unreported: dict[int, tuple[Any, Upscaled, int]]) -> None:
     """Count the images written but not reported when the run was interrupted, as done (or skipped), with the
     seconds their read, upscale and write took."""
-    from ..batch import JobOutcome
+    from ..io.batch import JobOutcome
 
     for job, result, size in list(unreported.values()):
         if size == SKIPPED:

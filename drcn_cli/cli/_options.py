@@ -46,9 +46,9 @@ def not_empty(ctx: Any, param: Any, value: Any) -> Any:
 
 
 def threads_in_range(ctx: Any, param: Any, value: Any) -> Any:
-    """Option callback of --threads: drcn_cli.device's one bound (at most 4 per CPU)."""
+    """Option callback of --threads: drcn_cli.inference.device's one bound (at most 4 per CPU)."""
     if value is not None:
-        from ..device import threads_problem
+        from ..inference.device import threads_problem
 
         if (problem := threads_problem(value)) is not None:
             raise typer.BadParameter(problem)
@@ -131,7 +131,7 @@ def model_problem(
 ) -> str | None:
     """The one check of the model options every command shares (--model, --weights, --method, --recursions,
     --self-ensemble, --tile): what cannot work, as a usage error's message, else None."""
-    from ..tiling import check_tile
+    from ..inference.tiling import check_tile
 
     if (problem := check_tile(tile)) is not None:
         return problem
@@ -142,7 +142,7 @@ def model_problem(
     ):
         return "--method bicubic uses no network: drop --model / --weights / --recursions / --self-ensemble"
     if model is not None:
-        from ..registry import KNOWN_WEIGHTS
+        from ..weights.table import KNOWN_WEIGHTS
 
         if model not in KNOWN_WEIGHTS:
             return f"unknown model {model!r}; known models: {', '.join(sorted(KNOWN_WEIGHTS))}"

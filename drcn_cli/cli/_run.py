@@ -45,7 +45,7 @@ class RunOptions:
 def reason(exc: BaseException) -> str:
     """The one-line reason for a failed input: drcn's own errors as they are, an OS error by its text, anything
     else with its type."""
-    from ..tiling import is_out_of_memory
+    from ..inference.tiling import is_out_of_memory
 
     if isinstance(exc, MemoryError):
         return "not enough memory to hold this image's pixels (lower --max-pixels, or free memory)"
@@ -121,10 +121,10 @@ def _model_text(upscaler: Any) -> str:
 def prepare(opts: RunOptions, info: Any, count: str) -> Any:
     """The run's upscalers (pipeline.UpscalerChoice: each model loaded once), announced through ``info`` in one
     line with ``count`` ("3 image(s)"). Exits 1 when no weights can be had, 2 on a bad device or depth."""
-    from ..device import precision_reason, resolve_device, resolve_precision, set_threads
-    from ..hub import HubError
-    from ..pipeline import open_upscalers
-    from ..registry import ChecksumError, WeightsNotFoundError
+    from ..inference.device import precision_reason, resolve_device, resolve_precision, set_threads
+    from ..inference.pipeline import open_upscalers
+    from ..weights.hub import HubError
+    from ..weights.resolve import ChecksumError, WeightsNotFoundError
 
     set_threads(opts.threads)  # a device or precision that cannot work is a ConfigError: exit 2, reported above
     dev = resolve_device(_device_for_rank(opts.device, opts.world))

@@ -24,7 +24,8 @@ def check_stdout(to_stdout: bool, world: int) -> None:
 def read_stdin(max_pixels: int | None = None) -> bytes:
     """All of stdin, as bytes, but never more than an image within ``max_pixels`` can take (a stream can be
     endless: `cat /dev/zero |`); ImageReadError (one line) when it is closed, unreadable or too long."""
-    from ..imageio import ImageReadError, max_file_bytes
+    from ..io.formats import ImageReadError
+    from ..io.images import max_file_bytes
 
     if sys.stdin is None:  # started with stdin closed (<&-)
         raise ImageReadError("stdin is closed")
@@ -41,7 +42,7 @@ def write_stdout(data: bytes) -> None:
     full disk, a short write. A regular file behind stdout is fsync'd, so a full disk shows here, not later."""
     import stat
 
-    from ..imageio import ImageWriteError
+    from ..io.formats import ImageWriteError
 
     stream = typer.get_binary_stream("stdout")
     try:

@@ -1,4 +1,4 @@
-"""`drcn upscale clip.mp4 ...`: videos, frame by frame through the same upscaler as images (drcn_cli.video).
+"""`drcn upscale clip.mp4 ...`: videos, frame by frame through the same upscaler as images (drcn_cli.io.video).
 
 Called by `drcn upscale` when an input is a video file (by extension). Videos are not mixed with images in
 one run. Output names follow the image rules: `-o FILE` for one video (its extension chooses the container),
@@ -41,7 +41,7 @@ class _VideoJob:
 
 def _plan(sources, output: str | None, suffix: str | None, label: str, skip_existing: bool, overwrite: bool):
     """One _VideoJob per video; raises typer.Exit(2) for a combination that cannot work."""
-    from ..video import VIDEO_EXTENSIONS, is_video_path
+    from ..io.video import VIDEO_EXTENSIONS, is_video_path
 
     if any(s.path is None for s in sources):
         raise _usage("a video cannot be read from stdin: give its file name")
@@ -51,8 +51,8 @@ def _plan(sources, output: str | None, suffix: str | None, label: str, skip_exis
         raise _usage("a video cannot be written to stdout: give -o FILE")
     if overwrite and skip_existing:
         raise _usage("--overwrite and --skip-existing contradict each other: give one")
-    from ..atomic import non_regular_reason
-    from ..batch import name_problem
+    from ..io.atomic import non_regular_reason
+    from ..io.naming import name_problem
 
     out = Path(output).expanduser() if output is not None else None
     if out is not None and (problem := name_problem(out)) is not None:
@@ -125,8 +125,8 @@ def upscale_videos(sources, problems, console, opts: RunOptions, *, output: str 
 
 def _one_video(job: _VideoJob, upscaler, opts: RunOptions, report: Reporter) -> None:
     from ..errors import DrcnError
-    from ..pipeline import checked_size
-    from ..video import probe_video, upscale_video
+    from ..inference.pipeline import checked_size
+    from ..io.video import probe_video, upscale_video
 
     started = time.perf_counter()
     try:

@@ -1,8 +1,8 @@
 """`drcn bench`: the paper's evaluation protocol on Set5, Set14, B100, Urban100 (or any folder of HR images),
 with a table of our numbers beside the published ones.
 
-Thin: check the options, resolve datasets (drcn_cli.datasets) and weights (drcn_cli.registry), run
-drcn_cli.bench.run_bench with a progress bar on stderr, print the table on stdout, write --json/--csv/--plot.
+Thin: check the options, resolve datasets (drcn_cli.bench.datasets) and weights (drcn_cli.weights.resolve), run
+drcn_cli.bench.runner.run_bench with a progress bar on stderr, print the table on stdout, write --json/--csv/--plot.
 """
 
 from __future__ import annotations
@@ -112,12 +112,12 @@ def _to_stdout(path: Path | None) -> bool:
 
 def _write_text(path: Path, text: str) -> None:
     """``text`` to stdout for ``-``, else to the file ``path``, replaced atomically if it is a regular file (a FIFO,
-    device, folder or symbolic link there is refused: drcn_cli.atomic)."""
+    device, folder or symbolic link there is refused: drcn_cli.io.atomic)."""
     if _to_stdout(path):
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from ..atomic import write_atomic
+    from ..io.atomic import write_atomic
 
     write_atomic(path, text.encode(), overwrite=True)
 
@@ -234,8 +234,8 @@ def bench(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     info = _printer(err, quiet)
 
-    from ..device import resolve_device, resolve_precision, set_threads
-    from ..pipeline import open_upscaler
+    from ..inference.device import resolve_device, resolve_precision, set_threads
+    from ..inference.pipeline import open_upscaler
 
     # Errors of drcn's own (a device that is not there: usage; a dataset, the weights: failure) are reported
     # by the command's wrapper (cli._errors.reported); only the OS's own are turned into a line here.
@@ -273,7 +273,7 @@ def _printer(console: Any, quiet: bool) -> Callable[[str], None]:
 def _resolve_datasets(specs: list[str], data_dir: Path | None, download: bool,
                       info: Callable[[str], None]) -> list[Any]:
     """Each --dataset as a folder of HR images (found, cached or downloaded); an OS error fails (exit 1)."""
-    from ..datasets import resolve_dataset
+    from ..bench.datasets import resolve_dataset
 
     sets = []
     for spec in specs:
@@ -289,11 +289,11 @@ def _measure(err: Any, quiet: bool, sets: list[Any], scales: list[int], qualitie
     """run_bench with a progress bar on ``err``; out of memory fails (exit 1)."""
     import torch
 
-    from .. import bench as lib
+    from ..bench.runner import run_bench
 
     try:
         with _progress(err, quiet, sum(len(s.images) for s in sets)) as advance:
-            return lib.run_bench(sets, scales, upscaler, depths, save_images, advance, qualities)
+            return run_bench(sets, scales, upscaler, depths, save_images, advance, qualities)
     except torch.OutOfMemoryError:
         raise fail("out of memory even with the smallest tile: try --device cpu or a smaller --tile") from None
 
@@ -313,7 +313,7 @@ def _write_reports(report: Any, sets: list[Any], scales: list[int], model: str |
                    json_file: Path | None, csv_file: Path | None, plot: Path | None,
                    info: Callable[[str], None]) -> None:
     """The --json, --csv and --plot files asked for."""
-    from .. import bench as lib
+    from ..bench import results
 
     if json_file is not None:
         data = {
@@ -322,13 +322,13 @@ def _write_reports(report: Any, sets: list[Any], scales: list[int], model: str |
             "jpeg": sorted({s.jpeg for s in report.sets if s.jpeg is not None}) or None,
             "model": model,
             "self_ensemble": self_ensemble,
-            **lib.report_to_dict(report),
+            **results.report_to_dict(report),
         }
         _write_text(json_file, json.dumps(data, indent=2) + "\n")
     if csv_file is not None:
-        _write_text(csv_file, _csv_text(lib.per_image_rows(report)))
+        _write_text(csv_file, _csv_text(results.per_image_rows(report)))
     if plot is not None:
-        lib.plot_recursion_sweep(report, plot)
+        results.plot_recursion_sweep(report, plot)
         info(f"plot written to {plot}")
 
 
@@ -356,14 +356,15 @@ def _network_label(network: Any, self_ensemble: bool) -> str:
 
 def _depths(network: Any, recursions: str | None, plot: Path | None) -> tuple[int | None, ...]:
     """The recursion depths to measure: --recursions, all of them for a --plot, else the model's own."""
-    from .. import bench as lib
+    from ..bench.protocol import BenchError
+    from ..bench.runner import parse_recursions
 
     spec = recursions if recursions is not None else ("all" if plot is not None else None)
     depths: tuple[int | None, ...] = (None,)
     if spec is not None:
         try:
-            depths = lib.parse_recursions(spec, network.config.recursions)
-        except lib.BenchError as exc:
+            depths = parse_recursions(spec, network.config.recursions)
+        except BenchError as exc:
             raise _usage(str(exc)) from None
     if plot is not None and len(depths) < 2:
         raise _usage("--plot needs two or more recursion depths (e.g. --recursions 1..16)")

@@ -15,7 +15,7 @@ from ._errors import EXIT_FAILURE, EXIT_USAGE, fail, print_error
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..registry import HubOptions, WeightsStatus
+    from ..weights.resolve import HubOptions, WeightsStatus
 
 _ORIGIN_TEXT = {
     "bundled": "bundled, nothing to download",
@@ -78,22 +78,22 @@ def download_weights(
     """
     from rich.console import Console
 
-    from .. import registry
+    from ..weights import resolve, table
 
     if list_models:
         if names or all_models:
             raise typer.BadParameter("--list takes no model names and no --all", param_hint="--list")
-        rows = registry.list_weights(repo_id=repo_id, revision=revision, cache_dir=cache_dir)
-        _print_table(Console(), rows, _default_uses(registry.model_for_input("PNG"), registry.model_for_input("JPEG")))
+        rows = resolve.list_weights(repo_id=repo_id, revision=revision, cache_dir=cache_dir)
+        _print_table(Console(), rows, _default_uses(table.model_for_input("PNG"), table.model_for_input("JPEG")))
         return
     if names and all_models:
         raise typer.BadParameter("give model names or --all, not both", param_hint="--all")
-    unknown = [name for name in names or () if name not in registry.KNOWN_WEIGHTS]
+    unknown = [name for name in names or () if name not in table.KNOWN_WEIGHTS]
     if unknown:
-        known = ", ".join(sorted(registry.KNOWN_WEIGHTS))
+        known = ", ".join(sorted(table.KNOWN_WEIGHTS))
         raise fail(f"unknown model {', '.join(map(repr, unknown))}; known models: {known}", EXIT_USAGE)
-    targets = list(registry.KNOWN_WEIGHTS) if all_models else list(dict.fromkeys(names or ()))
-    targets = targets or [registry.default_model_name()]
+    targets = list(table.KNOWN_WEIGHTS) if all_models else list(dict.fromkeys(names or ()))
+    targets = targets or [table.default_model_name()]
 
     err = Console(stderr=True)
     options: HubOptions = {"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir}
@@ -101,7 +101,7 @@ def download_weights(
     for name in targets:
         try:
             with _progress(err, name, quiet) as on_progress:
-                located = registry.locate_weights(
+                located = resolve.locate_weights(
                     name,
                     force=force,
                     on_stale=lambda exc: err.print(f"warning: {exc}", markup=False, highlight=False),

@@ -1,7 +1,7 @@
 """`drcn export`: a model to ONNX (dynamic batch, height and width), its input/output contract in the metadata.
 
-Thin: resolve the weights (drcn_cli.registry), load them (drcn_cli.weights), call drcn_cli.export.export_onnx,
-and say on stdout what was written.
+Thin: resolve the weights (drcn_cli.weights.resolve), load them (drcn_cli.weights.files), call
+drcn_cli.inference.export.export_onnx, and say on stdout what was written.
 """
 
 from __future__ import annotations
@@ -70,15 +70,15 @@ def export(
     if output is not None and not output.strip():
         raise _usage("-o/--output is empty: give a file or folder name (or leave it out for the default name)")
 
-    from ..export import export_onnx
-    from ..loader import load_model
+    from ..inference.export import export_onnx
+    from ..inference.loader import load_model
 
     def info(message: str) -> None:
         if not quiet:
             typer.echo(message, err=True)
 
-    # The exporter wants the plain fp32 module, not one prepared to run here (drcn_cli.loader); drcn's own errors
-    # (weights not found, not DRCN weights, the exporter failing) are reported by the command's wrapper.
+    # The exporter wants the plain fp32 module, not one prepared to run here (drcn_cli.inference.loader); drcn's own
+    # errors (weights not found, not DRCN weights, the exporter failing) are reported by the command's wrapper.
     network, _metadata, path = load_model(weights or model, on_download=info)
     trained = network.config.recursions
     if recursions is not None and recursions > trained:

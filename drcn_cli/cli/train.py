@@ -1,6 +1,6 @@
 """`drcn train`: train DRCN on folders of HR images, with checkpoints, exact resume and torchrun/DDP.
 
-Thin: options -> a TrainConfig (a resumed run starts from its checkpoint's config) -> drcn_cli.train.train,
+Thin: options -> a TrainConfig (a resumed run starts from its checkpoint's config) -> drcn_cli.training.loop.train,
 with a rich progress display on stderr. The options are generated from TrainConfig's fields (name, type,
 default, help and panel are declared there, once); only --config and --quiet are the command's own. The
 library writes the checkpoint, the CSV log (`log.csv` in the checkpoint folder) and the exported weights.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args, get_origin,
 
 import typer
 
-from ..train_config import TrainConfig, value_problem
+from ..training.config import TrainConfig, value_problem
 from ._errors import EXIT_INTERRUPTED, fail
 from ._options import path_type, threads_in_range
 
@@ -124,9 +124,9 @@ def _value_type(field: dataclasses.Field, hint: Any) -> Any:
 
 
 def _value_check(field: dataclasses.Field) -> Callable[[Any, Any, Any], Any]:
-    """The option's callback: the field's one value check (drcn_cli.train_config.value_problem: NaN, infinities,
+    """The option's callback: the field's one value check (drcn_cli.training.config.value_problem: NaN, infinities,
     empty names, bounds), the same that a recipe's values and the Python API's get; for --threads also the
-    machine's bound (drcn_cli.device.threads_problem)."""
+    machine's bound (drcn_cli.inference.device.threads_problem)."""
 
     def check(ctx: Any, param: Any, value: Any) -> Any:
         if isinstance(value, Enum):  # Typer converts what a callback returns again: give it the plain choice
@@ -202,7 +202,7 @@ def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
     if "time_limit" in options:
         options["time_limit"] *= 60.0
     if flags["config"] is not None:
-        from ..train_config import read_recipe
+        from ..training.config import read_recipe
 
         options = read_recipe(flags["config"]) | options
     if options.get("init"):
@@ -212,7 +212,8 @@ def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
 
 def _config(options: dict[str, Any], resume: Path | None) -> Any:
     """The run's TrainConfig: a resumed run's stored one with ``options`` applied, or a new one from them."""
-    from ..train import init_architecture, resume_config
+    from ..training.checkpoint import resume_config
+    from ..training.setup import init_architecture
 
     if resume is not None:
         options.setdefault("checkpoint_dir", str(resume))
@@ -231,7 +232,7 @@ def _config(options: dict[str, Any], resume: Path | None) -> Any:
 
 
 def _resolve_init(value: str) -> Path:
-    from ..registry import resolve_weights, split_source
+    from ..weights.resolve import resolve_weights, split_source
 
     return resolve_weights(*split_source(value))
 
@@ -250,7 +251,7 @@ class _RichReporter:
         self.train_task: TaskID | None = None
         self.val_text = "val -"
 
-    # The methods below implement drcn_cli.train.TrainReporter.
+    # The methods below implement drcn_cli.training.report.TrainReporter.
     def preparing(self, done: int, total: int) -> None:
         if self.prepare_task is None:
             self.progress.start()
@@ -307,12 +308,12 @@ def train(**flags: Any) -> None:
 
     torchrun --nproc-per-node N -m drcn_cli train ... trains on N GPUs (DistributedDataParallel).
     """
-    from ..train import train as run_training
+    from ..training.loop import train as run_training
 
     # Each option's value was checked as it was parsed (_value_check), the recipe's as it was read; what does not
     # work together is refused here, before anything is shown.
     cfg = _config(_given_options(flags), flags["resume"])
-    from ..train_config import check_config
+    from ..training.config import check_config
 
     check_config(cfg)
 

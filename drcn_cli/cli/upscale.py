@@ -1,7 +1,7 @@
 """`drcn upscale`: upscale files, folders, globs or stdin with DRCN (or plain bicubic), safely and resumably.
 
-Thin: parse and check the options, plan the jobs (drcn_cli.batch), load the model once, then for each
-image read (drcn_cli.imageio) -> upscale (drcn_cli.pipeline) -> write, reading ahead and writing behind
+Thin: parse and check the options, plan the jobs (drcn_cli.io.batch), load the model once, then for each
+image read (drcn_cli.io.images) -> upscale (drcn_cli.inference.pipeline) -> write, reading ahead and writing behind
 in threads. Everything the user reads goes to stderr; stdout carries only --json lines or, with `-o -`,
 the image itself (the JSON lines then go to stderr so they cannot corrupt it).
 """
@@ -188,7 +188,8 @@ def upscale(
     """
     from rich.console import Console
 
-    from ..batch import OutputPlan, distributed_rank, expand_inputs, plan_jobs, scale_label, shard
+    from ..io.batch import OutputPlan, distributed_rank, plan_jobs, scale_label, shard
+    from ..io.inputs import expand_inputs
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -206,7 +207,7 @@ def upscale(
     sources, problems = expand_inputs(inputs, recursive)
     # A bicubic run's default name differs from the network's, so the two can be compared side by side.
     label = scale_label(scale, width, height) + ("_bicubic" if method is Method.bicubic else "")
-    from ..video import is_video_path
+    from ..io.video import is_video_path
 
     if any(source.path is not None and is_video_path(source.path) for source in sources):
         from ._video import upscale_videos
@@ -254,7 +255,7 @@ def _check_options(inputs: list[str], scale: float | None, width: int | None, he
                             tile=tile)  # fmt: skip
     if problem is not None:
         raise _usage(problem)
-    from ..pipeline import scale_problem
+    from ..inference.pipeline import scale_problem
 
     if suffix is not None and any(sep and sep in suffix for sep in ("/", os.sep, os.altsep)):
         raise _usage(f"--suffix {suffix!r} contains a path separator: it would write outside the output folder")

@@ -11,9 +11,9 @@ Writes, into ``tests/data/matlab_imresize/`` (beside this script), for each crop
 * ``baboon_{crop}.png``: the crop of baboon.png (rows top..top+height, columns left..left+width);
 * ``baboon_{crop}_{case}_matlab.png``: the same region of each MATLAB output (its rows top*s..(top+height)*s and
   columns likewise), which is what MATLAB computed there from the whole image;
-* ``crops.json``: the size of the whole image and each crop's box, for tests/test_resize.py to know which sides of
-  a crop are the image's own border (there MATLAB mirrored the crop's pixels; elsewhere it read pixels the crop
-  lacks, so the test leaves out a margin).
+* ``crops.json``: the size of the whole image and each crop's box, for tests/test_inference_resize.py to know which
+  sides of a crop are the image's own border (there MATLAB mirrored the crop's pixels; elsewhere it read pixels the
+  crop lacks, so the test leaves out a margin).
 
 Every box is aligned to 12 (a multiple of 2, 3 and 4), so that each MATLAB output's pixels fall on the crop's grid.
 Run from anywhere: ``python tests/data/make_matlab_crops.py [FOLDER]``.
