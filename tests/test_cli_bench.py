@@ -71,13 +71,14 @@ def run(*args: str):
 
 def test_bicubic_on_a_folder_prints_the_table_and_writes_json_and_csv(tmp_path):
     folder = make_images(tmp_path / "mine")
-    result = run("--method", "bicubic", "--dataset", folder, "-s", 2, "-s", 3,
-                 "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv", "-q")  # fmt: skip
+    result = run("--method", "bicubic", "--dataset", folder, "-s", 2, "-s", 3, "--csv", tmp_path / "r.csv", "-q")
     assert result.exit_code == 0, result.output
     assert "Bicubic (ours)" in result.stdout and "Bicubic (paper)" in result.stdout
     assert "mine" in result.stdout and "x3" in result.stdout
     assert "upscales in" in result.stdout and "images/s" in result.stdout and "Mpx/s" in result.stdout
-    data = json.loads((tmp_path / "r.json").read_text())
+    as_json = run("--method", "bicubic", "--dataset", folder, "-s", 2, "-s", 3, "--json", "-q")
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.stdout)
     assert data["method"] == "bicubic" and data["scales"] == [2, 3]
     assert data["datasets"] == [{"name": "mine", "root": str(folder), "source": "folder"}]
     assert [s["paper"] for s in data["sets"]] == [None, None]
@@ -103,32 +104,31 @@ def test_drcn_sweep_with_weights_saves_images_and_plots(tmp_path, weights_file):
 def test_plot_alone_sweeps_every_depth(tmp_path, weights_file):
     pytest.importorskip("matplotlib")
     folder = make_images(tmp_path / "mine", sizes=((30, 30),))
-    result = run("-d", folder, "--weights", weights_file, "-s", 2, "--plot", tmp_path / "p.png",
-                 "--json", tmp_path / "r.json", "-q")  # fmt: skip
+    result = run("-d", folder, "--weights", weights_file, "-s", 2, "--plot", tmp_path / "p.png", "--json", "-q")
     assert result.exit_code == 0, result.output
-    assert [s["recursions"] for s in json.loads((tmp_path / "r.json").read_text())["sets"]] == [1, 2, 3]
+    assert [s["recursions"] for s in json.loads(result.stdout)["sets"]] == [1, 2, 3]
 
 
 def test_jpeg_inputs_are_named_in_the_title_the_table_and_every_record(tmp_path, weights_file):
     folder = make_images(tmp_path / "mine", sizes=((40, 36),), grey_last=False)
     result = run("-d", folder, "--weights", weights_file, "-s", 2, "--jpeg", 75, "--jpeg", 50, "-q",
-                 "--json", tmp_path / "r.json", "--csv", tmp_path / "r.csv")  # fmt: skip
+                 "--json", "--csv", tmp_path / "r.csv")  # fmt: skip
     assert result.exit_code == 0, result.output
-    title = " ".join(result.stdout.split())
+    title = " ".join(result.stderr.split())  # stdout holds the JSON
     assert "LR saved as JPEG at quality 75, 50" in title
-    assert "q75" in result.stdout and "q50" in result.stdout
-    assert "(paper)" not in result.stdout and "Difference" not in result.stdout  # the paper is for clean LR only
-    data = json.loads((tmp_path / "r.json").read_text())
+    assert "q75" in result.stderr and "q50" in result.stderr
+    assert "(paper)" not in result.stderr and "Difference" not in result.stderr  # the paper is for clean LR only
+    data = json.loads(result.stdout)
     assert data["jpeg"] == [50, 75] and [s["jpeg"] for s in data["sets"]] == [75, 50]
     assert all(s["paper"] is None for s in data["sets"])
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert [r["jpeg"] for r in rows] == ["75", "50"]
-    clean = run("-d", folder, "--weights", weights_file, "-s", 2, "-q", "--json", tmp_path / "c.json")
+    clean = run("-d", folder, "--weights", weights_file, "-s", 2, "-q", "--json")
     assert clean.exit_code == 0, clean.output
-    clean_data = json.loads((tmp_path / "c.json").read_text())
+    clean_data = json.loads(clean.stdout)
     assert clean_data["jpeg"] is None and clean_data["sets"][0]["jpeg"] is None
     assert clean_data["sets"][0]["psnr"] != data["sets"][0]["psnr"]
-    assert "LR saved as JPEG" not in " ".join(clean.stdout.split())
+    assert "LR saved as JPEG" not in " ".join(clean.stderr.split())
     bad = run("-d", folder, "--weights", weights_file, "--jpeg", 0)
     assert bad.exit_code == 2
 
@@ -137,11 +137,10 @@ def test_self_ensemble_is_named_in_the_title_and_the_json(tmp_path, weights_file
     folder = make_images(tmp_path / "mine", sizes=((30, 30),))
     reports = {}
     for name, extra in (("plain", []), ("x8", ["-x"])):
-        result = run("-d", folder, "--weights", weights_file, "-s", 2, "--json", tmp_path / f"{name}.json", "-q",
-                     *extra)  # fmt: skip
+        result = run("-d", folder, "--weights", weights_file, "-s", 2, "--json", "-q", *extra)
         assert result.exit_code == 0, result.output
-        assert ("self-ensemble x8" in result.stdout) == (name == "x8")
-        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        assert ("self-ensemble x8" in result.stderr) == (name == "x8")  # the table, beside the JSON on stdout
+        reports[name] = json.loads(result.stdout)
     assert reports["x8"]["self_ensemble"] is True and reports["plain"]["self_ensemble"] is False
     assert reports["x8"]["sets"][0]["psnr"] != reports["plain"]["sets"][0]["psnr"]
 
@@ -316,15 +315,15 @@ def test_bench_and_upscale_run_the_same_prepared_model(tmp_path, weights_file, m
 # ------------------------------------------------------------------------- reports: through the one file writer
 
 
-def test_a_json_report_into_a_fifo_is_one_error_and_the_fifo_stays(tmp_path):
+def test_a_csv_report_into_a_fifo_is_one_error_and_the_fifo_stays(tmp_path):
     import os
     import stat
 
     folder = make_images(tmp_path / "mine", sizes=((30, 30),))
-    fifo = tmp_path / "r.json"
+    fifo = tmp_path / "r.csv"
     os.mkfifo(fifo)
     before = os.lstat(fifo)
-    result = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", fifo)  # would block if it were opened
+    result = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", fifo)  # would block if it were opened
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {fifo} is a FIFO: drcn replaces only regular files (use - for a stream)"]
@@ -339,15 +338,15 @@ def test_a_report_over_a_symbolic_link_is_refused_and_a_regular_file_replaced(tm
     result = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", tmp_path / "link.csv", "-q")
     assert result.exit_code == 1 and "is a symbolic link (to /dev/null)" in result.stderr
     assert (tmp_path / "link.csv").is_symlink()
-    (tmp_path / "r.json").write_text("old")
-    again = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", tmp_path / "r.json", "-q")
+    (tmp_path / "r.csv").write_text("old")
+    again = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", tmp_path / "r.csv", "-q")
     assert again.exit_code == 0, again.output
-    assert json.loads((tmp_path / "r.json").read_text())["method"] == "bicubic"
+    assert len(list(csv.DictReader((tmp_path / "r.csv").open()))) == 1
 
 
 def test_json_or_csv_to_stdout_leaves_stdout_to_them_and_the_table_goes_to_stderr(tmp_path):
     folder = make_images(tmp_path / "mine")
-    result = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", "-", "--csv", tmp_path / "r.csv")
+    result = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", "--csv", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # the JSON alone
     assert data["method"] == "bicubic" and data["scales"] == [2] and len(data["images"]) == 2
@@ -358,7 +357,7 @@ def test_json_or_csv_to_stdout_leaves_stdout_to_them_and_the_table_goes_to_stder
     assert as_csv.exit_code == 0, as_csv.output
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert [r["image"] for r in rows] == ["im0", "im1"] and "Bicubic (ours)" in as_csv.stderr
-    both = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", "-", "--json", "-")
+    both = run("--method", "bicubic", "-d", folder, "-s", 2, "--csv", "-", "--json")
     assert both.exit_code == 2 and "would both go to stdout" in both.stderr
 
 
@@ -395,3 +394,14 @@ def test_help_names_where_the_named_sets_come_from():
     text = " ".join(result.stdout.replace("│", " ").split())
     assert all(bench.repo_id in text for bench in BENCHMARKS.values())
     assert "data/<Name>_HR.tar.gz" in text and "DIR/Urban100/*.png" in text
+
+
+def test_json_alone_prints_the_json_on_stdout_as_in_every_command(tmp_path):
+    folder = make_images(tmp_path / "mine")
+    for args in (["--json", "-q"], ["-q", "--json"]):  # followed by an option, or last: no value taken
+        result = run("--method", "bicubic", "-d", folder, "-s", 2, *args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["method"] == "bicubic"  # the JSON alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no file written
+    old = run("--method", "bicubic", "-d", folder, "-s", 2, "--json", tmp_path / "r.json")  # 0.1's --json FILE
+    assert old.exit_code == 2 and "r.json" in old.stderr and not (tmp_path / "r.json").exists()

@@ -65,8 +65,9 @@ def test_the_help_shows_the_defaults_readably(flag, shown):
 
 def test_the_types_and_ranges_come_from_the_fields():
     rows = _help_rows(runner.invoke(app, ["train", "--help"], env=WIDE).output)
-    assert "<float range> [0.0<=x<=1.0]" in rows["--warmup"][1] and "<int range> [x>=3]" in rows["--patch-size"][1]
-    assert "<directory>" in rows["--data"][1] and "<file>" in rows["--out"][1] and "<float>" in rows["--scale"][1]
+    assert "FRACTION [0.0<=x<=1.0]" in rows["--warmup"][1] and "N [x>=3]" in rows["--patch-size"][1]  # metavar
+    assert " DIR " in rows["--data"][1] and " FILE " in rows["--out"][1] and " SCALE " in rows["--scale"][1]
+    assert " DURATION " in rows["--time-limit"][1]
     assert "<adam|adamw|sgd>" in rows["--optimizer"][1] and "<auto|fp32|bf16>" in rows["--precision"][1]
     assert "<" not in rows["--overwrite"][1].split("Replace")[0]  # a flag, without a value
 
@@ -192,3 +193,25 @@ def test_every_name_option_refuses_an_empty_string(tmp_path, monkeypatch, capsys
         code, err = _main([*base, _flag(field), ""], capsys)
         _assert_one_usage_line(code, err, f"'{_flag(field)}'", "must not be empty")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_time_limit_is_spelled_the_same_on_the_command_line_and_in_a_recipe(tmp_path, monkeypatch, capsys):
+    from drcn_cli.training import loop
+    from drcn_cli.training.report import TrainResult
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda cfg, reporter=None, should_stop=None: seen.append(cfg) or TrainResult(
+        cfg.steps, True, 0.0, None, None, None, None, 0.0))
+    base = ["train", "--data", tmp_path, "-o", tmp_path / "w.safetensors", "--quiet"]
+    recipe = tmp_path / "r.toml"
+    for spelling, seconds in (("90", 5400.0), ("1.5h", 5400.0), ("1h30m", 5400.0), ("45s", 45.0)):
+        recipe.write_text(f"time_limit = {spelling if spelling.isdigit() else repr(spelling)}\n")
+        for args in (["--time-limit", spelling], ["--config", recipe]):
+            code, err = _main([*base, *args], capsys)
+            assert code == 0, err
+            assert seen.pop().time_limit == seconds, (spelling, args)
+    code, err = _main([*base, "--time-limit", "2x"], capsys)
+    _assert_one_usage_line(code, err, "'--time-limit'", "a duration with units h, m, s (2h, 1h30m, 45s), got '2x'")
+    recipe.write_text('time_limit = "2x"\n')
+    code, err = _main([*base, "--config", recipe], capsys)
+    _assert_one_usage_line(code, err, f"{recipe}: 'time_limit' must be minutes", "got '2x'")

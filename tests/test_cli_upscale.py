@@ -57,16 +57,17 @@ def test_the_ok_line_says_when_only_the_first_frame_was_upscaled(tmp_path, weigh
     frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
     save_png(tmp_path / "still.png")
     inputs = (tmp_path / "anim.png", tmp_path / "still.png")
-    result = run(*inputs, "-s", 2, "-o", tmp_path / "out", "--weights", weights)
+    result = run(*inputs, "-s", 2, "-o", tmp_path / "out", "--weights", weights, "--first-frame")
     assert result.exit_code == 0, result.output
     lines = {os.path.basename(line.split()[1]): line for line in result.stderr.splitlines() if line.startswith("ok ")}
     assert lines["anim.png"].endswith("; the first of 2 frames)")
     assert "frames" not in lines["still.png"]
     # a script reading --json under --quiet, where no ok line is printed, is told too
-    result = run(*inputs, "-s", 2, "-o", tmp_path / "out", "--weights", weights, "--overwrite", "-q", "--json")
+    result = run(*inputs, "-s", 2, "-o", tmp_path / "out", "--weights", weights, "--overwrite", "-q", "--json",
+                 "--first-frame")  # fmt: skip
     assert result.exit_code == 0, result.output
-    frames = {os.path.basename(r["input"]): r["frames_in_file"] for r in json_lines(result.stdout)}
-    assert frames == {"anim.png": 2, "still.png": 1}
+    frames = {os.path.basename(r["input"]): (r["frames"], r["frames_in_file"]) for r in json_lines(result.stdout)}
+    assert frames == {"anim.png": (1, 2), "still.png": (1, 1)}
 
 
 def test_device_line_says_bf16_was_chosen_for_a_cpu_with_bf16_units(tmp_path, weights, monkeypatch):
@@ -545,7 +546,7 @@ def test_an_empty_name_is_refused_not_taken_for_the_current_folder(tmp_path, mon
 
 
 @pytest.mark.parametrize("args", [
-    ["-d", ""], ["--save-images", ""], ["--json", ""], ["--csv", ""], ["--plot", ""], ["--data-dir", ""],
+    ["-d", ""], ["--save-images", ""], ["--csv", ""], ["--plot", ""], ["--data-dir", ""],  # --json takes no value
     ["--weights", ""], ["--threads", "100000"],
 ])  # fmt: skip
 def test_bench_refuses_empty_names_and_too_many_threads_before_any_work(tmp_path, monkeypatch, capsys, args):

@@ -50,11 +50,37 @@ def deadline(seconds: float = DEADLINE_S):
         signal.signal(signal.SIGALRM, previous)
 
 
+# The file extension of each kind of input: the animations and a multi-page TIFF are upscaled whole.
+EXTENSIONS = {"png16": "png", "agif": "gif", "apng": "png", "awebp": "webp", "tiffpages": "tif"}
+# The animations (and pages): Pillow's format, and its save options.
+ANIMATIONS = {
+    "agif": ("GIF", {"duration": [40, 80, 120], "loop": 0}),
+    "apng": ("PNG", {"duration": [40, 80, 120], "loop": 0}),
+    "awebp": ("WEBP", {"duration": [40, 80, 120], "loop": 0, "lossless": True}),
+    "tiffpages": ("TIFF", {"compression": "tiff_adobe_deflate"}),
+}
+
+
+def _frames(rng: np.random.Generator) -> list[Image.Image]:
+    """Three RGBA frames of 12x10, each with a transparent hole in a different place."""
+    frames = []
+    for index in range(3):
+        pixels = rng.integers(0, 256, (10, 12, 4)).astype(np.uint8)
+        pixels[:, :, 3] = 255
+        pixels[2 + index:5 + index, 3:7, 3] = 0
+        frames.append(Image.fromarray(pixels))
+    return frames
+
+
 def _valid(kind: str) -> bytes:
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (10, 12, 3)).astype(np.uint8)
     buffer = io.BytesIO()
-    if kind == "png16":
+    if kind in ANIMATIONS:
+        frames = _frames(rng)
+        fmt, options = ANIMATIONS[kind]
+        frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], **options)
+    elif kind == "png16":
         Image.fromarray(rng.integers(0, 65536, (10, 12)).astype(np.uint16)).save(buffer, "PNG")
     elif kind == "gif":
         Image.fromarray(pixels).convert("P").save(buffer, "GIF")
@@ -99,6 +125,7 @@ def _check_batch(tmp_path, names: list[str], args: list[str]):
             with Image.open(record["output"]) as image:
                 image.load()
                 assert image.size == tuple(record["output_size"])
+                assert getattr(image, "n_frames", 1) == record["frames"]  # an animation's frames, all of them
         else:
             assert record["status"] == "failed" and record["output"] is None
             assert record["error"] and "\n" not in record["error"]
@@ -109,7 +136,7 @@ def _check_batch(tmp_path, names: list[str], args: list[str]):
     return records
 
 
-@pytest.mark.parametrize("kind", ["png", "png16", "jpeg", "webp", "tiff", "gif"])
+@pytest.mark.parametrize("kind", ["png", "png16", "jpeg", "webp", "tiff", "gif", "agif", "apng", "awebp", "tiffpages"])
 def test_mutated_images_finish_or_fail_in_one_line(tmp_path, kind):
     rng = random.Random(f"drcn-fuzz-{kind}")
     data = _valid(kind)
@@ -118,7 +145,7 @@ def test_mutated_images_finish_or_fail_in_one_line(tmp_path, kind):
     names = []
     for case in range(CASES):
         label, mutated = mutate(data, rng)
-        path = inputs / f"{case:03d}-{label}.{kind.removesuffix('16')}"
+        path = inputs / f"{case:03d}-{label}.{EXTENSIONS.get(kind, kind)}"
         path.write_bytes(mutated)
         names.append(str(path))
     records = _check_batch(tmp_path, names, ["--method", "bicubic"])
@@ -183,7 +210,7 @@ def _random_options(rng: random.Random) -> list[str]:
     if rng.random() < 0.3:
         options += ["--quality", one([1, 50, 90, 100], [-1, 0, 101])]
     if rng.random() < 0.3:
-        options += ["--format", one(["png", "jpeg", "jpg", "webp", "tiff", "tif"], ["bmp", ""])]
+        options += ["--format", one(["png", "jpeg", "jpg", "webp", "tiff", "tif", "gif"], ["bmp", ""])]
     if rng.random() < 0.2:
         options += ["--recursions", one([1, 2], [-1, 0, 3])]
     if rng.random() < 0.3:

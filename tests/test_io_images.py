@@ -609,11 +609,11 @@ def test_what_libpng_would_complain_of_is_one_reason_and_nothing_is_printed(capf
 def test_mutated_16_bit_png_and_tiff_files_never_print(capfd):
     import random
 
-    from drcn_cli.io.tiff import _encode_tiff16
+    from drcn_cli.io.tiff import encode_tiff
 
     pixels = rng_pixels((20, 20, 3), np.uint16)
     interlaced = bytearray(cv2.imencode(".png", pixels)[1].tobytes())
-    bases = [encode_image(pixels, "PNG"), bytes(interlaced), _encode_tiff16(pixels, None, (72, 72)),
+    bases = [encode_image(pixels, "PNG"), bytes(interlaced), encode_tiff(pixels, None, None, (72, 72)),
              encode_image(pixels.astype(np.uint8), "TIFF")]  # fmt: skip
     rng = random.Random("drcn-decoders-quiet")
     outcomes = {"read": 0, "refused": 0}

@@ -12,7 +12,7 @@ from drcn_cli.training.config import TrainConfig, check_config, jpeg_range, reci
 
 def test_recipe_tables_become_config_fields():
     options = recipe_options({"scales": [2, 3.5], "batch-size": 16, "augment": False, "time_limit": 60}, "r.toml")
-    assert options == {"scales": (2.0, 3.5), "batch_size": 16, "augment": False, "time_limit": 60.0}
+    assert options == {"scales": (2.0, 3.5), "batch_size": 16, "augment": False, "time_limit": 3600.0}  # minutes
     assert all(isinstance(v, float) for v in (*options["scales"], options["time_limit"]))
     cfg = dataclasses.replace(TrainConfig(data=("d",)), **options)
     check_config(cfg)  # a recipe's values make a config that works
@@ -182,3 +182,21 @@ def test_a_recipe_nested_too_deeply_is_a_config_error(tmp_path):
     recipe.write_text("scales = " + "[" * 50000 + "]" * 50000 + "\n")
     with pytest.raises(ConfigError, match="not a TOML recipe"):
         read_recipe(recipe)
+
+
+@pytest.mark.parametrize(("given", "seconds"), [
+    (90, 5400.0), (7.5, 450.0), ("90", 5400.0), ("2h", 7200.0), ("1h30m", 5400.0), ("1.5h", 5400.0),
+    ("45s", 45.0), (" 1H 30m ", 5400.0), ("2m30s", 150.0),
+])  # fmt: skip
+def test_a_time_limit_is_minutes_or_a_duration_with_units_in_a_recipe_as_on_the_command_line(given, seconds):
+    from drcn_cli.training.config import duration_seconds
+
+    assert duration_seconds(given) == seconds
+    assert recipe_options({"time_limit": given}, "r.toml") == {"time_limit": seconds}
+
+
+@pytest.mark.parametrize("bad", ["2x", "h", "30m1h", "1h1h", "1 h 2", [1], True])
+def test_a_time_limit_that_is_no_duration_is_refused_saying_what_is(bad):
+    with pytest.raises(ConfigError, match=r"^r.toml: 'time_limit' must be minutes \(90, 7.5\) or a duration with "
+                                          r"units h, m, s \(2h, 1h30m, 45s\), got "):  # fmt: skip
+        recipe_options({"time_limit": bad}, "r.toml")

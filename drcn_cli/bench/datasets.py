@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import platformdirs
 import torch
 
 from ..errors import EXIT_USAGE, DrcnError
@@ -36,6 +35,7 @@ from ..inference.color import array_to_tensor
 from ..io.atomic import folder_problem
 from ..io.formats import IMAGE_EXTENSIONS, ImageReadError
 from ..io.images import read_image
+from ..io.paths import HOME_ENV, drcn_home
 from ..weights.hub import HubError, fetch_file, offline_mode, unreachable_reason
 from .degradation import DataError
 from .metrics import quantize_8bit
@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)  # the one list of image extensions (io.formats)
-HOME_ENV = "DRCN_HOME"
 
 
 @dataclass(frozen=True)
@@ -132,22 +131,6 @@ class Dataset:
     images: tuple[Path, ...]
     source: str
     benchmark: Benchmark | None = None
-
-
-def drcn_home() -> Path:
-    """drcn's own cache folder: ``$DRCN_HOME``, else ``$XDG_CACHE_HOME/drcn``, else the system's user cache folder
-    for drcn (platformdirs: ``~/.cache/drcn`` on Linux, ``~/Library/Caches/drcn`` on macOS,
-    ``%LOCALAPPDATA%\\drcn\\Cache`` on Windows).
-
-    Weights do not go there (they live in the hub cache, shared with other hub tools); it is for drcn's own files.
-    Nothing is created by calling this.
-    """
-    if home := os.environ.get(HOME_ENV):
-        return Path(home).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "drcn"
-
-    return Path(platformdirs.user_cache_dir("drcn", appauthor=False))
 
 
 def dataset_cache_dir() -> Path:

@@ -14,8 +14,9 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import bench, download, export, train, upscale
+from . import bench, download, export, quantize, train, upscale
 from ._errors import EXIT_INTERRUPTED, print_error, reported
+from ._help import DrcnCommand
 
 app = typer.Typer(
     name="drcn",
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",  # help text is rich markup: a literal bracket is escaped (drcn\\[video])
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -43,11 +45,13 @@ def root(
 
 
 # Each command through `reported`: the one place where drcn's own errors become a line and an exit code.
-app.command("upscale")(reported("upscale")(upscale.upscale))
-app.command("train")(reported("train")(train.train))
-app.command("bench")(reported("bench")(bench.bench))
-app.command("download-weights")(reported("download-weights")(download.download_weights))
-app.command("export")(reported("export")(export.export))
+# DrcnCommand: -h/--help listed beside -q/--quiet (cli/_help.py).
+app.command("upscale", cls=DrcnCommand)(reported("upscale")(upscale.upscale))
+app.command("train", cls=DrcnCommand)(reported("train")(train.train))
+app.command("bench", cls=DrcnCommand)(reported("bench")(bench.bench))
+app.command("download-weights", cls=DrcnCommand)(reported("download-weights")(download.download_weights))
+app.command("export", cls=DrcnCommand)(reported("export")(export.export))
+app.command("quantize", cls=DrcnCommand)(reported("quantize")(quantize.quantize))
 
 
 class _Terminated(BaseException):

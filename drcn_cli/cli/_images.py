@@ -5,7 +5,9 @@ writes already handed over and reports them."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import typer
@@ -22,12 +24,13 @@ SKIPPED = -1  # what save() returns when another process wrote the output meanwh
 class Upscaled:
     """What the upscale step hands to the write step."""
 
-    pixels: Any
-    loaded: Any  # io.images.LoadedImage
+    pixels: Any  # the upscaled image; of an animation or pages, the first frame
+    loaded: Any  # io.images.LoadedImage, or io.frames.LoadedFrames
     model: str  # the upscaler that made it (Upscaler.name)
     # Seconds of each step so far ("read", "upscale"; "write" once written): what the report of an image written
     # during an interrupt shows, as batch.JobOutcome.timings does for the others.
     timings: dict[str, float] = field(default_factory=dict)
+    frames: list | None = None  # every frame or page upscaled (LoadedFrames), in order; None for a still
 
 
 def run_images(jobs: list, report: Reporter, opts: RunOptions) -> None:
@@ -63,9 +66,11 @@ class _ImageSteps:
     read_seconds: dict[int, float] = field(default_factory=dict)  # id(job) -> its read's seconds, until upscaled
 
     def load(self, job):
-        """The decoded image (stdin is read whole first); refused over --max-pixels, and over
-        --max-output-pixels, from the file's header, before anything is decoded."""
+        """The decoded image (stdin is read whole first): every frame of an animation or page of a TIFF
+        (io.frames.LoadedFrames), unless --first-frame; refused over --max-pixels, over --max-output-pixels and
+        when the output format cannot hold the frames, from the file's headers, before anything is decoded."""
         from ..inference.pipeline import checked_size
+        from ..io.frames import read_frames
         from ..io.images import read_image
 
         started = time.perf_counter()
@@ -76,27 +81,39 @@ class _ImageSteps:
             checked_size(height, width, opts.scale, opts.width, opts.height,
                                                opts.max_output_pixels)  # fmt: skip
 
-        loaded = read_image(read_stdin(max_pixels) if source is None else source, max_pixels, check_output)
+        data = read_stdin(max_pixels) if source is None else source
+        if opts.first_frame:
+            loaded = read_image(data, max_pixels, check_output)
+        else:
+            loaded = read_frames(data, max_pixels, check_output, job.fmt)
         self.read_seconds[id(job)] = time.perf_counter() - started
         return loaded
 
     def process(self, job, loaded) -> Upscaled:
-        """The image upscaled to the size asked for, by the upscaler for its kind of file; OutputTooLargeError
-        over --max-output-pixels, ImageFormatError before any work when the output format cannot hold it."""
+        """The image upscaled to the size asked for, by the upscaler for its kind of file; of an animation or a
+        multi-page TIFF every frame or page, in turn, each a step of the progress. OutputTooLargeError over
+        --max-output-pixels, ImageFormatError before any work when the output format cannot hold a frame."""
         from ..inference.pipeline import checked_size
         from ..io.write import check_output_format
 
         opts, report = self.opts, self.report
         started = time.perf_counter()
         timings = {"read": self.read_seconds.pop(id(job), 0.0)}
-        check_output_format(loaded.pixels, job.fmt)  # before the work, not after it
+        images = getattr(loaded, "images", [loaded])  # the frames or pages of io.frames.LoadedFrames
+        sizes = []
+        for image in images:  # every frame checked before the work, not after it
+            check_output_format(image.pixels, job.fmt)
+            sizes.append(checked_size(image.height, image.width, opts.scale, opts.width, opts.height,
+                                      opts.max_output_pixels))  # fmt: skip
         upscaler = self.upscalers.for_input(loaded.source_format)
-        size = checked_size(loaded.height, loaded.width, opts.scale, opts.width, opts.height,
-                                    opts.max_output_pixels)  # fmt: skip
-        report.start(job, loaded, size)
-        pixels = upscaler.upscale_array(loaded.pixels, size, opts.scale, report.tile, report.shrink)
+        report.start(job, loaded, sizes[0])
+        frames = []
+        for index, (image, size) in enumerate(zip(images, sizes, strict=True)):
+            if len(images) > 1:
+                report.frame(index, len(images))
+            frames.append(upscaler.upscale_array(image.pixels, size, opts.scale, report.tile, report.shrink))
         timings["upscale"] = time.perf_counter() - started
-        return Upscaled(pixels, loaded, upscaler.name, timings)
+        return Upscaled(frames[0], loaded, upscaler.name, timings, frames if len(images) > 1 else None)
 
     def save(self, job, result: Upscaled) -> int:
         """:meth:`_write`, then note the image as written but not yet reported (with the write's seconds)."""
@@ -109,17 +126,28 @@ class _ImageSteps:
     def _write(self, job, result: Upscaled) -> int:
         """Write the image (atomically, or to stdout); its size in bytes, or SKIPPED."""
         from ..io.atomic import OutputExistsError
+        from ..io.frames import encode_frames, write_frames
         from ..io.write import encode_image, write_image
 
         opts = self.opts
-        meta = dict(quality=opts.quality, icc_profile=result.loaded.icc_profile, exif=result.loaded.exif,
-                    dpi=result.loaded.dpi)  # fmt: skip
+        encode: Callable[[], bytes]
+        write: Callable[[], int]
+        if result.frames is not None:  # an animation or pages: written together
+            frames, loaded = result.frames, result.loaded
+            encode = partial(encode_frames, frames, loaded, job.fmt, quality=opts.quality)
+            write = partial(write_frames, job.output, frames, loaded, job.fmt, quality=opts.quality,
+                            overwrite=opts.overwrite)  # fmt: skip
+        else:
+            meta = dict(quality=opts.quality, icc_profile=result.loaded.icc_profile, exif=result.loaded.exif,
+                        dpi=result.loaded.dpi)  # fmt: skip
+            encode = partial(encode_image, result.pixels, job.fmt, **meta)
+            write = partial(write_image, job.output, result.pixels, job.fmt, overwrite=opts.overwrite, **meta)
         if job.output is None:
-            data = encode_image(result.pixels, job.fmt, **meta)
+            data = encode()
             write_stdout(data)
             return len(data)
         try:
-            return write_image(job.output, result.pixels, job.fmt, overwrite=opts.overwrite, **meta)
+            return write()
         except OutputExistsError as exc:
             if opts.skip_existing:  # another process wrote it meanwhile: as if it had been there at the start
                 return SKIPPED

@@ -83,34 +83,38 @@ class Precision(str, Enum):
     fp32 = "fp32"
     fp16 = "fp16"
     bf16 = "bf16"
+    int8 = "int8"
 
 
 ModelName = Annotated[
     str | None,
-    typer.Option("-m", "-n", "--model", help="Model name (bundled or downloadable; see drcn download-weights); -n as "
-                 "in Real-ESRGAN's tools.",
+    typer.Option("-m", "-n", "--model", metavar="NAME", help="Model name (bundled or downloadable; see drcn "
+                 "download-weights); -n as in Real-ESRGAN's tools.",
                  rich_help_panel=MODEL_PANEL),
 ]
 WeightsPath = Annotated[
     Path | None,
-    typer.Option("--weights", click_type=path_type(dir_okay=False),
+    typer.Option("--weights", metavar="FILE", click_type=path_type(dir_okay=False),
                  help="A .safetensors weights file (instead of --model).", rich_help_panel=MODEL_PANEL),
 ]
 Device = Annotated[
     str,
-    typer.Option("--device", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps.", rich_help_panel=MODEL_PANEL),
+    typer.Option("--device", metavar="DEVICE", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:N, mps.",
+                 rich_help_panel=MODEL_PANEL),
 ]
 PrecisionChoice = Annotated[
     Precision,
     typer.Option(
         "--precision",
-        help="auto = bf16 on a CPU with bf16 units (AMX, AVX512-BF16) and on CUDA (else fp16), fp32 on other CPUs.",
+        help="auto = bf16 on CUDA (else fp16); on the CPU bf16 where it has bf16 units (AMX, AVX512-BF16), else "
+        "fp32, or int8 where the model has an int8 calibration and int8 measured faster on this CPU. int8: CPU "
+        "only, needs drcn\\[int8].",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
 Threads = Annotated[
     int | None,
-    typer.Option("--threads", min=0, callback=threads_in_range,
+    typer.Option("--threads", min=0, metavar="N", callback=threads_in_range,
                  help="CPU threads for torch, at most 4 per CPU (default: torch's choice).",
                  rich_help_panel=MODEL_PANEL),
 ]

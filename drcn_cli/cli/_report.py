@@ -46,6 +46,8 @@ class Reporter:
         self._tiles: TaskID | None = None
         self._shrunk = False
         self._files_done = 0  # images finished (done, failed, or skipped while running): the files bar's count
+        self._name = ""  # the current image, as the files bar names it
+        self._frame, self._frames = 0, 1  # the current image's frame being upscaled (from 0), of how many
 
     @property
     def failures(self) -> int:
@@ -114,18 +116,20 @@ class Reporter:
         self.counts["ok"] += 1
         job = outcome.job
         loaded, result = outcome.loaded, outcome.processed
-        in_size = [loaded.width, loaded.height]
+        in_size = [loaded.width, loaded.height]  # of an animation or pages, the first frame's
         out_size = [int(result.pixels.shape[1]), int(result.pixels.shape[0])]
         seconds = round(sum(outcome.timings.values()), 4)
+        frames = len(result.frames) if getattr(result, "frames", None) is not None else 1  # upscaled, as video's
         if not self.quiet:  # on a terminal too, above the bar: the user sees where each output went
-            first_only = f"; the first of {loaded.frames} frames" if loaded.frames > 1 else ""
+            first_only = f"; the first of {loaded.frames} frames" if frames == 1 and loaded.frames > 1 else ""
+            count = f"{frames} frames, " if frames > 1 else ""
             self.console.print(
                 f"ok {shown(job.input_label)} -> {shown(job.output_label)} ({in_size[0]}x{in_size[1]} -> "
-                f"{out_size[0]}x{out_size[1]}, {result.model}, {seconds:.2f} s{first_only})", markup=False,
+                f"{out_size[0]}x{out_size[1]}, {count}{result.model}, {seconds:.2f} s{first_only})", markup=False,
             )
         self.record(input=job.input_label, output=job.output_label, status="ok", error=None, input_size=in_size,
-                   output_size=out_size, seconds=seconds, bytes=outcome.saved, frames_in_file=loaded.frames,
-                   model=result.model)
+                   output_size=out_size, seconds=seconds, bytes=outcome.saved, frames=frames,
+                   frames_in_file=loaded.frames, model=result.model)
         self._advance()
 
     def failed(self, outcome, reason: str) -> None:
@@ -176,10 +180,21 @@ class Reporter:
 
     def start(self, job, loaded, size) -> None:
         self._shrunk = False
+        self._frame, self._frames = 0, 1
         if self._progress is not None:
             assert self._files is not None and self._tiles is not None  # added with the progress
-            name = f"{shown(job.input_label)} ({loaded.width}x{loaded.height} -> {size[1]}x{size[0]})"
-            self._progress.update(self._files, name=name)
+            self._name = f"{shown(job.input_label)} ({loaded.width}x{loaded.height} -> {size[1]}x{size[0]})"
+            self._progress.update(self._files, name=self._name)
+            self._progress.update(self._tiles, visible=False, completed=0)
+
+    def frame(self, index: int, count: int) -> None:
+        """Frame ``index`` (from 0) of ``count`` of the current image (an animation or pages) starts: named on the
+        files bar, which has moved on by the frames done, and by each frame's tiles as they are done."""
+        self._frame, self._frames = index, count
+        if self._progress is not None:
+            assert self._files is not None and self._tiles is not None  # added with the progress
+            self._progress.update(self._files, name=f"{self._name} frame {index + 1}/{count}",
+                                  completed=self._files_done + index / count)  # fmt: skip
             self._progress.update(self._tiles, visible=False, completed=0)
 
     def tile(self, done: int, total: int) -> None:
@@ -188,7 +203,8 @@ class Reporter:
         if self._progress is not None and total > 1:
             assert self._files is not None and self._tiles is not None  # added with the progress
             self._progress.update(self._tiles, visible=True, completed=done, total=total)
-            self._progress.update(self._files, completed=self._files_done + done / total)
+            share = (self._frame + done / total) / self._frames
+            self._progress.update(self._files, completed=self._files_done + share)
 
     def shrink(self, new_tile: int) -> None:
         if not self._shrunk:

@@ -40,6 +40,7 @@ class RunOptions:
     rank: int
     world: int
     skip_existing: bool = False
+    first_frame: bool = False  # --first-frame: of an animation or a multi-page TIFF, the first frame alone
 
 
 def reason(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 with a table of our numbers beside the published ones.
 
 Thin: check the options, resolve datasets (drcn_cli.bench.datasets) and weights (drcn_cli.weights.resolve), run
-drcn_cli.bench.runner.run_bench with a progress bar on stderr, print the table on stdout, write --json/--csv/--plot.
+drcn_cli.bench.runner.run_bench with a progress bar on stderr, print the table on stdout (on stderr when stdout
+takes --json or --csv -), then the --json document, the --csv and --plot files.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _timing_line(timing: Any) -> str:
 
 
 def _to_stdout(path: Path | None) -> bool:
-    """Whether --json / --csv is ``-``: the report goes to stdout, and the table to stderr."""
+    """Whether a report goes to stdout (--json; --csv -), and so the table to stderr."""
     return path is not None and str(path) == "-"
 
 
@@ -134,7 +135,7 @@ def bench(
     dataset: Annotated[
         list[str] | None,
         typer.Option(
-            "-d", "--dataset",
+            "-d", "--dataset", metavar="DATASET",
             help="Set5, Set14, B100 (BSD100) or Urban100, or a folder of HR images; repeat for several. "
             "A named set is taken from --data-dir, else the cache, else downloaded once: data/<Name>_HR.tar.gz "
             "from the hub datasets eugenesiow/Set5, eugenesiow/Set14, eugenesiow/BSD100, eugenesiow/Urban100. "
@@ -144,8 +145,8 @@ def bench(
     ] = None,
     scale: Annotated[
         list[int] | None,
-        typer.Option("-s", "--scale", min=2, help="Integer scale; repeat for several. Default: 2, 3 and 4.",
-                     rich_help_panel=_DATA, show_default=False),
+        typer.Option("-s", "--scale", min=2, metavar="SCALE", help="Integer scale; repeat for several. Default: 2, 3 "
+                     "and 4.", rich_help_panel=_DATA, show_default=False),
     ] = None,
     jpeg: Annotated[
         list[int] | None,
@@ -156,9 +157,9 @@ def bench(
     ] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option("--data-dir", help="A folder holding <Name>/ folders of HR images (DIR/Urban100/*.png), "
-                     "tried before the cache ($DRCN_HOME/datasets) and a download from the hub: the way to "
-                     "place a set yourself, offline.",
+        typer.Option("--data-dir", metavar="DIR", help="A folder holding <Name>/ folders of HR images "
+                     "(DIR/Urban100/*.png), tried before the cache ($DRCN_HOME/datasets) and a download from the hub: "
+                     "the way to place a set yourself, offline.",
                      rich_help_panel=_DATA, click_type=path_type(file_okay=False)),
     ] = None,
     download: Annotated[
@@ -174,37 +175,37 @@ def bench(
     weights: WeightsPath = None,
     recursions: Annotated[
         str | None,
-        typer.Option("-k", "--recursions", help="Recursion depth K, or a sweep: A..B, a list (1,4,16) or all. "
-                     "Default: all of the model's.", rich_help_panel=_MODEL, show_default=False),
+        typer.Option("-k", "--recursions", metavar="K", help="Recursion depth K, or a sweep: A..B, a list (1,4,16) "
+                     "or all. Default: all of the model's.", rich_help_panel=_MODEL, show_default=False),
     ] = None,
     self_ensemble: SelfEnsemble = False,
     device: Device = "auto",
     precision: PrecisionChoice = Precision.auto,
     tile: Annotated[
-        int, typer.Option("-t", "--tile", min=0, help="Tile side in pixels: 0 = from the free memory, else at "
-                          "least 32.", rich_help_panel=_MODEL),
+        int, typer.Option("-t", "--tile", min=0, metavar="N", help="Tile side in pixels: 0 = from the free memory, "
+                          "else at least 32.", rich_help_panel=_MODEL),
     ] = 0,
     threads: Threads = None,
     save_images: Annotated[
         Path | None,
-        typer.Option("--save-images", help="Write the SR images to DIR/<dataset>/x<scale>/.",
+        typer.Option("--save-images", metavar="DIR", help="Write the SR images to DIR/<dataset>/x<scale>/.",
                      rich_help_panel=_OUTPUT, click_type=path_type(file_okay=False)),
     ] = None,
-    json_file: Annotated[
-        Path | None,
-        typer.Option("--json", help="Write means, timing and per-image results as JSON; - for "
-                     "stdout, which then holds the JSON alone (the table goes to stderr).",
-                     rich_help_panel=_OUTPUT, click_type=path_type(dir_okay=False)),
-    ] = None,
+    json_stdout: Annotated[
+        bool,
+        typer.Option("--json", help="Print means, timing and per-image results as one JSON document on stdout, "
+                     "which then holds it alone (the table goes to stderr; --json > FILE keeps it).",
+                     rich_help_panel=_OUTPUT),
+    ] = False,
     csv_file: Annotated[
         Path | None,
-        typer.Option("--csv", help="Write per-image results as CSV; - for stdout, which then "
+        typer.Option("--csv", metavar="FILE", help="Write per-image results as CSV; - for stdout, which then "
                      "holds the CSV alone (the table goes to stderr).", rich_help_panel=_OUTPUT,
                      click_type=path_type(dir_okay=False)),
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Draw PSNR against recursion depth (PNG; needs "
+        typer.Option("--plot", metavar="FILE", help="Draw PSNR against recursion depth (PNG; needs "
                      "pip install 'drcn\\[plot]'). Without --recursions it sweeps all depths.",
                      rich_help_panel=_OUTPUT, click_type=path_type(dir_okay=False)),
     ] = None,
@@ -223,8 +224,9 @@ def bench(
     Exit code: 0 done, 1 a dataset, image or weights problem, 2 usage error, 130 interrupted.
     """
     _check_options(method, model, weights, recursions, self_ensemble, plot, tile)
+    json_file = Path("-") if json_stdout else None  # --json is JSON on stdout, as in every command
     if _to_stdout(json_file) and _to_stdout(csv_file):
-        raise _usage("--json - and --csv - would both go to stdout: send one of them to a file")
+        raise _usage("--json and --csv - would both go to stdout: send the CSV to a file")
     datasets_spec = list(dataset or ["Set5"])
     scales = list(dict.fromkeys(scale or [2, 3, 4]))
     qualities: list[int | None] = list(dict.fromkeys(jpeg)) if jpeg else [None]

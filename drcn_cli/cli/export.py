@@ -40,16 +40,17 @@ def default_output(weights_path: Path, recursions: int | None, precision: str) -
 def export(
     output: Annotated[
         str | None,
-        typer.Option("-o", "--output", help="The .onnx file to write; a folder (existing, or ending in /): the "
-                     "default name inside it. Default: <model>.onnx here, with _k<K> and _fp16 when asked for.",
+        typer.Option("-o", "--output", metavar="PATH", help="The .onnx file to write; a folder (existing, or "
+                     "ending in /): the default name inside it. Default: <model>.onnx here, with _k<K> and _fp16 when "
+                     "asked for.",
                      show_default=False),
     ] = None,
     model: ModelName = None,
     weights: WeightsPath = None,
     recursions: Annotated[
         int | None,
-        typer.Option("-k", "--recursions", min=1, help="Export only the first K recursions: faster, a little "
-                     "softer. Default: all.", rich_help_panel=_MODEL),
+        typer.Option("-k", "--recursions", min=1, metavar="K", help="Export only the first K recursions: faster, "
+                     "a little softer. Default: all.", rich_help_panel=_MODEL),
     ] = None,
     precision: Annotated[
         ExportPrecision,
@@ -63,7 +64,7 @@ def export(
 
     The graph is the network alone. Input y_bicubic: N x 1 x H x W, the Y channel (MATLAB rgb2ycbcr, in [0, 1]) of
     the bicubic upsample to the output size. Output y_sr: the super-resolved Y, residual included, not clamped.
-    The contract is also in the model's metadata (drcn.*). Needs onnx and onnxscript: pip install 'drcn[export]'.
+    The contract is also in the model's metadata (drcn.*). Needs onnx and onnxscript: pip install 'drcn\\[export]'.
     """
     if (problem := model_problem(model, weights)) is not None:
         raise _usage(problem)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args, get_origin,
 
 import typer
 
-from ..training.config import TrainConfig, value_problem
+from ..training.config import TrainConfig, duration_seconds, value_problem
 from ._errors import EXIT_INTERRUPTED, fail
 from ._options import path_type, threads_in_range
 
@@ -70,9 +70,10 @@ _CONFIG = inspect.Parameter(
         Path | None,
         typer.Option(
             "--config",
+            metavar="FILE",
             exists=True,
             dir_okay=False,
-            help="A TOML recipe: TrainConfig fields (lr = 3e-4, scales = [2, 3, 4], time_limit in seconds ...); "
+            help="A TOML recipe: TrainConfig fields (lr = 3e-4, scales = [2, 3, 4], time_limit = \"2h\" ...); "
             "options given on the command line win.",
             rich_help_panel=_RUN,
         ),
@@ -120,6 +121,8 @@ def _value_type(field: dataclasses.Field, hint: Any) -> Any:
     kind = next(arg for arg in get_args(hint) if arg is not type(None)) if get_args(hint) else hint
     if "path" in field.metadata:
         kind = Path
+    elif field.metadata.get("duration"):  # minutes or "2h": parsed into seconds by _given_options
+        kind = str
     return list[kind] if repeated else kind  # type: ignore[valid-type]  # a type built at run time, for typer
 
 
@@ -187,7 +190,8 @@ def train_options(command: _F) -> _F:
 
 def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
     """The TrainConfig fields of the options given (on the command line, then in the --config recipe): paths
-    as strings, lists as tuples, choices as their values, --time-limit in seconds, --init resolved to a file."""
+    as strings, lists as tuples, choices as their values, --time-limit in seconds (duration_seconds), --init
+    resolved to a file."""
     options: dict[str, Any] = {}
     for name, value in flags.items():
         if name in _NOT_CONFIG or value is None or value is False:
@@ -199,8 +203,9 @@ def _given_options(flags: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, Path):
             value = str(value)
         options[name] = value
-    if "time_limit" in options:
-        options["time_limit"] *= 60.0
+    for field in option_fields():
+        if field.metadata.get("duration") and field.name in options:  # checked already (_value_check)
+            options[field.name] = duration_seconds(options[field.name])
     if flags["config"] is not None:
         from ..training.config import read_recipe
 

@@ -55,6 +55,7 @@ class OutputFormat(str, Enum):
     webp = "webp"
     tiff = "tiff"
     tif = "tif"
+    gif = "gif"
 
 
 def _usage(message: str) -> typer.Exit:
@@ -68,14 +69,14 @@ def upscale(
         typer.Argument(
             metavar="INPUT...",
             help="Image files, folders, globs ('photos/*.jpg'), or - to read one image from stdin; or video files "
-            "(.mp4 .mkv .mov .webm .avi; needs PyAV: pip install 'drcn[video]').",
+            "(.mp4 .mkv .mov .webm .avi; needs PyAV: pip install 'drcn\\[video]').",
             show_default=False,
         ),
     ] = None,
     input_options: Annotated[
         list[str] | None,
         typer.Option(
-            "-i", "--input",
+            "-i", "--input", metavar="INPUT",
             help="An input given as an option, as in Real-ESRGAN's tools (repeatable); the same as an INPUT.",
             rich_help_panel=_IO, show_default=False, callback=not_empty,
         ),
@@ -83,7 +84,7 @@ def upscale(
     output: Annotated[
         str | None,
         typer.Option(
-            "-o", "--output",
+            "-o", "--output", metavar="PATH",
             help="Output file (one input), folder (several inputs; created), or - for stdout. "
             "Default: beside each input, with a suffix.",
             rich_help_panel=_IO, callback=not_empty,
@@ -91,16 +92,17 @@ def upscale(
     ] = None,
     scale: Annotated[
         float | None,
-        typer.Option("-s", "--scale", help="Scale factor, 1 to 32 (2, 3, 2.5 ...).", rich_help_panel=_SIZE,
-                     callback=finite),
+        typer.Option("-s", "--scale", metavar="SCALE", help="Scale factor, 1 to 32 (2, 3, 2.5 ...).",
+                     rich_help_panel=_SIZE, callback=finite),
     ] = None,
     width: Annotated[
         int | None,
-        typer.Option("--width", min=1, help="Output width in pixels (height keeps the aspect).", rich_help_panel=_SIZE),
+        typer.Option("--width", min=1, metavar="W", help="Output width in pixels (height keeps the aspect).",
+                     rich_help_panel=_SIZE),
     ] = None,
     height: Annotated[
         int | None,
-        typer.Option("--height", min=1, help="Output height in pixels (width keeps the aspect).",
+        typer.Option("--height", min=1, metavar="H", help="Output height in pixels (width keeps the aspect).",
                      rich_help_panel=_SIZE),
     ] = None,
     recursive: Annotated[
@@ -110,7 +112,7 @@ def upscale(
     ] = False,
     suffix: Annotated[
         str | None,
-        typer.Option("--suffix", help="Added to output names. Default: none inside another -o folder, "
+        typer.Option("--suffix", metavar="TEXT", help="Added to output names. Default: none inside another -o folder, "
                      "'_x3' (etc.) beside the inputs.", rich_help_panel=_IO),
     ] = None,
     skip_existing: Annotated[
@@ -128,9 +130,16 @@ def upscale(
     ] = None,
     quality: Annotated[
         int | None,
-        typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality (default 95); WebP 100 = lossless. "
-                     "PNG and TIFF are always lossless.", rich_help_panel=_IO, show_default=False),
+        typer.Option("--quality", min=1, max=100, metavar="Q", help="JPEG/WebP quality (default 95); WebP 100 = "
+                     "lossless. PNG and TIFF are always lossless.", rich_help_panel=_IO, show_default=False),
     ] = None,
+    first_frame: Annotated[
+        bool,
+        typer.Option("--first-frame", help="Of an animated GIF, WebP or PNG, or a multi-page TIFF, upscale the first "
+                     "frame alone and write it as a still. Default: every frame (page), written as an animation "
+                     "(a multi-page TIFF).",
+                     rich_help_panel=_IO),
+    ] = False,
     model: ModelName = None,
     weights: WeightsPath = None,
     method: Annotated[
@@ -140,14 +149,14 @@ def upscale(
     ] = Method.drcn,
     recursions: Annotated[
         int | None,
-        typer.Option("-k", "--recursions", min=1, help="Use only the first K recursions: faster, a little softer. "
-                     "Default: all.", rich_help_panel=_MODEL),
+        typer.Option("-k", "--recursions", min=1, metavar="K", help="Use only the first K recursions: faster, a "
+                     "little softer. Default: all.", rich_help_panel=_MODEL),
     ] = None,
     self_ensemble: SelfEnsemble = False,
     tile: Annotated[
         int,
-        typer.Option("-t", "--tile", min=0, help="Tile side in pixels: 0 = from the free memory, else at least 32. "
-                     "Halved automatically on out-of-memory. Never changes the result (no seams).",
+        typer.Option("-t", "--tile", min=0, metavar="N", help="Tile side in pixels: 0 = from the free memory, else "
+                     "at least 32. Halved automatically on out-of-memory. Never changes the result (no seams).",
                      rich_help_panel=_MODEL),
     ] = 0,
     device: Device = "auto",
@@ -155,17 +164,17 @@ def upscale(
     threads: Threads = None,
     io_threads: Annotated[
         int,
-        typer.Option("--io-threads", min=1, max=MAX_IO_THREADS,
+        typer.Option("--io-threads", min=1, max=MAX_IO_THREADS, metavar="N",
                      help="Images read ahead, and written behind, in background threads.", rich_help_panel=_MODEL),
     ] = 2,
     max_pixels: Annotated[
         float,
-        typer.Option("--max-pixels", min=0, callback=megapixels, help="Refuse inputs over this many megapixels, "
-                     "before decoding (decompression bombs). 0 = no limit.", rich_help_panel=_SAFETY),
+        typer.Option("--max-pixels", min=0, metavar="MPX", callback=megapixels, help="Refuse inputs over this many "
+                     "megapixels, before decoding (decompression bombs). 0 = no limit.", rich_help_panel=_SAFETY),
     ] = DEFAULT_MAX_MPX,
     max_output_pixels: Annotated[
         float,
-        typer.Option("--max-output-pixels", min=0, callback=megapixels,
+        typer.Option("--max-output-pixels", min=0, metavar="MPX", callback=megapixels,
                      help="Refuse outputs over this many megapixels. 0 = no limit.", rich_help_panel=_SAFETY),
     ] = DEFAULT_MAX_OUTPUT_MPX,
     json_lines: Annotated[
@@ -202,7 +211,7 @@ def upscale(
         recursions=recursions, self_ensemble=self_ensemble, tile=tile, device=device, precision=precision.value,
         threads=threads, io_threads=io_threads, max_pixels=int(max_pixels * 1e6) or None,
         max_output_pixels=int(max_output_pixels * 1e6) or None, quality=quality, overwrite=overwrite,
-        rank=rank, world=world, skip_existing=skip_existing,
+        rank=rank, world=world, skip_existing=skip_existing, first_frame=first_frame,
     )
     sources, problems = expand_inputs(inputs, recursive)
     # A bicubic run's default name differs from the network's, so the two can be compared side by side.

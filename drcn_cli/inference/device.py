@@ -29,7 +29,7 @@ __all__ = [
     "threads_problem",
 ]
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -66,11 +66,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on CUDA where supported (else fp16), bf16 on a CPU with native bf16 units, fp32 elsewhere.
+    """'auto' is bf16 on CUDA where supported (else fp16), bf16 on a CPU with native bf16 units, fp32 elsewhere
+    (:func:`drcn_cli.inference.loader.open_model` may then choose int8 on the CPU, by measurement).
 
-    fp16 on the CPU is refused. bf16 3x3 convolutions run about 6x faster than fp32 with AMX and 2x with
-    AVX512-BF16 alone, and score within 0.01 dB of fp32 on Set5 and Set14 (docs/speed.md); without such units bf16
-    is emulated, slower.
+    fp16 on the CPU and int8 off it are refused. bf16 3x3 convolutions run about 6x faster than fp32 with AMX and
+    2x with AVX512-BF16 alone, and score within 0.01 dB of fp32 on Set5 and Set14 (docs/speed.md); without such
+    units bf16 is emulated, slower.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r} (use one of {', '.join(PRECISIONS)})")
@@ -81,7 +82,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16"
         return "fp32"
     if device.type == "cpu" and precision == "fp16":
-        raise ConfigError("fp16 is not supported on the CPU (use fp32 or bf16)")
+        raise ConfigError("fp16 is not supported on the CPU (use fp32, bf16 or int8)")
+    if device.type != "cpu" and precision == "int8":
+        raise ConfigError(f"int8 runs on the CPU only (device {device.type}: use bf16 or fp16 there)")
     return precision
 
 

@@ -22,8 +22,10 @@ import torch
 from ..model import DRCN, DRCNConfig
 from ..weights import resolve
 from ..weights.files import load_weights
+from . import autoprecision
 from .device import memory_format as preferred_memory_format
 from .device import resolve_device, resolve_precision, reuse_freed_memory
+from .int8 import Int8Error, Int8Network, calibration_path, file_sha256, load_calibration, runtime_problem
 
 __all__ = [
     "InferenceSettings",
@@ -82,10 +84,11 @@ class ReadyModel:
     module passed in. ``precision`` is resolved (never 'auto').
     """
 
-    network: DRCN
+    network: DRCN | Int8Network
     device: torch.device
     precision: str
     source: Path | None = None
+    reason: str = ""  # why ``precision`` where auto chose it by measurement (the device line says it)
 
     @property
     def config(self) -> DRCNConfig:
@@ -100,6 +103,43 @@ class ReadyModel:
 def _load_cached(path: str, mtime_ns: int, device: str, precision: str) -> DRCN:
     model, _metadata = load_weights(path)
     return prepare_for_inference(model, torch.device(device), precision)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_int8(path: str, mtime_ns: int, calibration_mtime_ns: int) -> Int8Network:
+    model, _metadata = load_weights(path)
+    return Int8Network(model, load_calibration(calibration_path(path), model.config, file_sha256(path)))
+
+
+def _int8_for(located: Path) -> Int8Network:
+    """The int8 network of a weights file, from its calibration (:func:`drcn_cli.inference.int8.calibration_path`).
+    Raises Int8Error when ONNX Runtime is missing or the file has no calibration that fits."""
+    if (problem := runtime_problem()) is not None:
+        raise Int8Error(problem)
+    calibration = calibration_path(located)
+    if not calibration.is_file():
+        raise Int8Error(f"{located.name} has no int8 calibration ({calibration.name} beside it): "
+                        "make one with `drcn quantize`")
+    real = located.resolve()
+    return _load_int8(str(real), real.stat().st_mtime_ns, calibration.stat().st_mtime_ns)
+
+
+def _auto_int8(located: Path, network: DRCN, candidate: str) -> autoprecision.Choice | None:
+    """int8 instead of ``candidate`` where it can run, its calibration is within the quality bound and it
+    measured faster on this CPU kind; None where int8 is not a candidate at all."""
+    if runtime_problem() is not None or not calibration_path(located).is_file():
+        return None
+    try:
+        int8 = _int8_for(located)
+    except Int8Error:
+        return None
+    if not int8.calibration.within_bound():
+        return None
+    radius = network.config.receptive_radius
+    dtype = compute_dtype(torch.device("cpu"), candidate)
+    return autoprecision.choose(
+        candidate, lambda: autoprecision.measure(network, int8, radius, dtype), network.config.features
+    )
 
 
 def load_model(
@@ -143,6 +183,8 @@ def open_model(
     if dev.type == "cpu":
         reuse_freed_memory()  # the conv maps' page faults cost up to a third of a CPU forward (device.py)
     if isinstance(weights, DRCN):
+        if resolved == "int8":
+            raise Int8Error("int8 needs a weights file with its calibration, not a module")
         return ReadyModel(prepare_for_inference(weights, dev, resolved), dev, resolved)
     name, path = resolve.split_source(weights)
     located = resolve.resolve_weights(
@@ -154,7 +196,15 @@ def open_model(
         revision=revision,
         cache_dir=cache_dir,
     )
+    if resolved == "int8":
+        return ReadyModel(_int8_for(Path(located)), dev, resolved, Path(located))
     real = Path(located).resolve()  # the cache key; ``source`` keeps the name (hub cache files are links to blobs)
     network = _load_cached(str(real), real.stat().st_mtime_ns, str(dev), resolved)
+    if precision == "auto" and dev.type == "cpu":
+        choice = _auto_int8(Path(located), network, resolved)
+        if choice is not None and choice.precision == "int8":
+            return ReadyModel(_int8_for(Path(located)), dev, "int8", Path(located), choice.reason)
+        if choice is not None:
+            return ReadyModel(network, dev, resolved, Path(located), choice.reason)
     return ReadyModel(network, dev, resolved, Path(located))
 

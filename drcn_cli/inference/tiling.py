@@ -270,7 +270,7 @@ def tile_plan(
     if tile > 0:
         return TilePlan(tile, by_area=False)
     auto = auto_tile(config, device, precision)
-    if device.type != "cpu":
+    if device.type != "cpu" or precision == "int8":  # the int8 graph computes whole windows: no rows to cut
         return TilePlan(auto, by_area=True)
     overlap, share = config.receptive_radius, context_row_cost(config, recursions)
     band_tile = auto if precision != "fp32" else min(auto, _FP32_BAND_TILE)

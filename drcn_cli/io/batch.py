@@ -131,7 +131,10 @@ def _output_format(plan: OutputPlan, source: Source) -> str:
     if plan.fmt is not None:
         return normalize_format(plan.fmt)
     if source.path is not None:
-        return format_from_path(source.path) or "PNG"
+        fmt = format_from_path(source.path)
+        # A GIF input gets PNG (APNG for an animation) unless GIF is asked for: an upscale makes colours that GIF's
+        # 256 would have to lose.
+        return fmt if fmt not in (None, "GIF") else "PNG"
     return "PNG"
 
 
@@ -228,7 +231,9 @@ def _check_file_format(out: Path, fmt_given: str | None, typed_fmt: str | None) 
     """UsageError when -o FILE's extension names no format and --format is not given, or the two disagree."""
     by_extension = format_from_path(out)
     if fmt_given is None and by_extension is None:
-        raise errors.UsageError(f"cannot tell the format from {out.name!r}: use .png, .jpg, .webp or .tif, or --format")
+        raise errors.UsageError(
+            f"cannot tell the format from {out.name!r}: use .png, .jpg, .webp, .tif or .gif, or --format"
+        )
     if fmt_given is not None and by_extension is not None and by_extension != fmt_given:
         raise errors.UsageError(f"-o {out.name} does not match --format {typed_fmt}")
 

@@ -69,14 +69,16 @@ def _opencv_quiet() -> Iterator[None]:
                 logging.setLogLevel(_opencv_log_level)
 
 
-def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool) -> tuple[np.ndarray, str]:
+def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool, page: int = 0) -> tuple[np.ndarray, str]:
+    """16-bit pixels and their mode, decoded by OpenCV; ``page``: which page of a multi-page TIFF (from 0)."""
     import cv2  # here: OpenCV takes some 30 ms to import, and only 16-bit colour images need it
 
     if data[:8] == _PNG_SIGNATURE:
         data = _png_for_libpng(data)
     try:
         with _opencv_quiet():
-            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            buffer = np.frombuffer(data, np.uint8)
+            pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if page == 0 else _opencv_page(cv2, buffer, page)
     except cv2.error as exc:  # OpenCV's own checks (a side over its limit ...): its message's last part says which
         raise ImageReadError(f"truncated or corrupt image ({_opencv_reason(exc)})") from None
     if pixels is None:
@@ -96,6 +98,17 @@ def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool) -> tuple[np.
     else:
         raise ImageReadError(f"unsupported channel layout {pixels.shape}")
     return apply_orientation(pixels, orientation), mode
+
+
+def _opencv_page(cv2, buffer: np.ndarray, page: int) -> np.ndarray | None:
+    """Page ``page`` of a multi-page file (None if OpenCV cannot read it): that page alone where OpenCV takes a range
+    of pages (4.9 and later), else every page, of which the one asked for."""
+    try:
+        ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED, range=(page, page + 1))
+        return pages[0] if ok and len(pages) == 1 else None
+    except (TypeError, cv2.error):  # an OpenCV without the range argument
+        ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
+        return pages[page] if ok and len(pages) > page else None
 
 
 def _opencv_reason(exc: BaseException) -> str:

@@ -44,12 +44,14 @@ FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
     "WEBP": (".webp",),
     "TIFF": (".tif", ".tiff"),
+    "GIF": (".gif",),
 }
-_FORMAT_ALIASES = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
+_FORMAT_ALIASES = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
+                   "gif": "GIF"}  # fmt: skip
 
-# What every output says made it, in its own format's place for it: PNG's "Software" text, JPEG's comment, an XMP
-# packet's CreatorTool in WebP and TIFF (whose own Software tag carries the input's, which is kept). drcn checks it
-# (written_by_drcn) to tell its outputs from the user's images in a folder that it writes into.
+# What every output says made it, in its own format's place for it: PNG's "Software" text, JPEG's and GIF's comment,
+# an XMP packet's CreatorTool in WebP and TIFF (whose own Software tag carries the input's, which is kept). drcn checks
+# it (written_by_drcn) to tell its outputs from the user's images in a folder that it writes into.
 MARK = f"drcn {__version__}"
 _XMP_TAG = 700
 _XMP_MARK = (
@@ -76,10 +78,10 @@ class ImageFormatError(DrcnError, ValueError):
 
 
 def normalize_format(name: str) -> str:
-    """'png', 'jpg', 'JPEG', 'tif' ... -> 'PNG', 'JPEG', 'WEBP', 'TIFF'; ImageFormatError for anything else."""
+    """'png', 'jpg', 'JPEG', 'tif' ... -> 'PNG', 'JPEG', 'WEBP', 'TIFF', 'GIF'; ImageFormatError for anything else."""
     key = name.lower().lstrip(".")
     if key not in _FORMAT_ALIASES:
-        raise ImageFormatError(f"unknown output format {name!r} (use png, jpeg, webp or tiff)")
+        raise ImageFormatError(f"unknown output format {name!r} (use png, jpeg, webp, tiff or gif)")
     return _FORMAT_ALIASES[key]
 
 

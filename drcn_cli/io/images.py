@@ -60,7 +60,8 @@ class LoadedImage:
     exif: EXIF bytes as Pillow writes them, orientation reset to 1 (the pixels are already turned).
     source_format: the decoder's name for the file type ("PNG", "JPEG", ...).
     dpi: (x, y) dots per inch, when the file says.
-    frames: frames or pages in the file (animated GIF/WebP/PNG, multi-page TIFF); only the first is decoded.
+    frames: frames or pages in the file (animated GIF/WebP/PNG, multi-page TIFF); only the first is decoded
+        (:func:`drcn_cli.io.frames.read_frames` decodes them all).
     """
 
     pixels: np.ndarray
@@ -236,7 +237,7 @@ def _decode(image, data: bytes, icc: bytes | None) -> tuple[np.ndarray, str, byt
     try:
         if _needs_opencv(image, data):
             grey_alpha = _png_ihdr(data) == (16, 4) or image.mode == "LA"
-            pixels, mode = _decode_opencv(data, _orientation(image), grey_alpha)
+            pixels, mode = _decode_opencv(data, _orientation(image), grey_alpha, image.tell())  # page of a TIFF
         else:
             _load_strictly(image)
             upright = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image

@@ -1,73 +1,117 @@
-"""The 16-bit TIFF encoder: little-endian, deflate with the horizontal predictor, one strip, with the ICC profile
-and drcn's mark (colour and grey+alpha at 16 bits, which Pillow cannot write and OpenCV's writer writes without
-the profile).
+"""The TIFF encoder, through tifffile: every TIFF drcn writes (grey, grey+alpha, RGB and RGBA at 8 or 16 bits,
+32-bit integer and float grey).
+
+Little-endian; deflate (zlib, level 6) with the horizontal predictor for integer samples, deflate alone for float
+ones (the floating-point predictor needs imagecodecs, and fewer readers know it); strips of about 256 KB. Kept: the
+ICC profile, the resolution (DPI), the descriptive tags of the EXIF's main directory (make, model, artist ...) and
+drcn's mark (an XMP packet). Alpha is unassociated. BigTIFF (64-bit offsets) when the file could pass the 4 GiB a
+classic TIFF can address (:func:`needs_bigtiff`). libtiff (Pillow, OpenCV, GIMP ...) reads them all.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
+import math
+from typing import Any
 
 import numpy as np
+import tifffile
+from PIL import Image
 
-from .formats import _XMP_MARK, _XMP_TAG, _channels
+from .formats import _METADATA_ERRORS, _XMP_MARK, _XMP_TAG, _channels
 
-_ICC_TIFF_TAG = 34675
+__all__ = ["encode_tiff", "needs_bigtiff"]
+
+# A classic TIFF addresses its bytes with 32-bit offsets. tifffile's own margin below 4 GiB (32 MiB) holds the tags
+# and strip tables and what deflate adds to data it cannot compress (5 bytes per 16 KiB stored block: 0.03%).
+_CLASSIC_TIFF_LIMIT = 2**32 - 2**25
+_DEFLATE_LEVEL = 6
+# Tags written from the other arguments (resolution, ICC profile, XMP), or that tifffile writes itself.
+_NOT_FROM_EXIF = frozenset({282, 283, 296, _XMP_TAG, 34675}) | tifffile.TIFF.TAG_FILTERED
 
 
-def _encode_tiff16(pixels: np.ndarray, icc: bytes | None, dpi) -> bytes:
-    """A little-endian, deflate-compressed (horizontal predictor) 16-bit TIFF with an optional ICC tag."""
-    height, width = pixels.shape[:2]
+def needs_bigtiff(nbytes: int) -> bool:
+    """Whether a TIFF of ``nbytes`` (the uncompressed samples plus the profile and tags) needs BigTIFF.
+
+    Decided before compressing, from the uncompressed size: deflate's output is known only afterwards, and may be
+    a little larger than its input. BigTIFF is read by libtiff since 4.0 (2011), Pillow and OpenCV.
+    """
+    return nbytes > _CLASSIC_TIFF_LIMIT
+
+
+def _ascii(value: str) -> str:
+    """TIFF's ASCII type holds 7-bit text: other characters become "?", as Pillow writes them."""
+    return value.encode("ascii", "replace").decode("ascii").replace("\0", "")
+
+
+def _exif_tags(exif: bytes | None) -> list[tuple]:
+    """tifffile's ``extratags`` for the EXIF's main-directory tags with a text or an integer value (Make, Model,
+    Artist, Copyright, Orientation ...); its sub-directories and the tags that describe the layout are not written.
+    """
+    if not exif:
+        return []
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        items = sorted(parsed.items())
+    except _METADATA_ERRORS:  # unparseable EXIF: the image without it rather than no image
+        return []
+    tags: list[tuple] = []
+    for tag, value in items:
+        if tag in _NOT_FROM_EXIF or not 0 < tag < 65535:
+            continue
+        if isinstance(value, str):
+            tags.append((tag, "s", 0, _ascii(value), True))
+        elif isinstance(value, int) and 0 <= value < 2**32:
+            tags.append((tag, "H" if value < 2**16 else "I", 1, value, True))
+    return tags
+
+
+def _resolution(dpi) -> dict[str, Any]:
+    """tifffile's resolution arguments for ``dpi`` (x, y), when both are finite and positive."""
+    if not dpi or not all(math.isfinite(v) and v > 0 for v in dpi[:2]):
+        return {}
+    return {"resolution": (float(dpi[0]), float(dpi[1])), "resolutionunit": "INCH"}
+
+
+def encode_tiff(
+    pixels: np.ndarray,
+    icc: bytes | None = None,
+    exif: bytes | None = None,
+    dpi: tuple[float, float] | None = None,
+    *,
+    bigtiff: bool | None = None,
+) -> bytes:
+    """The TIFF file of (H, W[, C]) ``pixels`` (C 1..4: grey, grey+alpha, RGB, RGBA; uint8, uint16, int32 or float32).
+
+    ``icc`` is written as it is (the caller checks that its colour space fits), ``exif`` gives its descriptive
+    tags (:func:`_exif_tags`), ``dpi`` the resolution. ``bigtiff`` None decides by the size (:func:`needs_bigtiff`).
+    """
     channels = _channels(pixels)
-    hwc = pixels.reshape(height, width, channels).astype(np.uint16)
-    predicted = hwc.copy()
-    predicted[:, 1:] = hwc[:, 1:] - hwc[:, :-1]  # uint16 arithmetic wraps mod 2^16, as the predictor wants
-    strip = zlib.compress(predicted.astype("<u2").tobytes(), 6)
-
-    # Tag entries: (tag, type, count, value bytes); types: 3 SHORT, 4 LONG, 5 RATIONAL, 7 UNDEFINED.
-    entries: list[tuple[int, int, int, bytes]] = [
-        (256, 4, 1, struct.pack("<I", width)),
-        (257, 4, 1, struct.pack("<I", height)),
-        (258, 3, channels, struct.pack(f"<{channels}H", *([16] * channels))),
-        (259, 3, 1, struct.pack("<H", 8)),
-        (262, 3, 1, struct.pack("<H", 2 if channels >= 3 else 1)),
-        (273, 4, 1, b""),  # strip offset, filled in below
-        (277, 3, 1, struct.pack("<H", channels)),
-        (278, 4, 1, struct.pack("<I", height)),
-        (279, 4, 1, struct.pack("<I", len(strip))),
-        (284, 3, 1, struct.pack("<H", 1)),
-        (317, 3, 1, struct.pack("<H", 2)),
-    ]
-    if dpi:
-        entries += [
-            (282, 5, 1, struct.pack("<II", max(1, round(dpi[0] * 1000)), 1000)),
-            (283, 5, 1, struct.pack("<II", max(1, round(dpi[1] * 1000)), 1000)),
-            (296, 3, 1, struct.pack("<H", 2)),
-        ]
+    if pixels.ndim == 3 and channels == 1:
+        pixels = pixels[:, :, 0]
+    tags = [(_XMP_TAG, 1, len(_XMP_MARK), _XMP_MARK, True), *_exif_tags(exif)]
+    if bigtiff is None:
+        bigtiff = needs_bigtiff(pixels.nbytes + len(icc or b"") + len(exif or b"") + len(_XMP_MARK))
+    options = _resolution(dpi)
+    if pixels.ndim == 3:
+        options["planarconfig"] = "CONTIG"
     if channels in (2, 4):
-        entries.append((338, 3, 1, struct.pack("<H", 2)))  # unassociated alpha
-    if icc:
-        entries.append((_ICC_TIFF_TAG, 7, len(icc), icc))
-    entries.append((_XMP_TAG, 1, len(_XMP_MARK), _XMP_MARK))
-    entries.sort()
-
-    # Layout: header (8 bytes), the one IFD, values too long to sit in their entry, then the strip.
-    base = 8 + 2 + 12 * len(entries) + 4
-    extra = bytearray()
-    offsets = {}
-    for tag, _kind, _count, value in entries:
-        if len(value) > 4:
-            extra += b"\x00" * ((base + len(extra)) % 2)  # values start on a word boundary
-            offsets[tag] = base + len(extra)
-            extra += value
-    extra += b"\x00" * ((base + len(extra)) % 2)
-    strip_offset = base + len(extra)
-    ifd = bytearray(struct.pack("<H", len(entries)))
-    for tag, kind, count, value in entries:
-        if tag in offsets:
-            ifd += struct.pack("<HHII", tag, kind, count, offsets[tag])
-        else:
-            value = struct.pack("<I", strip_offset) if tag == 273 else value
-            ifd += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\x00")
-    ifd += struct.pack("<I", 0)  # no next IFD
-    return b"II*\x00" + struct.pack("<I", 8) + bytes(ifd) + bytes(extra) + strip
+        options["extrasamples"] = ["UNASSALPHA"]
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        np.ascontiguousarray(pixels),
+        bigtiff=bigtiff,
+        byteorder="<",
+        photometric="RGB" if channels >= 3 else "MINISBLACK",
+        compression="ADOBE_DEFLATE",
+        compressionargs={"level": _DEFLATE_LEVEL},
+        predictor=pixels.dtype.kind in "iu",  # horizontal differencing (2) for integers
+        iccprofile=icc or None,
+        metadata=None,  # no JSON shape in ImageDescription
+        software=False,  # the input's Software tag, if any, comes with the EXIF; drcn's mark is the XMP packet
+        extratags=tags,
+        **options,
+    )
+    return buffer.getvalue()

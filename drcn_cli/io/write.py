@@ -7,10 +7,10 @@ failure, Ctrl-C included, the temporary file is removed.
 
 Bit-depth rules for output:
 
-* PNG and TIFF keep 16 bits (and 8 bits stay 8). 16-bit colour and grey+alpha are written by small
-  encoders (:mod:`drcn_cli.io.png`: filter "Up" + zlib; :mod:`drcn_cli.io.tiff`: deflate with horizontal
-  predictor) so that the ICC profile goes in too, which OpenCV's writers cannot do. Float grey (Pillow mode F)
-  is kept as float in TIFF and becomes 16-bit in PNG.
+* PNG and TIFF keep 16 bits (and 8 bits stay 8). 16-bit colour and grey+alpha PNG is written by a small encoder
+  (:mod:`drcn_cli.io.png`: filter "Up" + zlib) so that the ICC profile goes in too, which OpenCV's writer cannot
+  do; every TIFF by :mod:`drcn_cli.io.tiff` (tifffile: deflate with the horizontal predictor, BigTIFF past 4 GiB).
+  Float grey (Pillow mode F) is kept as float in TIFF and becomes 16-bit in PNG.
 * JPEG and WebP hold 8 bits: 16-bit and float images are rounded to 8 bits (v * 255 / 65535).
 * Grey samples beyond those scales, 32-bit integers (Pillow mode I, 126000 in a 32-bit TIFF) or floats outside
   [0, 1], are kept as they are in TIFF, and refused with :class:`~drcn_cli.io.formats.ImageFormatError` by the
@@ -18,6 +18,8 @@ Bit-depth rules for output:
 * JPEG has no alpha channel: an alpha that is fully opaque is dropped (nothing is lost); any other alpha
   is refused with :class:`~drcn_cli.io.formats.ImageFormatError` rather than flattened onto a guessed background.
 * WebP has no grey mode: grey becomes RGB (grey+alpha becomes RGBA). ``quality=100`` means lossless WebP.
+* GIF holds 8 bits, 256 colours and 1-bit transparency (:mod:`drcn_cli.io.gif`: a median-cut palette; alpha under
+  half is transparent); it has no ICC profile or EXIF.
 * An ICC profile is written only where its colour space matches the pixels (an RGB profile on RGB(A),
   a grey one on grey).
 
@@ -39,7 +41,6 @@ from .formats import (
     _FORMAT_ALIASES,
     _METADATA_ERRORS,
     _XMP_MARK,
-    _XMP_TAG,
     MARK,
     ImageFormatError,
     _channels,
@@ -47,8 +48,9 @@ from .formats import (
     format_from_path,
     normalize_format,
 )
+from .gif import encode_gif
 from .png import _encode_png16
-from .tiff import _encode_tiff16
+from .tiff import encode_tiff
 
 __all__ = ["DEFAULT_QUALITY", "check_output_format", "encode_image", "write_image"]
 
@@ -58,8 +60,8 @@ _PIXEL_X_DIMENSION = 0xA002
 _PIXEL_Y_DIMENSION = 0xA003
 _WEBP_MAX_SIDE = 16383
 _JPEG_MAX_SIDE = 65535
-# What a TIFF output keeps of the EXIF: descriptive tags of the main directory. libtiff cannot write EXIF
-# sub-directories, and the resolution is written from the DPI.
+# What a TIFF output keeps of the EXIF: descriptive tags of the main directory. The EXIF sub-directories (exposure
+# ...) are not written, and the resolution is written from the DPI.
 _TIFF_EXIF_TAGS = frozenset({270, 271, 272, 274, 305, 306, 315, 33432})
 
 
@@ -81,7 +83,7 @@ def _to_uint16(pixels: np.ndarray) -> np.ndarray:
     return np.floor(np.clip(pixels, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16)
 
 
-_FORMAT_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "TIFF": "TIFF"}
+_FORMAT_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "TIFF": "TIFF", "GIF": "GIF"}
 
 
 def _keeps_as_is(pixels: np.ndarray, fmt: str) -> bool:
@@ -158,22 +160,21 @@ def _grey_alpha_to_rgba(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1:]], axis=2)
 
 
-def _encode_16bit(
-    pixels: np.ndarray, fmt: str, icc_profile: bytes | None, exif: bytes | None, dpi: tuple[float, float] | None
-) -> bytes:
-    """PNG or TIFF of 16-bit colour or grey+alpha, which Pillow cannot write, by the encoders here."""
+def _tiff_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The pixels as TIFF gets them: 8 bits as they are, float and 32-bit integer grey as they are, the rest as
+    16 bits, 16-bit grey+alpha as RGBA (few readers know 16-bit grey+alpha TIFF)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if _keeps_as_is(pixels, "TIFF"):
+        return pixels.astype(np.float32 if np.issubdtype(pixels.dtype, np.floating) else np.int32, copy=False)
     pixels = _to_uint16(pixels)
-    if fmt == "PNG":
-        return _encode_png16(pixels, _icc_for(icc_profile, _channels(pixels)), exif, dpi)
-    if _channels(pixels) == 2:  # few readers know 16-bit grey+alpha TIFF: write it as RGBA
-        pixels = _grey_alpha_to_rgba(pixels)
-    return _encode_tiff16(pixels, _icc_for(icc_profile, _channels(pixels)), dpi)
+    return _grey_alpha_to_rgba(pixels) if _channels(pixels) == 2 else pixels
 
 
 def _pillow_options(
     fmt: str, quality: int, icc: bytes | None, exif: bytes | None, dpi: tuple[float, float] | None
 ) -> dict:
-    """The keyword arguments of Pillow's save for ``fmt``."""
+    """The keyword arguments of Pillow's save for ``fmt`` (PNG, JPEG or WebP; TIFF is :mod:`drcn_cli.io.tiff`'s)."""
     options: dict = {}
     if icc:
         options["icc_profile"] = icc
@@ -192,22 +193,7 @@ def _pillow_options(
         options["comment"] = MARK
     elif fmt == "WEBP":
         options["xmp"] = _XMP_MARK
-    else:  # TIFF: the XMP tag goes in with the EXIF tags (Pillow drops the EXIF when given tiffinfo too)
-        options["exif"] = _with_xmp_mark(exif)
-        options["compression"] = "tiff_adobe_deflate"
     return options
-
-
-def _with_xmp_mark(exif: bytes | None) -> bytes:
-    """TIFF tags as Pillow takes them through ``exif``: ``exif``'s, and the XMP packet with drcn's mark."""
-    tags = Image.Exif()
-    if exif:
-        try:
-            tags.load(exif)
-        except _METADATA_ERRORS:
-            tags = Image.Exif()
-    tags[_XMP_TAG] = _XMP_MARK
-    return tags.tobytes()
 
 
 def _check_side(pixels: np.ndarray, limit: int, fmt: str) -> None:
@@ -247,16 +233,12 @@ def _webp_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 def _pillow_pixels(pixels: np.ndarray, fmt: str) -> np.ndarray:
-    """The pixels converted for Pillow's encoder of ``fmt`` (PNG and TIFF get only 8-bit images and grey here)."""
+    """The pixels converted for Pillow's encoder of ``fmt`` (PNG gets only 8-bit images and grey here)."""
     if fmt == "JPEG":
         return _jpeg_pixels(pixels)
     if fmt == "WEBP":
         return _webp_pixels(pixels)
-    if pixels.dtype == np.uint8:
-        return pixels
-    if _keeps_as_is(pixels, fmt):  # float or 32-bit integer grey, which TIFF keeps as it is
-        return pixels.astype(np.float32 if np.issubdtype(pixels.dtype, np.floating) else np.int32, copy=False)
-    return _to_uint16(pixels)
+    return pixels if pixels.dtype == np.uint8 else _to_uint16(pixels)
 
 
 def encode_image(
@@ -286,11 +268,16 @@ def encode_image(
     if pixels.ndim == 3 and channels == 1:
         pixels = pixels[:, :, 0]
     _check_range(pixels, fmt)
-    icc = _icc_for(icc_profile, channels if fmt != "WEBP" else max(channels, 3))
+    if fmt == "GIF":  # 8 bits, one palette, 1-bit transparency: io/gif.py's rules
+        return encode_gif([_to_uint8(pixels)])
     exif = _exif_for(exif, width, height, tiff=fmt == "TIFF")
+    if fmt == "TIFF":
+        pixels = _tiff_pixels(pixels)
+        return encode_tiff(pixels, _icc_for(icc_profile, _channels(pixels)), exif, dpi)
+    icc = _icc_for(icc_profile, channels if fmt != "WEBP" else max(channels, 3))
     options = _pillow_options(fmt, quality, icc, exif, dpi)
-    if fmt in ("PNG", "TIFF") and channels >= 2 and pixels.dtype != np.uint8:
-        return _encode_16bit(pixels, fmt, icc_profile, exif, dpi)
+    if fmt == "PNG" and channels >= 2 and pixels.dtype != np.uint8:  # 16-bit colour or grey+alpha: not Pillow's
+        return _encode_png16(_to_uint16(pixels), icc, exif, dpi)
     buffer = io.BytesIO()
     _pil_image(_pillow_pixels(pixels, fmt)).save(buffer, format=fmt, **options)
     return buffer.getvalue()
@@ -318,6 +305,8 @@ def write_image(
     if fmt is None:
         fmt = format_from_path(path)
         if fmt is None:
-            raise ImageFormatError(f"cannot tell the format from {Path(path).name!r} (use .png, .jpg, .webp, .tif)")
+            raise ImageFormatError(
+                f"cannot tell the format from {Path(path).name!r} (use .png, .jpg, .webp, .tif, .gif)"
+            )
     data = encode_image(pixels, fmt, quality=quality, icc_profile=icc_profile, exif=exif, dpi=dpi)
     return write_atomic(path, data, overwrite=overwrite)
