@@ -1,6 +1,6 @@
 """Inference speed of each bundled model against the floor set by this machine's own conv throughput.
 
-    python benchmarks/speed.py [--models drcn-lite] [--precisions fp32 bf16] [--sizes 256 512 1024]
+    python benchmarks/speed.py [--models drcn-lite] [--precisions fp32 bf16 int8] [--sizes 256 512 1024]
                                [--data-dir ../datasets] [--random F] [--ablation] [--device auto]
 
 For every model (the shipped weights; `--random F` adds an F-filter model with random weights, free of tiny
@@ -12,6 +12,8 @@ values) and precision, and every square output side, it times:
            (small maps run from the caches; large ones are bound by memory); ratio = network / floor. The
            rate on a map of the output's own side is printed beside it, for comparison;
 - whole:   `upscale_image` of an RGB image to that size (bicubic, colour, network); ratio to the network.
+           With int8 among the precisions (the default where ONNX Runtime is installed, on the CPU), the whole
+           call's speed-up of int8 over each other precision follows, measured in the same run.
 
 Then, with the default model and precision: `drcn upscale docs/samples/pattern.png -s 3` as a command, less
 the start-up of `python -c "import torch"`; with `--data-dir` (a folder holding Set14), one Set14 image x3
@@ -46,6 +48,7 @@ from PIL import Image  # noqa: E402
 
 from drcn_cli import model as model_module  # noqa: E402
 from drcn_cli.inference.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads  # noqa: E402
+from drcn_cli.inference.int8 import runtime_problem  # noqa: E402
 from drcn_cli.inference.pipeline import (  # noqa: E402
     InferenceSettings,
     open_model,
@@ -129,13 +132,17 @@ def random_model(features: int) -> DRCN:
 
 
 def network_rows(name: str, source, args, device: torch.device) -> None:
+    wholes: dict[str, dict[int, float]] = {}
     for precision in args.precisions:
+        if precision == "int8" and not isinstance(source, str):
+            continue  # int8 needs a calibrated weights file
         ready = open_model(source, device, precision)
-        model = ready.network
-        config = model.config
+        config = ready.network.config
         settings = InferenceSettings(device, precision)
         print(f"\n{name} (F={config.features}, D={config.recursions}), {precision}:")
-        rates = {side: conv_rate(device, precision, config.features, side, args.repeats)
+        # int8's floor is fp32's: the conv rate below is that of float convolutions
+        rate_precision = "fp32" if precision == "int8" else precision
+        rates = {side: conv_rate(device, rate_precision, config.features, side, args.repeats)
                  for side in sorted({128, 256, 512, *args.sizes})}
         peak_side, (peak, peak_layout) = max(rates.items(), key=lambda item: item[1][0])
         print(f"peak {config.features}->{config.features} 3x3 conv rate: {peak / 1e9:,.0f} GFLOP/s "
@@ -148,13 +155,19 @@ def network_rows(name: str, source, args, device: torch.device) -> None:
             y = torch.rand(1, 1, side, side, device=device)
             network = timed(lambda y=y, r=ready, s=settings: super_resolve_y(r, y, s), device, args.repeats)
             image = np.random.default_rng(0).integers(0, 256, (side // 2, side // 2, 3), dtype=np.uint8)
+            weights = source if isinstance(source, str) else ready.network
             whole = timed(
-                lambda image=image, m=model, p=precision: upscale_image(image, 2, weights=m, device=str(device),
-                                                                        precision=p),
+                lambda image=image, w=weights, p=precision: upscale_image(image, 2, weights=w, device=str(device),
+                                                                          precision=p),
                 device, args.repeats,
             )  # fmt: skip
+            wholes.setdefault(precision, {})[side] = whole
             print(f"{side:>4}x{side:<5} {network:>10.3f} {floor:>8.3f} {network / floor:>6.2f} "
                   f"{rate / 1e9:>13.0f} {layout} {whole:>8.3f} {whole / network:>9.2f}", flush=True)
+    if "int8" in wholes:
+        for other in (p for p in wholes if p != "int8"):
+            ratios = ", ".join(f"{side}: {wholes[other][side] / wholes['int8'][side]:.2f}x" for side in args.sizes)
+            print(f"{name}: whole upscale_image, int8 over {other} (same run): {ratios}")
 
 
 def ablation(source, device: torch.device, repeats: int, side: int = 512) -> None:
@@ -321,6 +334,8 @@ def main() -> None:
     if args.precisions is None:
         native = resolve_precision("auto", device)
         args.precisions = ["fp32"] + ([native] if native != "fp32" else [])
+        if device.type == "cpu" and runtime_problem() is None:
+            args.precisions.append("int8")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         where = torch.cuda.get_device_name(device)
@@ -329,7 +344,7 @@ def main() -> None:
     print(f"device: {where}; torch {torch.__version__}")
     print(f"cpu: {cpu_description()}")
 
-    names = args.models or sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors"))
+    names = args.models or sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors") if ".int8" not in p.suffixes)
     sources = [(name, name) for name in names] + [(f"random F={f}", random_model(f)) for f in args.random]
     for name, source in sources:
         network_rows(name, source, args, device)

@@ -33,6 +33,46 @@ def random_drcn(features: int = 8, recursions: int = 3, seed: int = 0, spread: f
     return net.eval()
 
 
+def int8_drcn(seed: int = 0):
+    """A tiny DRCN (F=8, D=3) for the int8 tests: gentle random weights (spread 0.02: int8's own error stays well
+    below what a wrong bias or scale costs) and ensemble weights that favour the later recursions (0.02, 0.12,
+    0.87), so that each depth gives its own output and a recursion weighed wrongly shows."""
+    import torch
+
+    net = random_drcn(seed=seed, spread=0.02)
+    with torch.no_grad():
+        net.ensemble_logits.copy_(torch.tensor([-2.0, 0.0, 2.0]))
+    return net
+
+
+def smooth_luma(height: int, width: int, seed: int = 0):
+    """(1, 1, height, width) float32 in [0, 1]: bicubic-enlarged seeded noise, a network input with structure."""
+    import torch
+    from torch.nn import functional as F
+
+    small = torch.rand(1, 1, height // 4 + 1, width // 4 + 1, generator=torch.Generator().manual_seed(seed))
+    return F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def int8_inputs():
+    """The calibration inputs of :func:`write_int8_weights`: three smooth 40x36 maps (seeds 0, 1, 2)."""
+    return [smooth_luma(40, 36, seed) for seed in range(3)]
+
+
+def write_int8_weights(folder: Path, name: str = "tiny", info: dict[str, str] | None = None, seed: int = 0) -> Path:
+    """:func:`int8_drcn` saved as ``folder/NAME.safetensors`` with its int8 calibration beside it (made from
+    :func:`int8_inputs`, ``info`` recorded); returns the weights path."""
+    from drcn_cli.inference.int8 import calibrate, calibration_path, file_sha256, save_calibration
+    from drcn_cli.weights.files import save_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.safetensors"
+    model = int8_drcn(seed)
+    save_weights(model, path)
+    save_calibration(calibrate(model, int8_inputs(), file_sha256(path), info), calibration_path(path))
+    return path
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Every test on one torch thread: the inputs are tiny, and on a 2-core machine running other jobs several

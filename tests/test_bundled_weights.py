@@ -14,6 +14,7 @@ from testdata import DATA, datasets_root, needs_datasets
 
 from drcn_cli.bench.protocol import evaluate_images
 from drcn_cli.bench.published import published
+from drcn_cli.inference.int8 import CALIBRATION_SUFFIX
 from drcn_cli.inference.pipeline import open_upscaler, upscale_image
 from drcn_cli.weights.files import BUNDLED_DIR, FORMAT, TINY, bundled_weights, load_weights
 from drcn_cli.weights.resolve import verify_file
@@ -21,7 +22,7 @@ from drcn_cli.weights.table import KNOWN_WEIGHTS
 
 SET5 = datasets_root() / "Set5"
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "samples" / "pattern.png"
-BUNDLED = sorted(BUNDLED_DIR.glob("*.safetensors"))
+BUNDLED = sorted(p for p in BUNDLED_DIR.glob("*.safetensors") if not p.name.endswith(CALIBRATION_SUFFIX))
 
 
 def sample_crop() -> np.ndarray:

@@ -129,10 +129,10 @@ def prepare(opts: RunOptions, info: Any, count: str) -> Any:
 
     set_threads(opts.threads)  # a device or precision that cannot work is a ConfigError: exit 2, reported above
     dev = resolve_device(_device_for_rank(opts.device, opts.world))
-    precision = resolve_precision(opts.precision, dev)
+    resolve_precision(opts.precision, dev)  # refused before any weights are looked for
     try:
         choice = open_upscalers(
-            opts.weights or opts.model_name, dev, precision, method=opts.method.value, tile=opts.tile,
+            opts.weights or opts.model_name, dev, opts.precision, method=opts.method.value, tile=opts.tile,
             recursions=opts.recursions, self_ensemble=opts.self_ensemble, on_download=info,
         )  # fmt: skip
     except (WeightsNotFoundError, ChecksumError, HubError) as exc:  # no file to load: say there is a way out
@@ -146,11 +146,15 @@ def prepare(opts: RunOptions, info: Any, count: str) -> Any:
         model_text = _model_text(choice.default)
         if choice.photo is not None:
             model_text += f", {_model_text(choice.photo)} for JPEG inputs and video"
+            if choice.photo.settings.precision != choice.default.settings.precision:
+                model_text += f" in {choice.photo.settings.precision}"
         if opts.self_ensemble:
             model_text += " with self-ensemble x8"
     tile_text = f"tile {opts.tile}" if opts.tile else "tile auto"
     rank_text = f"rank {opts.rank}/{opts.world}: " if opts.world > 1 else ""
-    why = precision_reason(opts.precision, precision, dev)
+    precision = choice.default.settings.precision  # auto may have chosen int8 by measurement (loader)
+    network = choice.default.network
+    why = network.reason if network is not None and network.reason else precision_reason(opts.precision, precision, dev)
     precision_text = f"{precision} ({why})" if why else precision
     info(f"{rank_text}{count} on {_describe_device(dev)}, {precision_text}, {model_text}, {tile_text}")
     return choice

@@ -243,10 +243,10 @@ def bench(
     # by the command's wrapper (cli._errors.reported); only the OS's own are turned into a line here.
     set_threads(threads)
     dev = resolve_device(device)
-    prec = resolve_precision(precision.value, dev)
+    resolve_precision(precision.value, dev)  # refused before any dataset or weights are looked for
     sets = _resolve_datasets(datasets_spec, data_dir, download, info)
 
-    upscaler = open_upscaler(weights or model, dev, prec, method=method.value, tile=tile,
+    upscaler = open_upscaler(weights or model, dev, precision.value, method=method.value, tile=tile,
                              self_ensemble=self_ensemble, on_download=info)  # fmt: skip
     depths: tuple[int | None, ...] = (None,)
     label = "MATLAB bicubic"

@@ -52,7 +52,7 @@ def cpu_kind() -> str:
     return f"{name} | {capability} | {torch.get_num_threads()} threads | torch {torch.__version__} | ort {ort_version}"
 
 
-def _best_time(run: Callable[[], object], repeats: int = 3) -> float:
+def _best_time(run: Callable[[], object], repeats: int = 2) -> float:
     run()  # warm-up: allocations, ONNX Runtime's first-run work
     best = float("inf")
     for _ in range(repeats):

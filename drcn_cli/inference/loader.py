@@ -106,9 +106,9 @@ def _load_cached(path: str, mtime_ns: int, device: str, precision: str) -> DRCN:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_int8(path: str, mtime_ns: int, calibration_mtime_ns: int) -> Int8Network:
+def _load_int8(path: str, mtime_ns: int, calibration: str, calibration_mtime_ns: int) -> Int8Network:
     model, _metadata = load_weights(path)
-    return Int8Network(model, load_calibration(calibration_path(path), model.config, file_sha256(path)))
+    return Int8Network(model, load_calibration(calibration, model.config, file_sha256(path)))
 
 
 def _int8_for(located: Path) -> Int8Network:
@@ -120,8 +120,8 @@ def _int8_for(located: Path) -> Int8Network:
     if not calibration.is_file():
         raise Int8Error(f"{located.name} has no int8 calibration ({calibration.name} beside it): "
                         "make one with `drcn quantize`")
-    real = located.resolve()
-    return _load_int8(str(real), real.stat().st_mtime_ns, calibration.stat().st_mtime_ns)
+    real = located.resolve()  # the calibration is beside ``located``, which may be a link (hub cache: to a blob)
+    return _load_int8(str(real), real.stat().st_mtime_ns, str(calibration), calibration.stat().st_mtime_ns)
 
 
 def _auto_int8(located: Path, network: DRCN, candidate: str) -> autoprecision.Choice | None:
