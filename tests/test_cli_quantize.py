@@ -93,6 +93,13 @@ def test_quantize_writes_where_output_says(tiny, hr, tmp_path):
 CELL = re.compile(r"^(\S+) x(\d): fp32 \S+ dB / \S+, int8 \S+ dB / \S+ \(([-+]\d+\.\d+) dB, ([-+]\d+\.\d+)\)$")
 
 
+def test_check_with_another_output_is_refused_before_any_work(tiny, hr, tmp_path):
+    elsewhere = tmp_path / "elsewhere.int8.safetensors"
+    result = quantize("--weights", str(tiny), "--images", str(hr), "--check", str(hr), "-o", str(elsewhere))
+    assert result.exit_code == 2 and "leave out -o" in result.stderr
+    assert not elsewhere.exists() and not calibration_path(tiny).exists()
+
+
 def test_check_records_the_largest_drop_over_the_sets_and_scales(tiny, hr, tmp_path):
     check = write_training_images(tmp_path / "mine", count=2, size=48, seed=5)
     result = quantize("--weights", tiny, "--images", hr, "--check", check)
@@ -115,7 +122,7 @@ def test_check_records_the_largest_drop_over_the_sets_and_scales(tiny, hr, tmp_p
     "args,code,message",
     [(["--weights", "{tiny}"], 2, "Missing option '--images'"),
      (["--weights", "{tiny}", "-m", "drcn-lite", "--images", "{hr}"], 2, "give either --model or --weights"),
-     (["--weights", "{tiny}", "--images", "{missing}"], 1, "missing: no such folder"),
+     (["--weights", "{tiny}", "--images", "{missing}"], 2, "missing: no such folder"),
      (["--weights", "{missing}", "--images", "{hr}"], 1, "no such weights file")],
 )
 def test_usage_and_missing_files(tiny, hr, tmp_path, args, code, message):

@@ -49,6 +49,8 @@ def quantize(
     """
     if (problem := model_problem(model, weights)) is not None:
         raise usage(problem, "quantize")
+    if not images.is_dir():
+        raise usage(f"--images {images}: no such folder", "quantize")
 
     from ..bench.datasets import list_images, resolve_dataset
     from ..bench.quantize import check_calibration, make_calibration
@@ -65,14 +67,15 @@ def quantize(
     target = output.expanduser() if output is not None else calibration_path(path)
     if target.exists() and not overwrite:  # before the work, not after it
         raise fail(f"output {target} exists (use --overwrite)")
+    if check and target != calibration_path(path):
+        raise usage(f"--check scores the calibration where int8 runs look for it: leave out -o (or give "
+                    f"{calibration_path(path)})", "quantize")
     sets = [resolve_dataset(spec, data_dir, on_download=info) for spec in check or []]
     hr = list_images(images)
     info(f"calibrating {path.name} on {len(hr)} images from {images}")
     calibration = make_calibration(path, hr, {"images": f"{images.name}: {len(hr)} images, one 96x96 crop each"})
     save_calibration(calibration, target, overwrite=overwrite)
     if sets:
-        if target != calibration_path(path):
-            raise fail(f"--check needs the calibration beside the weights ({calibration_path(path)})")
 
         def cell(name: str, scale: int, c: tuple[float, float, float, float]) -> None:
             info(f"{name} x{scale}: fp32 {c[0]:.2f} dB / {c[1]:.4f}, int8 {c[2]:.2f} dB / {c[3]:.4f} "

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "load_calibration",
     "runtime_problem",
     "save_calibration",
+    "signed_weights_exact",
 ]
 
 CALIBRATION_SUFFIX = ".int8.safetensors"
@@ -280,9 +282,26 @@ def load_calibration(path: str | os.PathLike, config: DRCNConfig, weights_sha256
 # -- the graph -------------------------------------------------------------------------------------------------
 
 
-def _graph(model: DRCN, calibration: Int8Calibration, recursions: int) -> bytes:
+def signed_weights_exact() -> bool:
+    """True where ONNX Runtime's uint8 x int8 products are exact: CPUs with VNNI (AVX512-VNNI, AVX-VNNI, AMX) and
+    non-x86 CPUs. x86 CPUs without VNNI add pairs of those products in 16 bits (VPMADDUBSW), which saturates for
+    large activations and weights; there the weights are given as uint8 with zero point 128 (the same values),
+    which ONNX Runtime multiplies in 16 bits without that loss."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False  # not Linux: unknown, so the safe form
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _graph(model: DRCN, calibration: Int8Calibration, recursions: int, signed_weights: bool = True) -> bytes:
     """The ONNX model (serialized) of ``model`` with its first ``recursions`` recursions, on int8 weights:
-    input ``x`` (N, 1, H, W) float32, output ``y`` of the same shape (DRCN.forward's, unclamped)."""
+    input ``x`` (N, 1, H, W) float32, output ``y`` of the same shape (DRCN.forward's, unclamped). Without
+    ``signed_weights`` the weights are stored as uint8 with zero point 128: the same values, another kernel (see
+    :func:`signed_weights_exact`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -314,9 +333,13 @@ def _graph(model: DRCN, calibration: Int8Calibration, recursions: int) -> bytes:
     const("z128", np.uint8(128))
     for name in QUANTIZED:
         q, scales = calibration.weights[name]
-        const(name + ".q", q.numpy())
         const(name + ".s", scales.numpy().astype(np.float32))
-        const(name + ".z", np.zeros(q.shape[0], np.int8))
+        if signed_weights:
+            const(name + ".q", q.numpy())
+            const(name + ".z", np.zeros(q.shape[0], np.int8))
+        else:
+            const(name + ".q", (q.numpy().astype(np.int16) + 128).astype(np.uint8))
+            const(name + ".z", np.full(q.shape[0], 128, np.uint8))
 
     def int8_conv(name: str, source: str, source_scale: str, out: str, out_scale: str, zero: str) -> None:
         conv, (_q, scales) = getattr(model, name), calibration.weights[name]
@@ -357,13 +380,16 @@ class Int8Network:
     float32 on the CPU, y float32 (N, 1, H - top - bottom, W), unclamped. One ONNX Runtime session per recursion
     depth, made on first use; ``threads`` (0: torch's current count) is the session's intra-op thread count."""
 
-    def __init__(self, model: DRCN, calibration: Int8Calibration, threads: int = 0) -> None:
+    def __init__(
+        self, model: DRCN, calibration: Int8Calibration, threads: int = 0, signed_weights: bool | None = None
+    ) -> None:
         if (problem := runtime_problem()) is not None:
             raise Int8Error(problem)
         self.model = model.float().eval()
         self.config = model.config
         self.calibration = calibration
         self.threads = threads
+        self.signed_weights = signed_weights_exact() if signed_weights is None else signed_weights
         self._sessions: dict[int, object] = {}
 
     def _session(self, recursions: int):
@@ -375,7 +401,8 @@ class Int8Network:
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # errors only: ORT's notes about unused initializers are not the user's
             self._sessions[recursions] = ort.InferenceSession(
-                _graph(self.model, self.calibration, recursions), options, providers=["CPUExecutionProvider"]
+                _graph(self.model, self.calibration, recursions, self.signed_weights), options,
+                providers=["CPUExecutionProvider"],
             )
         return self._sessions[recursions]
 
