@@ -219,8 +219,8 @@ def shift_and_add_taps(taps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _taps_apply(conv: nn.Conv2d, h: torch.Tensor) -> bool:
-    # fp32 only: in bf16 each tap's map would be rounded before the taps are added (errors of 3-5e-3 on random
-    # maps in a probe, against one rounding of the sum), and bf16's own F -> 1 conv is not as slow.
+    # fp32 only: in bf16 each tap's map would be rounded before the taps are added, a larger error than one
+    # rounding of the sum (docs/speed.md), and bf16's own F -> 1 conv is not as slow.
     return (
         _fused_conv_relu_applies(conv, h)
         and h.dtype == torch.float32
@@ -231,7 +231,7 @@ def _taps_apply(conv: nn.Conv2d, h: torch.Tensor) -> bool:
 
 def _fused_conv_relu_applies(conv: nn.Conv2d, h: torch.Tensor) -> bool:
     # oneDNN's fused conv+ReLU: one pass over the output map instead of two. The maps of this network are far
-    # larger than the caches, so the separate ReLU cost about as much as the conv itself (docs/speed.md).
+    # larger than the caches, so a separate ReLU is a costly extra pass through memory (docs/speed.md).
     # Inference only (no autograd formula), same dtype as the weights (autocast does not cover it), CPU.
     return (
         h.device.type == "cpu"
@@ -273,8 +273,7 @@ def widen(model: DRCN, features: int, method: str = "split", noise: float = 0.01
     unchanged. Every channel is alive from the first step. Copies would stay copies under Adam (their gradients
     differ only by a positive factor, which Adam's normalisation removes), so each copy's incoming weights get
     Gaussian noise of ``noise`` times the layer's weight std: the function changes by about that much.
-    Measured (docs/training.md, "Records of training runs"): that noise was all that told the copies apart after
-    1,382 steps at lr 1e-5.
+    At a low learning rate that noise was all that told the copies apart (docs/training.md).
 
     ``signed``: as ``split``, but an old channel's copies share its outgoing weights in parts of both signs that
     still sum to one (of n copies, the first ceil(n/2) take a positive part, the others -1/n each: 0.75, 0.75,
@@ -283,9 +282,9 @@ def widen(model: DRCN, features: int, method: str = "split", noise: float = 0.01
 
     ``fresh``: the old channels keep their weights; each new channel gets fresh incoming weights (as
     :meth:`DRCN.reset_parameters`, scaled by ``new_scale``, the recursive conv's identity unscaled) and zero
-    outgoing weights into the old channels and the output: exactly the same function. Measured (docs/training.md):
-    after 2,000 steps the new channels still carried almost nothing (outgoing weights 0.4% of the old ones' norm),
-    a saddle where each side's gradient is proportional to the other's small weights.
+    outgoing weights into the old channels and the output: exactly the same function. The new channels then stay
+    near zero for a long time (docs/training.md): a saddle where each side's gradient is proportional to the
+    other's small weights.
     """
     old = model.config
     if features < old.features:

@@ -121,7 +121,7 @@ _GAUSSIAN = _gaussian_1d()
 
 def _filter_valid(plane: np.ndarray) -> np.ndarray:
     """filter2(window, plane, 'valid') with the separable Gaussian window, in float64."""
-    import cv2  # here: OpenCV takes some 30 ms to import, and only SSIM needs it
+    import cv2  # here: OpenCV is slow to import, and only SSIM needs it
 
     # sepFilter2D pads the border; the 'valid' part is what lies at least a half window inside.
     full = cv2.sepFilter2D(plane, cv2.CV_64F, _GAUSSIAN, _GAUSSIAN, borderType=cv2.BORDER_REFLECT)

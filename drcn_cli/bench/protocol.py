@@ -13,10 +13,9 @@ used in [10]" (Huang et al.'s SelfExSR benchmark code):
     PSNR and SSIM between Y(SR) and Y(HR'), ceil(s) pixels cropped from each border (:mod:`drcn_cli.bench.metrics`),
     Y = MATLAB rgb2ycbcr of the 8-bit RGB image, itself 8-bit; a one-channel image is measured on its grey values
 
-Why these choices: with Set5 and Set14 they reproduce the paper's bicubic row best among the variants we
-measured (all within 0.017 dB and 0.0004 SSIM). Measuring Y in float without rounding moves Set5 up by
-0.011-0.022 dB and SSIM by up to 0.0009; resizing Y alone instead of RGB moves Set14's x4 SSIM down by
-0.0008; passing the grey ``bridge`` through rgb2ycbcr moves Set14 up by 0.08-0.09 dB.
+Why these choices: with Set5 and Set14 they reproduce the paper's bicubic row (docs/bench.md, "Quickstart") best
+among the variants we measured. Measuring Y in float without rounding, resizing Y alone instead of RGB, or passing
+the grey ``bridge`` through rgb2ycbcr each moved the scores off the paper's, the last one most.
 The downscale runs in float32 on the CPU; the upscale runs on the inference device, as ``drcn upscale`` runs it.
 The paper's scales are integers; a fractional one (training may validate at x2.5) crops to the nearest
 whole size and resizes by that size's exact ratio (:func:`drcn_cli.bench.degradation.mod_crop_size`).

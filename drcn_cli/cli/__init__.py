@@ -66,9 +66,9 @@ def _sigterm_raises_terminated(signum, frame):
 def prefer_huge_pages() -> None:
     """Ask torch's CPU allocator for transparent huge pages (2 MiB) for its large blocks, unless the user's
     environment says otherwise. torch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: call this before
-    torch is imported. The F-channel maps of a forward span thousands of 4 KiB pages; with huge pages the network
-    ran 8-12% faster at 1024x1024 in bf16 on a 2-core Xeon with AMX (docs/speed.md). Linux only; elsewhere, and
-    where the kernel's THP mode is `never`, torch ignores it.
+    torch is imported. The F-channel maps of a forward span thousands of 4 KiB pages, and with huge pages fewer
+    page faults make large outputs faster (docs/speed.md). Linux only; elsewhere, and where the kernel's THP mode
+    is `never`, torch ignores it.
     """
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

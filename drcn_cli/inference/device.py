@@ -69,9 +69,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' is bf16 on CUDA where supported (else fp16), bf16 on a CPU with native bf16 units, fp32 elsewhere
     (:func:`drcn_cli.inference.loader.open_model` may then choose int8 on the CPU, by measurement).
 
-    fp16 on the CPU and int8 off it are refused. bf16 3x3 convolutions run about 6x faster than fp32 with AMX and
-    2x with AVX512-BF16 alone, and score within 0.01 dB of fp32 on Set5 and Set14 (docs/speed.md); without such
-    units bf16 is emulated, slower.
+    fp16 on the CPU and int8 off it are refused. On bf16 units (AMX or AVX512-BF16) bf16 convolutions run
+    several times faster than fp32 and score as fp32 does (docs/speed.md); without such units bf16 is emulated,
+    slower.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r} (use one of {', '.join(PRECISIONS)})")
@@ -103,7 +103,8 @@ def precision_reason(requested: str, resolved: str, device: torch.device) -> str
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last (NHWC) where it is faster: cuDNN, and oneDNN on the CPU (bf16 ~7x, fp32 ~1.4x; docs/speed.md)."""
+    """channels_last (NHWC) where it is faster (docs/speed.md): cuDNN, and oneDNN on the CPU, in fp32 and most of all
+    in bf16, whose NCHW convolutions have no AMX path."""
     if device.type in ("cuda", "cpu"):
         return torch.channels_last
     return torch.contiguous_format
@@ -115,8 +116,7 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 # The most CPU threads drcn lets torch start, per CPU this process may run on. More only contend for the same
-# cores; far more (--threads 100000) made torch's thread pool crash the process where a cgroup limits the number
-# of tasks.
+# cores; far more can crash torch's thread pool where a cgroup limits the number of tasks (docs/failures.md).
 THREADS_PER_CPU = 4
 
 
@@ -179,11 +179,10 @@ def reuse_freed_memory() -> bool:
     """Make the C allocator keep freed blocks of up to 32 MiB for reuse instead of handing them back to the OS.
 
     A CPU forward allocates a fresh F-channel map for every conv (a 440x440 bf16 window: 25 MB). glibc serves
-    such blocks with fresh pages, and their first-touch page faults took 15-30% of a drcn-lite forward on a
-    2-core Xeon (30-97k faults per window; none after this call; docs/speed.md). Process-wide, done once; the
-    bf16 tile policy keeps maps under the 32 MiB threshold (fp32 tiles are larger: their maps come fresh from
-    mmap, a small cost beside fp32 arithmetic, smaller still in huge pages). Returns False where the C library
-    is not glibc.
+    such blocks with fresh pages, whose first-touch page faults cost a sizeable share of a forward; after this
+    call there are none (docs/speed.md). Process-wide, done once; the bf16 tile policy keeps maps under the
+    32 MiB threshold (fp32 tiles are larger: their maps come fresh from mmap, a small cost beside fp32
+    arithmetic). Returns False where the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

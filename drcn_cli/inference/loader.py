@@ -67,7 +67,8 @@ def prepare_for_inference(model: DRCN, device: torch.device, precision: str = "f
     dtype = compute_dtype(device, precision)
     for module in ready.modules():
         # embed1 stays fp32: its input is the image itself, and bf16's 8-bit mantissa would round it to steps of
-        # up to half an 8-bit level (x4 SSIM lost 0.001 on Set5 and Set14); it is 1/128 of the work.
+        # up to half an 8-bit level, enough to fail the bf16 quality bound at x4 (docs/speed.md); it is 1/128 of
+        # the work.
         if isinstance(module, torch.nn.Conv2d) and module is not ready.embed1:
             module.to(dtype)
     return ready
@@ -181,7 +182,7 @@ def open_model(
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     resolved = resolve_precision(precision, dev)
     if dev.type == "cpu":
-        reuse_freed_memory()  # the conv maps' page faults cost up to a third of a CPU forward (device.py)
+        reuse_freed_memory()  # the conv maps' page faults cost a sizeable share of a CPU forward (device.py)
     if isinstance(weights, DRCN):
         if resolved == "int8":
             raise Int8Error("int8 needs a weights file with its calibration, not a module")

@@ -141,7 +141,7 @@ def _resize_rows(x: torch.Tensor, bands: tuple[_Band, ...], out_len: int, use_ou
     """Resize dim -2 of a (N, H, W) tensor: one batched (B x L) @ (L x W) product per band.
 
     The weights are expanded over the batch for bmm (a stride-0 view): broadcasting ``torch.matmul``
-    takes a very slow CPU path for some widths (e.g. 492), more than 100x slower.
+    takes a very slow CPU path for some widths (e.g. 492).
     """
     n = x.shape[0]
     if not use_out:  # autograd cannot go through out=, so build the result from pieces

@@ -110,7 +110,7 @@ def plan_tiles(
     rows, cols = _spans(height, row_count), _spans(width, col_count)
     # Every window has the same shape: the largest core plus its context, moved inwards at the image's edges
     # (more context on one side changes nothing). A new input shape costs oneDNN a kernel build for each conv,
-    # which for a 1500x1440 output in tiles of a few shapes took longer than the network itself.
+    # which with uneven edge tiles outweighed the network itself (docs/speed.md).
     win_h = min(height, max(end - start for start, end in rows) + 2 * overlap)
     win_w = min(width, max(end - start for start, end in cols) + 2 * overlap)
     tiles = []
@@ -202,11 +202,10 @@ def auto_tile_size(bytes_per_pixel: int, budget_bytes: int, overlap: int, max_ti
 
 # -- tile policy -------------------------------------------------------------------------------------------------
 
-# A bf16 CPU tile whose F-channel map fits in about this many bytes runs from the caches: with AMX, a
-# 1024x1024 output in 384-pixel tiles took 1.62 s against 2.63 s in one piece (docs/speed.md), the recomputed
-# overlap included. The floor of 256 keeps that overlap (20 px a side) under 1.35x the work. fp32 convolutions
-# are bound by arithmetic, not memory: per output pixel they ran as fast on a whole 1024² map as in 312-px
-# windows, so fp32 tiles are as large as memory allows (1024² in one piece: 10.2-10.9 s against 12.2 s).
+# A bf16 CPU tile whose F-channel map fits in about this many bytes runs from the caches, faster than the whole
+# map in one piece even with the recomputed overlap (docs/speed.md). The floor of 256 keeps that overlap (20 px a
+# side) under 1.35x the work. fp32 convolutions are bound by arithmetic, not memory, so fp32 tiles are as large as
+# memory allows.
 _CPU_TILE_MAP_BYTES = 24 << 20
 
 
@@ -235,12 +234,10 @@ def auto_tile(config: DRCNConfig, device: torch.device, precision: str) -> int:
     )
 
 
-# Windows at most this wide ran 15-20% faster per pixel than wide ones in oneDNN's bf16 conv on a Xeon with AMX
-# (a scan at equal pixel counts: 2,450-2,900 GFLOP/s at widths 216-248, about 2,000 from 600 up; docs/speed.md).
+# Windows at most this wide run faster per pixel than wide ones in oneDNN's bf16 conv (docs/speed.md).
 _NARROW_WINDOW = 256
-# fp32 on the CPU: bands whose windows hold at most (512 + 2 * radius)² pixels (256 core rows at 1024 wide) ran
-# 5-10% faster than one window at 600x800 to 720x1280, 0.91-1.03x its time at 1024² (0.92-0.96x held to AVX2),
-# 1.06x at 512x1024 (docs/speed.md): a small gain on the whole.
+# fp32 on the CPU: bands whose windows hold at most (512 + 2 * radius)² pixels (256 core rows at 1024 wide) beat
+# one window by a small margin on the whole (docs/speed.md).
 _FP32_BAND_TILE = 512
 
 
@@ -262,10 +259,9 @@ def tile_plan(
 
     The network cuts context rows as its layers consume them, so bands the width of the image (rows of context,
     none of columns) do less work than windows with context on all sides. On the CPU they are planned where
-    they measured faster (docs/speed.md): in bf16 5-18% at 512² to 1280x960 on a Xeon with AMX, but not where
-    the whole-window plan's windows are narrow (768²: 768x232 ran 8% faster than bands of 232x768), nor as 2-D
-    grids of cut windows (280x680 windows ran 22-37% slower); in fp32 about 5% on the whole (0.90-1.06x of one
-    window). GPUs keep whole windows (not measured).
+    they measured faster (docs/speed.md): in bf16, but not where the whole-window plan's windows are narrow
+    (those beat bands), nor as 2-D grids of cut windows (slower); in fp32, by a small margin on the whole. GPUs
+    keep whole windows (not measured).
     """
     if tile > 0:
         return TilePlan(tile, by_area=False)

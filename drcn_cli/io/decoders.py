@@ -48,7 +48,7 @@ def _opencv_quiet() -> Iterator[None]:
     """OpenCV's log (where libtiff's warnings and errors go: ``[ WARN:0] ... TIFFReadDirectory: Unknown field``)
     silenced while decoding: what is wrong with an image is drcn's one error line, and what OpenCV reads past is
     not the user's concern. Counted, so that threads decoding at once restore the level the last one out."""
-    import cv2  # here: OpenCV takes some 30 ms to import, and only 16-bit colour images need it
+    import cv2  # here: OpenCV is slow to import, and only 16-bit colour images need it
 
     global _opencv_quiet_users, _opencv_log_level
     logging = getattr(getattr(cv2, "utils", None), "logging", None)
@@ -71,7 +71,7 @@ def _opencv_quiet() -> Iterator[None]:
 
 def _decode_opencv(data: bytes, orientation: int, grey_alpha: bool, page: int = 0) -> tuple[np.ndarray, str]:
     """16-bit pixels and their mode, decoded by OpenCV; ``page``: which page of a multi-page TIFF (from 0)."""
-    import cv2  # here: OpenCV takes some 30 ms to import, and only 16-bit colour images need it
+    import cv2  # here: OpenCV is slow to import, and only 16-bit colour images need it
 
     if data[:8] == _PNG_SIGNATURE:
         data = _png_for_libpng(data)

@@ -2,9 +2,8 @@
 
 PyAV rather than OpenCV (already a dependency for images): OpenCV's VideoWriter in the pip wheels drops the
 audio and only writes MPEG-4 Part 2 (`mp4v`), while PyAV copies the audio packets untouched, encodes H.264
-with libx264, and keeps each frame's timestamp (variable frame rates included). Measured on a 2-core CPU, a
-640x360 -> 1280x720 clip: encoding costs 32 ms a frame with PyAV (H.264, CRF 18) and 5 ms with OpenCV
-(mp4v, a 6x larger file), against tens of seconds a frame for the network itself.
+with libx264, and keeps each frame's timestamp (variable frame rates included). H.264 costs more per frame to
+encode than mp4v but makes a much smaller file, and both are negligible beside the network (README.md, "Video").
 
 What goes where:
 

@@ -60,7 +60,7 @@ def train(
     device = join(procs, resolve_device(cfg.device))
     if device.type == "cpu":
         # With the huge pages `drcn` asks torch for, each fresh block costs 2 MiB page faults: kept for reuse they
-        # cost nothing, without they made a bf16 step 1.6x slower (docs/training.md).
+        # cost nothing, without reuse they slow a bf16 step markedly (docs/training.md).
         reuse_freed_memory()
     try:
         run = _start(cfg, reporter if procs.main else TrainReporter(), procs, device)

@@ -84,7 +84,7 @@ def update_ema(ema: DRCN, model: DRCN, decay: float) -> None:
 
 @torch.no_grad()
 def _zero_tiny_(params: Sequence[torch.Tensor]) -> None:
-    """Zero the weights that decayed below TINY: x86 multiplies subnormals on a slow path (fp32 inference with
-    the old drcn-lite's 49k subnormal weights took 39x longer; flush-to-zero on one thread did not cure it)."""
+    """Zero the weights that decayed below TINY: x86 multiplies subnormals on a slow path that made fp32 inference
+    many times slower, and torch's flush-to-zero reaches only the main thread (docs/training.md)."""
     for param in params:
         param.masked_fill_(param.abs() < TINY, 0.0)

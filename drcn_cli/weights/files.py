@@ -87,8 +87,9 @@ def canonical_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 # Magnitudes below this are set to zero when weights are loaded or saved. Training leaves dead weights decaying
-# towards zero; once subnormal, x86 cores multiply them on a slow path (one conv took 26x longer). A weight of
-# 1e-10 moves an output by less than 1e-6 of full scale, far below one 8-bit step (tests/test_weights_files.py).
+# towards zero; once subnormal, x86 cores multiply them on a slow path, many times slower (docs/speed.md). A
+# weight of 1e-10 moves an output by less than 1e-6 of full scale, far below one 8-bit step
+# (tests/test_weights_files.py).
 TINY = 1e-10
 
 

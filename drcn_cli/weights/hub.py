@@ -76,7 +76,7 @@ def unreachable_reason() -> str | None:
     and its own timeouts (``HF_HUB_ETAG_TIMEOUT``, ``HF_HUB_DOWNLOAD_TIMEOUT``); so is any endpoint reached through a
     proxy (``HTTPS_PROXY`` ...), which only the client knows how to use.
     """
-    # Here, not at the top: urllib.request takes some 40 ms to import, at every start, and only this check needs it.
+    # Here, not at the top: urllib.request is slow to import, at every start, and only this check needs it.
     import socket
     import urllib.request
     from urllib.parse import urlsplit
