@@ -609,3 +609,42 @@ def test_a_memory_error_while_decoding_is_one_line_that_says_so(tmp_path, monkey
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("not enough memory to hold this image's pixels" in line for line in errors)
+
+
+def _large_grey_png(path, side: int) -> None:
+    """A side x side grey PNG of a few hundred KB that takes seconds to decode (written row by row, zlib level 1)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(1)
+    row = b"\x00" + bytes(range(256)) * (side // 256) + bytes(side % 256)
+    body = b"".join(packer.compress(row * 64) for _ in range(side // 64)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_while_a_large_image_is_decoded_stops_within_seconds(tmp_path):
+    source, out = tmp_path / "large.png", tmp_path / "out"
+    _large_grey_png(source, 12800)  # 164 Mpx: decoding alone takes about a second or more
+    process = subprocess.Popen(
+        _drcn(str(source), "-o", str(out) + "/", "-s", "1.01", "--method", "bicubic", "--max-pixels", "0",
+              "--max-output-pixels", "0"),
+        stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr is not None
+    first = process.stderr.readline()  # the start line: the read (in a background thread) starts now
+    assert "image(s) on cpu" in first, first
+    time.sleep(0.3)
+    sent = time.monotonic()
+    process.send_signal(15)
+    process.wait(timeout=30)
+    stopped = time.monotonic() - sent
+    rest = process.stderr.read()
+    assert process.returncode == 130, rest
+    assert stopped < 3.0, f"took {stopped:.1f} s to stop"
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert not out.exists() or not list(out.iterdir())
