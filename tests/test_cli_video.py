@@ -140,3 +140,13 @@ def test_a_truncated_video_is_an_error_and_nothing_is_written(tmp_path, extensio
     assert record["status"] == "failed" and ("truncated" in record["error"] or "corrupt" in record["error"])
     assert not (tmp_path / f"cut_x2_bicubic{extension}").exists()
     assert run(whole, "-s", 2, "--method", "bicubic", "-q").exit_code == 0  # the whole file is fine
+
+
+def test_a_clip_in_int8_uses_the_bundled_photo_model_and_its_calibration(tmp_path):
+    pytest.importorskip("onnxruntime")
+    source = make_clip(tmp_path / "clip.mp4", frames=3, audio=False)
+    result = run(source, "-s", 2, "-o", tmp_path / "clip_x2.mp4", "--precision", "int8", "--json")
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (record["status"], record["frames"], record["model"]) == ("ok", 3, "drcn-lite-photo")
+    assert ", int8, " in result.stderr and len(describe(tmp_path / "clip_x2.mp4")["frames"]) == 3

@@ -100,7 +100,9 @@ def upscale_videos(sources, problems, console, opts: RunOptions, *, output: str 
         raise _usage("--format is for images: a video's container follows -o's extension (or the input's)")
     if opts.first_frame:
         raise _usage("--first-frame is for animated images and multi-page TIFFs: a video is upscaled whole")
-    jobs = _plan(sources, output, suffix, label, skip_existing, opts.overwrite)[opts.rank::opts.world]
+    from ..io.batch import shard
+
+    jobs = shard(_plan(sources, output, suffix, label, skip_existing, opts.overwrite), opts.rank, opts.world)
     report = Reporter(console, quiet=quiet, json_lines=json_lines, json_to_stderr=False, world=opts.world,
                        rank=opts.rank)
     for problem in problems if opts.rank == 0 else []:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import errors
 from ..processes import processes
@@ -289,8 +289,12 @@ def distributed_rank(environ: dict[str, str] | None = None) -> tuple[int, int]:
     return procs.rank, procs.world
 
 
-def shard(jobs: list[Job], rank: int, world_size: int) -> list[Job]:
-    """This rank's share: every world_size-th job starting at rank, so ranks get neighbours of similar size."""
+T = TypeVar("T")
+
+
+def shard(jobs: list[T], rank: int, world_size: int) -> list[T]:
+    """This rank's share: every world_size-th job starting at rank, so ranks get neighbours of similar size (image
+    jobs and video jobs alike)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not within world size {world_size}")
     return jobs[rank::world_size]
