@@ -138,7 +138,7 @@ def test_measure_times_one_window_of_each(monkeypatch):
 
     float_s, int8_s = measure(float_network, int8_network, radius=7, dtype=torch.float32)
     assert float_s > 0 and int8_s > 0
-    side = 96 + 2 * 7  # the probe window: 96 output pixels and the receptive radius on each side
+    side = autoprecision._WINDOW + 2 * 7  # the probe window: a tile's output pixels and the radius on each side
     assert len(shapes["float"]) == len(shapes["int8"]) >= 2  # a warm-up, then the best of the timed runs
     assert set(shapes["float"]) == set(shapes["int8"]) == {(1, 1, side, side)}
 

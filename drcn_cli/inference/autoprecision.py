@@ -25,7 +25,7 @@ from ..io.paths import drcn_home
 __all__ = ["MIN_SPEEDUP", "Choice", "choose", "cpu_kind", "measure"]
 
 MIN_SPEEDUP = 1.2  # below this the gain does not pay for int8's small loss
-_WINDOW = 96  # output side of the probe window (plus the receptive radius each side)
+_WINDOW = 256  # output side of the probe window (plus the receptive radius each side): as large as a tile
 
 
 @dataclass(frozen=True)
