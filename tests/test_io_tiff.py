@@ -163,3 +163,17 @@ def test_bigtiff_can_be_forced_and_reads_back():
     data = encode_tiff(pixels, bigtiff=True)
     assert data[:4] == b"II+\x00"
     np.testing.assert_array_equal(read_image(data).pixels, pixels)
+
+
+def test_a_16_bit_grey_upscale_stays_16_bit_grey_in_tiff(tmp_path):
+    from typer.testing import CliRunner
+
+    from drcn_cli.cli import app
+
+    source = tmp_path / "grey16.tif"
+    tifffile.imwrite(source, rng_pixels((12, 10), np.uint16))
+    result = CliRunner().invoke(app, ["upscale", str(source), "-s", "2", "--method", "bicubic", "-o",
+                                      str(tmp_path / "out.tif")])
+    assert result.exit_code == 0, result.output
+    written = tifffile.imread(tmp_path / "out.tif")
+    assert written.dtype == np.uint16 and written.shape == (24, 20)

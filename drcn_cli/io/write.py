@@ -161,9 +161,9 @@ def _grey_alpha_to_rgba(pixels: np.ndarray) -> np.ndarray:
 
 
 def _tiff_pixels(pixels: np.ndarray) -> np.ndarray:
-    """The pixels as TIFF gets them: 8 bits as they are, float and 32-bit integer grey as they are, the rest as
-    16 bits, 16-bit grey+alpha as RGBA (few readers know 16-bit grey+alpha TIFF)."""
-    if pixels.dtype == np.uint8:
+    """The pixels as TIFF gets them: 8 and 16 bits as they are, float and 32-bit integer grey as they are, the rest
+    as 16 bits, 16-bit grey+alpha as RGBA (few readers know 16-bit grey+alpha TIFF)."""
+    if pixels.dtype == np.uint8 or (pixels.dtype == np.uint16 and _channels(pixels) == 1):
         return pixels
     if _keeps_as_is(pixels, "TIFF"):
         return pixels.astype(np.float32 if np.issubdtype(pixels.dtype, np.floating) else np.int32, copy=False)
