@@ -10,21 +10,8 @@ from PIL import Image
 from drcn_cli.bench.degradation import DataError, downscale, jpeg_roundtrip
 from drcn_cli.inference.color import rgb_to_ycbcr
 from drcn_cli.inference.resize import imresize
-from drcn_cli.training.data import (
-    JpegStep,
-    TrainImage,
-    build_patch_bank,
-    degrade,
-    fingerprint,
-    list_images,
-    load_images,
-    load_pack,
-    load_y,
-    quantize,
-    random_batch,
-    sample_batch,
-    save_pack,
-)
+from drcn_cli.training.data import JpegStep, build_patch_bank, degrade, quantize, random_batch, sample_batch
+from drcn_cli.training.images import TrainImage, fingerprint, list_images, load_images, load_pack, load_y, save_pack
 
 
 def _smooth_rgb(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

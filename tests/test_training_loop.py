@@ -19,7 +19,8 @@ from drcn_cli.model import DRCN, DRCNConfig, widen
 from drcn_cli.training import loop, objective
 from drcn_cli.training.checkpoint import CheckpointError, read_checkpoint, resume_config, write_checkpoint
 from drcn_cli.training.config import TrainConfig
-from drcn_cli.training.data import build_patch_bank, load_images, sample_batch
+from drcn_cli.training.data import build_patch_bank, sample_batch
+from drcn_cli.training.images import load_images
 from drcn_cli.training.loop import train
 from drcn_cli.training.objective import alpha_at, lr_at, recursive_loss
 from drcn_cli.training.report import TrainReporter
@@ -437,7 +438,8 @@ def test_validation_follows_the_bench_protocol(tmp_path):
     from drcn_cli.bench.protocol import evaluate
     from drcn_cli.inference.pipeline import open_upscaler
     from drcn_cli.inference.resize import imresize
-    from drcn_cli.training.data import list_images, quantize
+    from drcn_cli.training.data import quantize
+    from drcn_cli.training.images import list_images
     from drcn_cli.training.setup import prepare_validation
 
     folder = write_training_images(tmp_path / "val", count=2, size=50, seed=4)
@@ -503,7 +505,7 @@ def test_a_jpeg_run_trains_on_its_step_and_validates_clean_and_jpeg_side_by_side
 
 
 def test_a_jpeg_run_needs_a_pack_with_colour(data_dir, tmp_path):
-    from drcn_cli.training.data import save_pack
+    from drcn_cli.training.images import save_pack
 
     save_pack(tmp_path / "luma.npz", load_images([data_dir]))
     cfg = _config(data_dir, tmp_path, pack=str(tmp_path / "luma.npz"), jpeg_quality="50")

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..bench.protocol import Score
 from .config import RECIPE_FIELDS, TrainConfig
-from .data import TrainImage
+from .images import TrainImage
 
 __all__ = ["StepStats", "TrainReporter", "TrainResult", "ValidationStats"]
 

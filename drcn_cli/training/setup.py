@@ -40,17 +40,8 @@ from .checkpoint import (
     restore_rng,
 )
 from .config import TrainConfig, jpeg_range
-from .data import (
-    JpegStep,
-    PatchBank,
-    TrainImage,
-    build_patch_bank,
-    fingerprint,
-    list_images,
-    load_images,
-    load_pack,
-    save_pack,
-)
+from .data import JpegStep, PatchBank, build_patch_bank
+from .images import TrainImage, fingerprint, list_images, load_images, load_pack, save_pack
 from .report import TrainReporter, _start_log, _steps_behind
 
 __all__ = ["init_architecture", "jpeg_step", "prepare_validation"]
