@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -47,8 +46,14 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from drcn_cli import model as model_module  # noqa: E402
-from drcn_cli.inference.device import cpu_has_native_bf16, resolve_device, resolve_precision, set_threads  # noqa: E402
-from drcn_cli.inference.int8 import runtime_problem  # noqa: E402
+from drcn_cli.inference.device import (  # noqa: E402
+    cpu_has_native_bf16,
+    cpu_info,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+)
+from drcn_cli.inference.int8 import CALIBRATION_SUFFIX, runtime_problem  # noqa: E402
 from drcn_cli.inference.pipeline import (  # noqa: E402
     InferenceSettings,
     open_model,
@@ -83,16 +88,8 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
 
 def cpu_description() -> str:
     """The CPU's model name and the flags that decide conv speed, from /proc/cpuinfo where there is one."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
+    name, known = cpu_info()
+    flags = known or frozenset()
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
     shown = [flag for flag in wanted if flag in flags] or ["(flags unknown)"]
     line = f"{name}; {os.cpu_count()} logical CPUs; {' '.join(shown)}; native bf16: {cpu_has_native_bf16()}"
@@ -344,7 +341,8 @@ def main() -> None:
     print(f"device: {where}; torch {torch.__version__}")
     print(f"cpu: {cpu_description()}")
 
-    names = args.models or sorted(p.stem for p in BUNDLED_DIR.glob("*.safetensors") if ".int8" not in p.suffixes)
+    bundled = (p for p in BUNDLED_DIR.glob("*.safetensors") if not p.name.endswith(CALIBRATION_SUFFIX))
+    names = args.models or sorted(p.stem for p in bundled)
     sources = [(name, name) for name in names] + [(f"random F={f}", random_model(f)) for f in args.random]
     for name, source in sources:
         network_rows(name, source, args, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +63,15 @@ def int8_inputs():
 def write_int8_weights(folder: Path, name: str = "tiny", info: dict[str, str] | None = None, seed: int = 0) -> Path:
     """:func:`int8_drcn` saved as ``folder/NAME.safetensors`` with its int8 calibration beside it (made from
     :func:`int8_inputs`, ``info`` recorded); returns the weights path."""
-    from drcn_cli.inference.int8 import calibrate, calibration_path, file_sha256, save_calibration
+    from drcn_cli.inference.int8 import calibrate, calibration_path, save_calibration
     from drcn_cli.weights.files import save_weights
+    from drcn_cli.weights.resolve import sha256_file
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.safetensors"
     model = int8_drcn(seed)
     save_weights(model, path)
-    save_calibration(calibrate(model, int8_inputs(), file_sha256(path), info), calibration_path(path))
+    save_calibration(calibrate(model, int8_inputs(), sha256_file(path), info), calibration_path(path))
     return path
 
 
@@ -126,3 +128,24 @@ def bundled_pair(tmp_path, monkeypatch):
         weights_module.save_weights(model, folder / f"{name}.safetensors")
     monkeypatch.setattr(weights_module, "BUNDLED_DIR", folder)
     return folder
+
+
+def animation_bytes(fmt, frames, durations, **options):
+    """The bytes of an animation of ``frames`` (RGBA arrays) saved by Pillow with ``durations`` (ms); GIF: palette
+    frames with index 0 transparent and disposal 2, WebP lossless. The animation tests of io and the CLI share it."""
+    buffer = io.BytesIO()
+    if fmt == "GIF":
+        images = []
+        for rgba in frames:
+            image = Image.fromarray(np.ascontiguousarray(rgba[:, :, :3])).quantize(15, dither=Image.Dither.NONE)
+            indices = np.asarray(image) + 1
+            indices[rgba[:, :, 3] == 0] = 0
+            frame = Image.fromarray(indices.astype(np.uint8), "P")
+            frame.putpalette([0, 0, 0, *image.getpalette()[:45]])
+            images.append(frame)
+        options = {"transparency": 0, "disposal": 2, "optimize": False, **options}
+    else:
+        images = [Image.fromarray(rgba) for rgba in frames]
+        options = {"lossless": True, **options} if fmt == "WEBP" else options
+    images[0].save(buffer, fmt, save_all=True, append_images=images[1:], duration=durations, **options)
+    return buffer.getvalue()

@@ -15,9 +15,10 @@ from drcn_cli.bench.datasets import list_images, load_image
 from drcn_cli.bench.protocol import evaluate, make_sample
 from drcn_cli.bench.quantize import CalibrationCheck, calibration_inputs, check_calibration, make_calibration
 from drcn_cli.inference.color import rgb_to_ycbcr
-from drcn_cli.inference.int8 import Int8Error, calibrate, file_sha256, runtime_problem
+from drcn_cli.inference.int8 import Int8Error, calibrate, calibration_path, load_calibration, runtime_problem
 from drcn_cli.inference.pipeline import open_upscaler
 from drcn_cli.weights.files import save_weights
+from drcn_cli.weights.resolve import sha256_file
 
 needs_runtime = pytest.mark.skipif(runtime_problem() is not None, reason=f"{runtime_problem()}")
 
@@ -77,8 +78,8 @@ def test_make_calibration_ties_the_calibration_to_the_weights_file(images, tmp_p
     save_weights(model, path)
     info = {"images": "hr: 4 images"}
     made = make_calibration(path, images, info)
-    assert made.weights_sha256 == file_sha256(path) and made.info == info
-    expected = calibrate(model, calibration_inputs(images), file_sha256(path), info)
+    assert made.weights_sha256 == sha256_file(path) and made.info == info
+    expected = calibrate(model, calibration_inputs(images), sha256_file(path), info)
     assert made.ranges == expected.ranges
     assert all(torch.equal(made.weights[n][0], expected.weights[n][0]) for n in expected.weights)
 
@@ -102,7 +103,8 @@ def test_check_scores_fp32_and_int8_by_the_protocol_on_every_set_and_scale(image
     path = write_int8_weights(tmp_path / "w")
     seen = []
     sets = [("colour", images[:2]), ("grey", images[3:])]
-    check = check_calibration(path, sets, scales=(2, 3), on_cell=lambda *cell: seen.append(cell))
+    calibration = load_calibration(calibration_path(path), int8_drcn().config, sha256_file(path))
+    check = check_calibration(path, calibration, sets, scales=(2, 3), on_cell=lambda *cell: seen.append(cell))
     assert list(check.cells) == [("colour", 2), ("colour", 3), ("grey", 2), ("grey", 3)]
     assert seen == [(name, scale, cell) for (name, scale), cell in check.cells.items()]
     fp32, int8 = open_upscaler(path, "cpu", "fp32"), open_upscaler(path, "cpu", "int8")
@@ -114,8 +116,10 @@ def test_check_scores_fp32_and_int8_by_the_protocol_on_every_set_and_scale(image
     assert abs(check.psnr_drop) < 0.5 and abs(check.ssim_drop) < 0.01
 
 
-def test_check_needs_the_calibration_beside_the_weights(images, tmp_path):
-    path = tmp_path / "tiny.safetensors"
-    save_weights(int8_drcn(), path)
-    with pytest.raises(Int8Error, match="drcn quantize"):
-        check_calibration(path, [("colour", images[:1])], scales=(2,))
+def test_check_refuses_a_calibration_of_other_weights(images, tmp_path):
+    path = write_int8_weights(tmp_path / "w")
+    calibration = load_calibration(calibration_path(path), int8_drcn().config, sha256_file(path))
+    other = tmp_path / "other.safetensors"
+    save_weights(int8_drcn(seed=1), other)
+    with pytest.raises(Int8Error, match="not for other.safetensors"):
+        check_calibration(other, calibration, [("colour", images[:1])], scales=(2,))

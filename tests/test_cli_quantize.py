@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from drcn_cli.cli import app
 from drcn_cli.inference import autoprecision, int8
-from drcn_cli.inference.int8 import calibration_path, file_sha256, load_calibration, runtime_problem
+from drcn_cli.inference.int8 import calibration_path, load_calibration, runtime_problem
 from drcn_cli.model import DRCNConfig
 from drcn_cli.weights.files import save_weights
+from drcn_cli.weights.resolve import sha256_file
 
 pytestmark = pytest.mark.skipif(runtime_problem() is not None, reason=f"{runtime_problem()}")
 
@@ -64,7 +65,7 @@ def test_quantize_writes_the_calibration_beside_the_weights(tiny, hr):
     assert result.stdout == (f"{target}: int8 calibration of tiny.safetensors; largest drop ? dB / ? SSIM "
                              "(not checked or outside the bound --precision auto needs)\n")
     assert result.stderr == f"calibrating tiny.safetensors on 3 images from {hr}\n"
-    calibration = load_calibration(target, CONFIG, file_sha256(tiny))
+    calibration = load_calibration(target, CONFIG, sha256_file(tiny))
     assert calibration.info == {"images": f"{hr.name}: 3 images, one 96x96 crop each"}
     assert not calibration.within_bound()
 
@@ -87,17 +88,19 @@ def test_quantize_writes_where_output_says(tiny, hr, tmp_path):
     result = quantize("--weights", tiny, "--images", hr, "-o", target, "-q")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"{target}: ") and not calibration_path(tiny).exists()
-    load_calibration(target, CONFIG, file_sha256(tiny))
+    load_calibration(target, CONFIG, sha256_file(tiny))
 
 
 CELL = re.compile(r"^(\S+) x(\d): fp32 \S+ dB / \S+, int8 \S+ dB / \S+ \(([-+]\d+\.\d+) dB, ([-+]\d+\.\d+)\)$")
 
 
-def test_check_with_another_output_is_refused_before_any_work(tiny, hr, tmp_path):
+def test_check_scores_the_calibration_it_writes_elsewhere(tiny, hr, tmp_path):
     elsewhere = tmp_path / "elsewhere.int8.safetensors"
     result = quantize("--weights", str(tiny), "--images", str(hr), "--check", str(hr), "-o", str(elsewhere))
-    assert result.exit_code == 2 and "leave out -o" in result.stderr
-    assert not elsewhere.exists() and not calibration_path(tiny).exists()
+    assert result.exit_code == 0, result.output
+    assert not calibration_path(tiny).exists()  # the check ran from memory: nothing written beside the weights
+    info = load_calibration(elsewhere, CONFIG, sha256_file(tiny)).info
+    assert {"psnr_drop", "ssim_drop", "checked_on"} <= set(info)
 
 
 def test_check_records_the_largest_drop_over_the_sets_and_scales(tiny, hr, tmp_path):
@@ -106,7 +109,7 @@ def test_check_records_the_largest_drop_over_the_sets_and_scales(tiny, hr, tmp_p
     assert result.exit_code == 0, result.output
     cells = [CELL.match(line) for line in result.stderr.splitlines()[1:]]
     assert all(cells) and [(c[1], c[2]) for c in cells] == [("mine", "2"), ("mine", "3"), ("mine", "4")]
-    calibration = load_calibration(calibration_path(tiny), CONFIG, file_sha256(tiny))
+    calibration = load_calibration(calibration_path(tiny), CONFIG, sha256_file(tiny))
     info = calibration.info
     assert info["checked_on"] == "mine" and info["images"] == f"{hr.name}: 3 images, one 96x96 crop each"
     # the largest drop of the cells printed (a gain counts as no drop), as the file records and the line says

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import animation_bytes
 from PIL import Image, ImageSequence
 from typer.testing import CliRunner
 
@@ -39,21 +40,8 @@ def rgba_frames(count=3, seed=0):
 
 
 def save_animation(path, fmt, frames, loop=0):
-    """An animation of ``frames`` saved by Pillow (GIF: palette frames, index 0 transparent, disposal 2)."""
-    if fmt == "GIF":
-        images = []
-        for rgba in frames:
-            quantised = Image.fromarray(np.ascontiguousarray(rgba[:, :, :3])).quantize(15, dither=Image.Dither.NONE)
-            indices = np.asarray(quantised) + 1
-            indices[rgba[:, :, 3] == 0] = 0
-            frame = Image.fromarray(indices.astype(np.uint8), "P")
-            frame.putpalette([0, 0, 0, *quantised.getpalette()[:45]])
-            images.append(frame)
-        options = {"transparency": 0, "disposal": 2, "optimize": False}
-    else:
-        images = [Image.fromarray(rgba) for rgba in frames]
-        options = {"lossless": True} if fmt == "WEBP" else {}
-    images[0].save(path, fmt, save_all=True, append_images=images[1:], duration=DURATIONS, loop=loop, **options)
+    """An animation of ``frames`` saved by Pillow (see conftest.animation_bytes)."""
+    path.write_bytes(animation_bytes(fmt, frames, DURATIONS, loop=loop))
     return path
 
 

@@ -136,7 +136,7 @@ def test_measure_times_one_window_of_each(monkeypatch):
         shapes["int8"].append(tuple(x.shape))
         return x
 
-    float_s, int8_s = measure(float_network, int8_network, radius=7, dtype=torch.float32)
+    float_s, int8_s = measure(float_network, int8_network, radius=7)
     assert float_s > 0 and int8_s > 0
     side = autoprecision._WINDOW + 2 * 7  # the probe window: a tile's output pixels and the radius on each side
     assert len(shapes["float"]) == len(shapes["int8"]) >= 2  # a warm-up, then the best of the timed runs
@@ -147,8 +147,9 @@ def test_measure_times_one_window_of_each(monkeypatch):
 
 
 def fake_measure(timings, calls):
-    def measured(float_network, int8_network, radius, dtype):
-        calls.append((type(float_network), type(int8_network), radius, dtype))
+    def measured(float_network, int8_network, radius):
+        # the float side is the network as prepared for the candidate: bf16 conv weights for a bf16 candidate
+        calls.append((type(float_network), type(int8_network), radius, float_network.recursive.weight.dtype))
         return timings
 
     return measured

@@ -28,7 +28,6 @@ from drcn_cli.inference.int8 import (
     Int8Network,
     calibrate,
     calibration_path,
-    file_sha256,
     load_calibration,
     runtime_problem,
     save_calibration,
@@ -40,6 +39,7 @@ from drcn_cli.io.atomic import OutputExistsError
 from drcn_cli.model import DRCNConfig
 from drcn_cli.weights import files
 from drcn_cli.weights.files import save_weights
+from drcn_cli.weights.resolve import sha256_file
 
 needs_runtime = pytest.mark.skipif(runtime_problem() is not None, reason=f"{runtime_problem()}")
 
@@ -331,7 +331,7 @@ def test_open_model_runs_the_calibration_beside_the_weights(calibrated):
     assert isinstance(ready.network, Int8Network)
     assert (ready.device, ready.precision, ready.source, ready.reason) == (torch.device("cpu"), "int8", calibrated, "")
     assert ready.config == CONFIG
-    assert ready.network.calibration.weights_sha256 == file_sha256(calibrated)
+    assert ready.network.calibration.weights_sha256 == sha256_file(calibrated)
 
 
 def test_open_model_without_a_calibration_says_to_run_drcn_quantize(tmp_path):
@@ -383,7 +383,7 @@ def test_weights_behind_a_symbolic_link_find_the_calibration_beside_the_link(tmp
         os.symlink(blob, link)
     except (OSError, NotImplementedError):
         pytest.skip("no symbolic links here")
-    save_calibration(calibrate(model, int8_inputs(), file_sha256(blob)), calibration_path(link))
+    save_calibration(calibrate(model, int8_inputs(), sha256_file(blob)), calibration_path(link))
     ready = open_model(link, "cpu", "int8")
     assert ready.precision == "int8" and ready.source == link
 
@@ -442,7 +442,7 @@ def bundled(name: str) -> Path:
 def test_a_bundled_calibration_fits_its_weights_and_records_a_check_within_the_bound(name):
     weights = bundled(name)
     model, _metadata = files.load_weights(weights)
-    calibration = load_calibration(calibration_path(weights), model.config, file_sha256(weights))
+    calibration = load_calibration(calibration_path(weights), model.config, sha256_file(weights))
     assert calibration.info.get("checked_on") == "Set5, Set14" and calibration.within_bound(), calibration.info
 
 

@@ -4,6 +4,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import animation_bytes
 from PIL import Image, ImageSequence
 
 from drcn_cli.io import frames as frames_module
@@ -33,23 +34,8 @@ def rgba_frames(count=3, seed=0, holes=True):
 
 
 def animation(fmt, frames, **options):
-    """The bytes of an animation of ``frames`` saved by Pillow (GIF: palette frames, index 0 transparent)."""
-    buffer = io.BytesIO()
-    if fmt == "GIF":
-        images = []
-        for rgba in frames:
-            image = Image.fromarray(np.ascontiguousarray(rgba[:, :, :3])).quantize(15, dither=Image.Dither.NONE)
-            indices = np.asarray(image) + 1
-            indices[rgba[:, :, 3] == 0] = 0
-            frame = Image.fromarray(indices.astype(np.uint8), "P")
-            frame.putpalette([0, 0, 0, *image.getpalette()[:45]])
-            images.append(frame)
-        options = {"transparency": 0, "disposal": 2, "optimize": False, **options}
-    else:
-        images = [Image.fromarray(rgba) for rgba in frames]
-        options = {"lossless": True, **options} if fmt == "WEBP" else options
-    images[0].save(buffer, fmt, save_all=True, append_images=images[1:], duration=DURATIONS, **options)
-    return buffer.getvalue()
+    """The bytes of an animation of ``frames`` saved by Pillow (see conftest.animation_bytes)."""
+    return animation_bytes(fmt, frames, DURATIONS, **options)
 
 
 def composited(data):

@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 from ..inference.color import rgb_to_ycbcr
-from ..inference.int8 import Int8Calibration, calibrate, file_sha256
-from ..inference.pipeline import open_upscaler
+from ..inference.int8 import Int8Calibration, Int8Error, Int8Network, calibrate
+from ..inference.loader import ReadyModel
+from ..inference.pipeline import Upscaler, open_upscaler
 from ..inference.resize import imresize
 from ..weights.files import load_weights
+from ..weights.resolve import sha256_file
 from .datasets import load_image
 from .degradation import downscale
 from .protocol import evaluate, make_sample
@@ -49,7 +51,7 @@ def calibration_inputs(
 def make_calibration(weights: Path, images: Sequence[str | os.PathLike], info: dict[str, str]) -> Int8Calibration:
     """The calibration of the weights file ``weights`` from HR ``images`` (see :func:`calibration_inputs`)."""
     model, _metadata = load_weights(weights)
-    return calibrate(model, calibration_inputs(images), file_sha256(weights), info)
+    return calibrate(model, calibration_inputs(images), sha256_file(weights), info)
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,19 @@ class CalibrationCheck:
 
 def check_calibration(
     weights: Path,
+    calibration: Int8Calibration,
     sets: Sequence[tuple[str, Sequence[Path]]],
     scales: Sequence[int] = (2, 3, 4),
     on_cell: Callable[[str, int, tuple[float, float, float, float]], None] | None = None,
 ) -> CalibrationCheck:
-    """fp32 against int8 (the calibration beside ``weights`` must exist) on every set and scale, by the protocol."""
+    """fp32 against int8 with ``calibration`` (wherever it is to be written) on every set and scale, by the
+    protocol. Raises Int8Error when the calibration does not fit the weights or ONNX Runtime is missing."""
+    if calibration.weights_sha256 != sha256_file(weights):
+        raise Int8Error(f"the calibration is not for {weights.name} (its sha256 differs)")
+    model, _metadata = load_weights(weights)
     fp32 = open_upscaler(weights, "cpu", "fp32")
-    int8 = open_upscaler(weights, "cpu", "int8")
+    ready = ReadyModel(Int8Network(model, calibration), torch.device("cpu"), "int8", weights)
+    int8 = Upscaler(ready, ready.settings())
     cells = {}
     for name, images in sets:
         hrs = [load_image(p) for p in images]

@@ -67,14 +67,10 @@ def quantize(
     target = output.expanduser() if output is not None else calibration_path(path)
     if target.exists() and not overwrite:  # before the work, not after it
         raise fail(f"output {target} exists (use --overwrite)")
-    if check and target != calibration_path(path):
-        raise usage(f"--check scores the calibration where int8 runs look for it: leave out -o (or give "
-                    f"{calibration_path(path)})", "quantize")
     sets = [resolve_dataset(spec, data_dir, on_download=info) for spec in check or []]
     hr = list_images(images)
     info(f"calibrating {path.name} on {len(hr)} images from {images}")
     calibration = make_calibration(path, hr, {"images": f"{images.name}: {len(hr)} images, one 96x96 crop each"})
-    save_calibration(calibration, target, overwrite=overwrite)
     if sets:
 
         def cell(name: str, scale: int, c: tuple[float, float, float, float]) -> None:
@@ -82,13 +78,13 @@ def quantize(
                  f"({c[2] - c[0]:+.3f} dB, {c[3] - c[1]:+.5f})")
 
         try:
-            result = check_calibration(path, [(s.name, s.images) for s in sets], on_cell=cell)
+            result = check_calibration(path, calibration, [(s.name, s.images) for s in sets], on_cell=cell)
         except Int8Error as exc:
             raise fail(exc) from None
         info_ = dict(calibration.info, psnr_drop=f"{max(result.psnr_drop, 0.0):.4f}",
                      ssim_drop=f"{max(result.ssim_drop, 0.0):.5f}", checked_on=", ".join(s.name for s in sets))
-        save_calibration(dataclasses.replace(calibration, info=info_), target, overwrite=True)
         calibration = dataclasses.replace(calibration, info=info_)
+    save_calibration(calibration, target, overwrite=overwrite)  # once, with what the check measured
     bound = "within" if calibration.within_bound() else "not checked or outside"
     typer.echo(f"{target}: int8 calibration of {path.name}; largest drop "
                f"{calibration.info.get('psnr_drop', '?')} dB / {calibration.info.get('ssim_drop', '?')} SSIM "

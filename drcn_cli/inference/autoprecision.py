@@ -10,7 +10,6 @@ capability, thread count, library versions) and kept in ``speed.json`` in drcn's
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from ..errors import DrcnError
 from ..io.atomic import write_atomic
 from ..io.paths import drcn_home
+from .device import cpu_info
 
 __all__ = ["MIN_SPEEDUP", "Choice", "choose", "cpu_kind", "measure"]
 
@@ -36,12 +36,7 @@ class Choice:
 
 def cpu_kind() -> str:
     """What makes timings on this machine comparable: CPU model, torch's vector ISA, threads, library versions."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
+    name, _flags = cpu_info()
     try:
         import onnxruntime
 
@@ -62,8 +57,8 @@ def _best_time(run: Callable[[], object], repeats: int = 2) -> float:
     return best
 
 
-def measure(float_network: Callable, int8_network: Callable, radius: int, dtype: torch.dtype) -> tuple[float, float]:
-    """Seconds for one probe window in the float network (prepared, conv weights in ``dtype``) and in int8."""
+def measure(float_network: Callable, int8_network: Callable, radius: int) -> tuple[float, float]:
+    """Seconds for one probe window (best of two after a warm-up) in the prepared float network and in int8."""
     side = _WINDOW + 2 * radius
     x = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(0))
     x_float = x.contiguous(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@ import ctypes
 import functools
 import numbers
 import os
+import platform
 import sys
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "autocast_dtype",
     "cpu_count",
     "cpu_has_native_bf16",
+    "cpu_info",
     "max_threads",
     "memory_budget",
     "memory_format",
@@ -52,6 +54,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("device 'mps' asked for, but MPS is not available here")
     return device
+
+
+def cpu_info() -> tuple[str, frozenset[str] | None]:
+    """The CPU's model name and feature flags as Linux lists them in /proc/cpuinfo; elsewhere the platform's
+    processor name and None (flags unknown)."""
+    fields: dict[str, str] = {}  # the first processor's lines
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = fields.get("flags")
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return name, frozenset(flags.split()) if flags is not None else None
 
 
 def cpu_has_native_bf16() -> bool:

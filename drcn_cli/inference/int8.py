@@ -17,7 +17,6 @@ tiled run equals an untiled one. ONNX Runtime is an optional extra (``pip instal
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -34,6 +33,7 @@ from torch.nn import functional as F
 from ..errors import DrcnError
 from ..io.atomic import write_atomic
 from ..model import DRCN, DRCNConfig
+from .device import cpu_info
 
 __all__ = [
     "CALIBRATION_FORMAT",
@@ -44,7 +44,6 @@ __all__ = [
     "Int8Network",
     "calibrate",
     "calibration_path",
-    "file_sha256",
     "load_calibration",
     "runtime_problem",
     "save_calibration",
@@ -69,14 +68,6 @@ def runtime_problem() -> str | None:
     if missing:
         return f"int8 needs {' and '.join(missing)}: pip install 'drcn[int8]'"
     return None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def calibration_path(weights: str | os.PathLike) -> Path:
@@ -112,18 +103,6 @@ class Int8Calibration:
 # -- calibration -----------------------------------------------------------------------------------------------
 
 
-def _conv_inputs(model: DRCN, x: torch.Tensor):
-    """(conv name, its input map) for every conv call of an fp32 forward on x (N, 1, H, W); the quantized ones'."""
-    h = F.relu(model.embed2(F.relu(model.embed1(x))))
-    yield "embed2_out", h
-    for _ in range(model.config.recursions):
-        yield "recursive", h
-        h = F.relu(model.recursive(h))
-        yield "recon1", h
-        r = F.relu(model.recon1(h))
-        yield "recon2", r
-
-
 # Map ranges at this quantile of the values seen rather than their maximum: a few outliers would otherwise
 # coarsen the steps of every value (measured against the maximum and other quantiles in docs/speed.md).
 MAP_QUANTILE = 0.99999
@@ -138,16 +117,29 @@ def _quantile(values: list[torch.Tensor], q: float) -> float:
 
 
 @torch.no_grad()
-def _ranges(model: DRCN, inputs: Sequence[torch.Tensor]) -> dict[str, list[float]]:
-    d = model.config.recursions
+def _statistics(model: DRCN, inputs: Sequence[torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
+    """One fp32 forward over the inputs, gathering what calibration needs: for each quantized conv, the sum of
+    p p^T over every patch p (C*9 values) it reads, over all its calls; and the range of every map (see
+    :class:`Int8Calibration`)."""
+    d, k = model.config.recursions, model.config.kernel_size
+    hessians: dict[str, torch.Tensor] = {}
     seen: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in range(d)] for name in QUANTIZED}
     embed2 = 0.0
+
+    def patches_of(name: str, a: torch.Tensor) -> None:
+        patches = F.unfold(a, k, padding=k // 2)
+        cols = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        hessians[name] = hessians.get(name, 0) + (cols.T @ cols).double()
+
     for x in inputs:
         h = F.relu(model.embed2(F.relu(model.embed1(x))))
         embed2 = max(embed2, float(h.max()))
         for i in range(d):
+            patches_of("recursive", h)
             h = F.relu(model.recursive(h))
+            patches_of("recon1", h)
             r = F.relu(model.recon1(h))
+            patches_of("recon2", r)
             seen["recursive"][i].append(h[:, :, ::2, ::2])
             seen["recon1"][i].append(r[:, :, ::2, ::2])
             seen["recon2"][i].append(model.recon2(r).abs().amax().view(1))
@@ -155,21 +147,7 @@ def _ranges(model: DRCN, inputs: Sequence[torch.Tensor]) -> dict[str, list[float
     for name in ("recursive", "recon1"):
         ranges[name] = [_quantile(values, MAP_QUANTILE) for values in seen[name]]
     ranges["recon2"] = [float(torch.cat(values).max()) for values in seen["recon2"]]
-    return ranges
-
-
-@torch.no_grad()
-def _hessians(model: DRCN, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """sum of p p^T over every 3x3 patch p (C*9 values) that each quantized conv reads, over all its calls."""
-    found: dict[str, torch.Tensor] = {}
-    for x in inputs:
-        for name, a in _conv_inputs(model, x):
-            if name not in QUANTIZED:
-                continue
-            patches = F.unfold(a, model.config.kernel_size, padding=model.config.kernel_size // 2)
-            cols = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-            found[name] = found.get(name, 0) + (cols.T @ cols).double()
-    return found
+    return hessians, ranges
 
 
 def _channel_scales(weight: torch.Tensor) -> torch.Tensor:
@@ -212,13 +190,13 @@ def calibrate(
     if not inputs:
         raise Int8Error("calibration needs at least one image")
     model = model.float().eval()
-    hessians = _hessians(model, inputs)
+    hessians, ranges = _statistics(model, inputs)
     weights = {}
     for name in QUANTIZED:
         conv = getattr(model, name)
         scales = _channel_scales(conv.weight)
         weights[name] = (_round_gptq(conv.weight, scales, hessians[name]), scales)
-    return Int8Calibration(weights_sha256, weights, _ranges(model, inputs), dict(info or {}))
+    return Int8Calibration(weights_sha256, weights, ranges, dict(info or {}))
 
 
 def save_calibration(calibration: Int8Calibration, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -289,12 +267,10 @@ def signed_weights_exact() -> bool:
     which ONNX Runtime multiplies in 16 bits without that loss."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False  # not Linux: unknown, so the safe form
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    _name, flags = cpu_info()
+    if flags is None:
+        return False  # unknown (not Linux), so the safe form
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def _graph(model: DRCN, calibration: Int8Calibration, recursions: int, signed_weights: bool = True) -> bytes:
@@ -409,9 +385,7 @@ class Int8Network:
     def __call__(
         self, x: torch.Tensor, recursions: int | None = None, context: tuple[int, int] = (0, 0)
     ) -> torch.Tensor:
-        k = self.config.recursions if recursions is None else int(recursions)
-        if not 1 <= k <= self.config.recursions:
-            raise ValueError(f"recursions must be in 1..{self.config.recursions}, got {k}")
+        k = self.model._check_recursions(recursions)  # the float network's own check and message
         top, bottom = context
         height = x.shape[2]
         if top < 0 or bottom < 0 or top + bottom >= height:

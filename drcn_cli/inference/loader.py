@@ -25,7 +25,7 @@ from ..weights.files import load_weights
 from . import autoprecision
 from .device import memory_format as preferred_memory_format
 from .device import resolve_device, resolve_precision, reuse_freed_memory
-from .int8 import Int8Error, Int8Network, calibration_path, file_sha256, load_calibration, runtime_problem
+from .int8 import Int8Error, Int8Network, calibration_path, load_calibration, runtime_problem
 
 __all__ = [
     "InferenceSettings",
@@ -109,7 +109,7 @@ def _load_cached(path: str, mtime_ns: int, device: str, precision: str) -> DRCN:
 @functools.lru_cache(maxsize=4)
 def _load_int8(path: str, mtime_ns: int, calibration: str, calibration_mtime_ns: int) -> Int8Network:
     model, _metadata = load_weights(path)
-    return Int8Network(model, load_calibration(calibration, model.config, file_sha256(path)))
+    return Int8Network(model, load_calibration(calibration, model.config, resolve.sha256_file(path)))
 
 
 def _int8_for(located: Path) -> Int8Network:
@@ -128,18 +128,15 @@ def _int8_for(located: Path) -> Int8Network:
 def _auto_int8(located: Path, network: DRCN, candidate: str) -> autoprecision.Choice | None:
     """int8 instead of ``candidate`` where it can run, its calibration is within the quality bound and it
     measured faster on this CPU kind; None where int8 is not a candidate at all."""
-    if runtime_problem() is not None or not calibration_path(located).is_file():
-        return None
     try:
         int8 = _int8_for(located)
-    except Int8Error:
+    except Int8Error:  # no runtime, no calibration, or one for other weights: int8 is not a candidate
         return None
     if not int8.calibration.within_bound():
         return None
     radius = network.config.receptive_radius
-    dtype = compute_dtype(torch.device("cpu"), candidate)
     return autoprecision.choose(
-        candidate, lambda: autoprecision.measure(network, int8, radius, dtype), network.config.features
+        candidate, lambda: autoprecision.measure(network, int8, radius), network.config.features
     )
 
 
